@@ -1,0 +1,1 @@
+"""CLI sub-commands of lora-gateway, one module each."""

@@ -1,0 +1,73 @@
+"""The engine seam: what the gateway needs of one vLLM OpenAI server.
+
+Two implementations: :mod:`gateway.engines.managed` starts and supervises a vLLM child process;
+:mod:`gateway.engines.remote` watches a vLLM that someone else runs (the production shape in
+deploy/). Both expose the same state, a base URL to send OpenAI requests to, and ready listeners
+that the adapter lifecycle uses to re-apply the registry's desired state after every (re)start.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from enum import StrEnum
+
+
+class EngineState(StrEnum):
+    STARTING = "starting"
+    READY = "ready"
+    DOWN = "down"  # died or unreachable; a managed engine is being restarted
+    STOPPED = "stopped"  # stopped on purpose
+
+
+@dataclass(frozen=True, slots=True)
+class EngineStatus:
+    name: str
+    state: EngineState
+    reason: str
+    restarts: int
+    url: str
+
+
+ReadyListener = Callable[["Engine"], Awaitable[None]]
+
+
+class Engine(abc.ABC):
+    """One vLLM server with LoRA enabled, serving one base model."""
+
+    def __init__(self, name: str, base_model: str, lora_capacity: int) -> None:
+        self.name = name
+        #: The id of the base model on the engine (vLLM's --served-model-name).
+        self.base_model = base_model
+        #: How many adapters it holds loaded at once (vLLM's --max-cpu-loras).
+        self.lora_capacity = lora_capacity
+        self._ready_listeners: list[ReadyListener] = []
+
+    def add_ready_listener(self, listener: ReadyListener) -> None:
+        """Called after each transition to READY (first start and every restart)."""
+        self._ready_listeners.append(listener)
+
+    async def _notify_ready(self) -> None:
+        for listener in self._ready_listeners:
+            await listener(self)
+
+    @property
+    @abc.abstractmethod
+    def url(self) -> str:
+        """Base URL of the engine's HTTP server, e.g. ``http://127.0.0.1:41234``."""
+
+    @abc.abstractmethod
+    def status(self) -> EngineStatus: ...
+
+    @abc.abstractmethod
+    async def start(self) -> None:
+        """Start (or begin watching) the engine; returns once supervision runs, not when ready."""
+
+    @abc.abstractmethod
+    async def stop(self) -> None:
+        """Stop supervision; a managed engine's whole process tree is ended."""
+
+    @property
+    def ready(self) -> bool:
+        return self.status().state is EngineState.READY

@@ -1,0 +1,170 @@
+"""The one error hierarchy of the project, rendered the OpenAI way.
+
+Every failure a client, an operator or the trainer can see is a :class:`GatewayError`. Each
+carries its HTTP status and renders as ``{"error": {"message", "type", "param", "code"}}``: as a
+JSON response before any byte was sent, or as a final SSE event once a stream has started, so
+both share one vocabulary.
+
+    GatewayError                      500 internal_error
+    ├── InvalidRequestError           400 invalid_request_error
+    │   └── AdapterValidationError    400 invalid_request_error (names the failed check)
+    ├── AuthenticationError           401 authentication_error
+    ├── PermissionDeniedError         403 permission_error
+    ├── NotFoundError                 404 not_found_error
+    │   ├── ModelNotFoundError        404 code=model_not_found
+    │   └── AdapterNotFoundError      404 code=adapter_not_found
+    ├── ConflictError                 409 conflict_error
+    ├── PayloadTooLargeError          413 invalid_request_error code=payload_too_large
+    ├── CapacityError                 429/503 when no adapter slot can be freed
+    ├── EngineError                   engine-side failures
+    │   ├── EngineUnavailableError    503 (with Retry-After)
+    │   ├── UpstreamTimeoutError      504
+    │   └── UpstreamHTTPError         the engine's own 4xx/5xx, passed through
+    └── AdapterLoadError              502 the engine refused to load an adapter
+
+Lower libraries' exceptions (httpx, SQLAlchemy, OS errors) are translated into these with
+``raise ... from exc`` at the module that talks to that library.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, ClassVar
+
+
+class GatewayError(Exception):
+    """Base of every error the project reports to a user."""
+
+    status_code: ClassVar[int] = 500
+    error_type: ClassVar[str] = "internal_error"
+    default_code: ClassVar[str | None] = None
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | int | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        self.code = code if code is not None else self.default_code
+        self.headers = dict(headers or {})
+
+    @property
+    def status(self) -> int:
+        return self.status_code
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "error": {
+                "message": self.message,
+                "type": self.error_type,
+                "param": self.param,
+                "code": self.code,
+            }
+        }
+
+    def to_sse(self) -> bytes:
+        """The final event of a stream that failed after its headers went out."""
+        return b"data: " + json.dumps(self.to_dict()).encode() + b"\n\n"
+
+
+class InvalidRequestError(GatewayError):
+    status_code = 400
+    error_type = "invalid_request_error"
+
+
+class AdapterValidationError(InvalidRequestError):
+    """An adapter failed a preflight check; ``code`` names the check."""
+
+
+class AuthenticationError(GatewayError):
+    status_code = 401
+    error_type = "authentication_error"
+    default_code = "invalid_api_key"
+
+
+class PermissionDeniedError(GatewayError):
+    status_code = 403
+    error_type = "permission_error"
+
+
+class NotFoundError(GatewayError):
+    status_code = 404
+    error_type = "not_found_error"
+
+
+class ModelNotFoundError(NotFoundError):
+    error_type = "invalid_request_error"
+    default_code = "model_not_found"
+
+
+class AdapterNotFoundError(NotFoundError):
+    default_code = "adapter_not_found"
+
+
+class ConflictError(GatewayError):
+    status_code = 409
+    error_type = "conflict_error"
+
+
+class PayloadTooLargeError(GatewayError):
+    status_code = 413
+    error_type = "invalid_request_error"
+    default_code = "payload_too_large"
+
+
+class CapacityError(GatewayError):
+    """Every adapter slot is pinned or busy, so the requested adapter cannot be loaded now."""
+
+    status_code = 503
+    error_type = "capacity_error"
+    default_code = "adapter_capacity_exhausted"
+
+
+class EngineError(GatewayError):
+    status_code = 502
+    error_type = "upstream_error"
+
+
+class EngineUnavailableError(EngineError):
+    status_code = 503
+    error_type = "engine_unavailable"
+    default_code = "engine_unavailable"
+
+    def __init__(self, message: str, *, retry_after_s: int = 5, **kwargs: Any) -> None:
+        super().__init__(message, **kwargs)
+        self.headers.setdefault("Retry-After", str(retry_after_s))
+
+
+class UpstreamTimeoutError(EngineError):
+    status_code = 504
+    error_type = "timeout_error"
+    default_code = "upstream_timeout"
+
+
+class UpstreamHTTPError(EngineError):
+    """The engine answered with an error status: passed through with its own message."""
+
+    def __init__(self, status: int, message: str, *, error_type: str | None = None,
+                 param: str | None = None, code: str | int | None = None) -> None:
+        super().__init__(message, param=param, code=code)
+        self._status = status
+        self._type = error_type or ("invalid_request_error" if status < 500 else "upstream_error")
+
+    @property
+    def status(self) -> int:
+        return self._status
+
+    def to_dict(self) -> dict[str, Any]:
+        body = super().to_dict()
+        body["error"]["type"] = self._type
+        return body
+
+
+class AdapterLoadError(GatewayError):
+    status_code = 502
+    error_type = "adapter_load_error"

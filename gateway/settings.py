@@ -1,0 +1,142 @@
+"""The one settings object of the gateway.
+
+Read from the environment (prefix ``LORA_GATEWAY_``) by pydantic-settings; the CLI builds it and
+overrides fields with its flags, then hands it to :func:`gateway.app.create_app`. Nothing else in
+the project reads the environment for gateway behaviour.
+"""
+
+from __future__ import annotations
+
+import os
+from enum import StrEnum
+from pathlib import Path
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from typing import Annotated
+
+DEFAULT_BASE_MODEL = "smollm2-135m-instruct"
+
+
+def _default_data_dir() -> Path:
+    root = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(root) / "lora-gateway"
+
+
+class EngineDType(StrEnum):
+    BFLOAT16 = "bfloat16"
+    FLOAT16 = "float16"
+    FLOAT32 = "float32"
+    AUTO = "auto"
+
+
+class GatewaySettings(BaseSettings):
+    """Everything the gateway process needs to know, with limits on every user input."""
+
+    model_config = SettingsConfigDict(env_prefix="LORA_GATEWAY_", extra="ignore")
+
+    # --- HTTP front -------------------------------------------------------------------------
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=0, le=65535)
+    api_keys: Annotated[list[SecretStr], NoDecode] = Field(
+        default_factory=list,
+        description="Client keys for /v1/*; comma-separated in the environment. Empty: open.",
+    )
+    admin_token: SecretStr | None = Field(
+        default=None,
+        description="Bearer token for /admin. Unset: generated at first start into the data dir.",
+    )
+    max_body_bytes: int = Field(default=1 << 20, ge=1024, description="Request body limit.")
+    log_level: str = "INFO"
+    log_json: bool = True
+    drain_timeout_s: float = Field(default=30.0, ge=0, description="SIGTERM drain bound.")
+
+    # --- Base model and data ------------------------------------------------------------------
+    base_model: str = Field(
+        default=DEFAULT_BASE_MODEL,
+        description="A prepared model name (smollm2-135m-instruct, tiny) or a model directory.",
+    )
+    served_model_name: str | None = Field(
+        default=None, description="The id clients use for the base model; derived if unset."
+    )
+    data_dir: Path = Field(default_factory=_default_data_dir)
+    database_url: str | None = Field(
+        default=None, description="SQLAlchemy URL of the registry; SQLite in the data dir if unset."
+    )
+
+    # --- Engines ------------------------------------------------------------------------------
+    engine_urls: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="vLLM servers run by someone else; empty: the gateway runs its own engine.",
+    )
+    max_loras: int = Field(default=2, ge=1, le=256)
+    max_cpu_loras: int | None = Field(default=None, ge=1, le=4096)
+    max_lora_rank: int = Field(default=16)
+    max_model_len: int = Field(default=2048, ge=64)
+    engine_dtype: EngineDType = EngineDType.BFLOAT16
+    engine_kv_cache_gib: float = Field(default=1.0, gt=0)
+    engine_startup_timeout_s: float = Field(default=600.0, gt=0)
+    engine_extra_args: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    engine_restart_backoff_s: float = Field(default=1.0, gt=0)
+    engine_restart_backoff_max_s: float = Field(default=30.0, gt=0)
+    engine_health_interval_s: float = Field(default=2.0, gt=0)
+
+    # --- Upstream HTTP client -----------------------------------------------------------------
+    upstream_connect_timeout_s: float = Field(default=5.0, gt=0)
+    upstream_read_timeout_s: float = Field(default=300.0, gt=0)
+    upstream_max_connections: int = Field(default=512, ge=1)
+
+    # --- Adapters -----------------------------------------------------------------------------
+    adapter_roots: Annotated[list[Path], NoDecode] = Field(
+        default_factory=list,
+        description="Directories adapters may be registered from; the data dir's adapters/ "
+        "and --adapters-dir are always included.",
+    )
+    adapters_dir: Path | None = Field(
+        default=None, description="Scanned at start: every adapter found there is registered."
+    )
+    max_adapter_bytes: int = Field(default=2 << 30, ge=1)
+
+    @field_validator("api_keys", "engine_urls", "engine_extra_args", "adapter_roots", mode="before")
+    @classmethod
+    def _split_commas(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("max_lora_rank")
+    @classmethod
+    def _vllm_rank(cls, value: int) -> int:
+        allowed = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+        if value not in allowed:
+            raise ValueError(f"max_lora_rank must be one of {allowed} (vLLM's choices), got {value}")
+        return value
+
+    # --- Derived ------------------------------------------------------------------------------
+    @property
+    def cpu_lora_capacity(self) -> int:
+        """How many adapters an engine holds loaded at once (vLLM's --max-cpu-loras)."""
+        return max(self.max_cpu_loras or self.max_loras, self.max_loras)
+
+    @property
+    def models_dir(self) -> Path:
+        return self.data_dir / "models"
+
+    @property
+    def logs_dir(self) -> Path:
+        return self.data_dir / "logs"
+
+    @property
+    def managed_adapters_dir(self) -> Path:
+        return self.data_dir / "adapters"
+
+    @property
+    def resolved_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.data_dir / 'registry.db'}"
+
+    @property
+    def allowed_adapter_roots(self) -> list[Path]:
+        roots = [self.managed_adapters_dir, *self.adapter_roots]
+        if self.adapters_dir is not None:
+            roots.append(self.adapters_dir)
+        return [root.expanduser().resolve() for root in roots]
