@@ -13,6 +13,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from enum import StrEnum
 
+from gateway.engines.client import ClientLimits, EngineClient
+
 
 class EngineState(StrEnum):
     STARTING = "starting"
@@ -36,13 +38,33 @@ ReadyListener = Callable[["Engine"], Awaitable[None]]
 class Engine(abc.ABC):
     """One vLLM server with LoRA enabled, serving one base model."""
 
-    def __init__(self, name: str, base_model: str, lora_capacity: int) -> None:
+    def __init__(
+        self,
+        name: str,
+        base_model: str,
+        lora_capacity: int,
+        client_limits: ClientLimits | None = None,
+    ) -> None:
         self.name = name
         #: The id of the base model on the engine (vLLM's --served-model-name).
         self.base_model = base_model
         #: How many adapters it holds loaded at once (vLLM's --max-cpu-loras).
         self.lora_capacity = lora_capacity
         self._ready_listeners: list[ReadyListener] = []
+        self._client_limits = client_limits or ClientLimits()
+        self._client: EngineClient | None = None
+
+    @property
+    def client(self) -> EngineClient:
+        """The one pooled HTTP client for this engine, made on first use."""
+        if self._client is None:
+            self._client = EngineClient(self.url, self._client_limits)
+        return self._client
+
+    async def close_client(self) -> None:
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
 
     def add_ready_listener(self, listener: ReadyListener) -> None:
         """Called after each transition to READY (first start and every restart)."""
