@@ -37,6 +37,22 @@ lint: install
 typecheck: install
 	$(VENV)/bin/mypy
 
+# The legal-lora demo (examples/legal): prepare SmolLM2-135M-Instruct, train legal-lora (30 LoRA
+# steps, about 2 s each on CPU), then start a gateway, register the adapter and ask base vs
+# legal-lora one question through the OpenAI SDK. With a gateway already running (make serve):
+# `$(PY) examples/legal/ask.py` instead of `--serve`.
+DEMO_DATA = $(shell $(PY) -c 'from gateway.settings import GatewaySettings as S; print(S().data_dir)')
+DEMO_TRAIN_ARGS ?= --rank 16 --target-modules all-linear --lr 1e-3 --warmup-ratio 0.1 \
+  --max-steps 30 --batch-size 4 --eval-fraction 0.1
+
+demo: install
+	$(VENV)/bin/lora-gateway models prepare smollm2-135m-instruct
+	$(PY) examples/legal/make_dataset.py --check
+	$(VENV)/bin/lora-trainer train --base-model $(DEMO_DATA)/models/smollm2-135m-instruct \
+	  --data examples/legal/legal.jsonl --output $(DEMO_DATA)/adapters/legal-lora \
+	  --name legal-lora --overwrite $(DEMO_TRAIN_ARGS)
+	$(PY) examples/legal/ask.py --serve
+
 lock: | $(UV)
 	$(UV) pip compile pyproject.toml --extra cpu --extra trainer --extra dev \
 	  --python-version 3.11 --python-platform x86_64-manylinux_2_28 \

@@ -1,1 +1,12 @@
-"""adapters."""
+"""Adapters: the on-disk contract, preflight validation and the persistent registry.
+
+    layout.py      what an adapter directory (and a base model directory) contains, read
+                   without torch: PEFT config, safetensors header, weights sha256, manifest
+    validation.py  the checks an adapter must pass before it is registered (4xx errors)
+    state.py       the lifecycle's states and allowed transitions
+    db.py          SQLAlchemy 2 schema and engine set-up (SQLite by default, PostgreSQL too)
+    registry.py    the registry: versions, active pointer, pin, last settled state
+
+Used by the gateway's adapter lifecycle (:mod:`gateway.lifecycle`); nothing here talks to an
+engine or imports torch.
+"""

@@ -1,13 +1,18 @@
 """Routing: turn the ``model`` of a client request into (engine, upstream model, adapter).
 
-Knows nothing of HTTP. The base model's id routes to an engine directly; any other id must be a
-registered adapter name, resolved through an :class:`AdapterResolver` (the adapter lifecycle in
-:mod:`gateway.lifecycle`), which makes sure the adapter is loaded on an engine and holds it
-there (no eviction, no unload) until the request's lease is released. Never a raw path.
+Knows nothing of HTTP. The base model's id routes to a ready engine directly (round-robin over
+the ready ones); any other id must be a registered adapter name, resolved through an
+:class:`AdapterResolver` (the adapter lifecycle in :mod:`gateway.lifecycle`), which makes sure
+the adapter is loaded on an engine and holds it there (no eviction, no unload) until the
+request's lease is released. Never a raw path. Used by :mod:`gateway.proxy` (``route``) and the
+``/v1/models`` route (``public_models``); :class:`NoAdapters` is the resolver of an app that has
+no adapter registry wired in.
 """
 
 from __future__ import annotations
 
+import itertools
+import time
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
@@ -51,40 +56,68 @@ class AdapterResolver(Protocol):
         ...
 
 
+def unknown_model(name: str) -> ModelNotFoundError:
+    return ModelNotFoundError(f"The model `{name}` does not exist.", param="model")
+
+
+class NoAdapters:
+    """A resolver that knows no adapter: every name but the base model's is unknown."""
+
+    def lease(self, name: str) -> AbstractAsyncContextManager[Route]:
+        raise unknown_model(name)
+
+    def public_models(self) -> list[PublicModel]:
+        return []
+
+
 class Router:
-    def __init__(self, engines: list[Engine], adapters: AdapterResolver) -> None:
+    def __init__(
+        self, engines: list[Engine], adapters: AdapterResolver, *, created: int | None = None
+    ) -> None:
         if not engines:
             raise ValueError("the router needs at least one engine")
-        self._engines = engines
+        bases = {engine.base_model for engine in engines}
+        if len(bases) != 1:
+            raise ValueError(f"all engines must serve one base model, got {sorted(bases)}")
+        self._engines = list(engines)
         self._adapters = adapters
+        self._turn = itertools.count()
+        self._created = int(time.time()) if created is None else created
 
     @property
     def base_model(self) -> str:
         return self._engines[0].base_model
 
-    def _pick_base_engine(self) -> Engine:
+    @property
+    def engines(self) -> list[Engine]:
+        return list(self._engines)
+
+    def pick_base_engine(self) -> Engine:
+        """A ready engine, round-robin; EngineUnavailableError (503) when none is ready."""
         ready = [engine for engine in self._engines if engine.ready]
         if not ready:
             reasons = "; ".join(f"{e.name}: {e.status().reason}" for e in self._engines)
             raise EngineUnavailableError(f"no engine is ready ({reasons})")
-        # Engines serve the same base; spread base traffic round-robin over the ready ones.
-        self._rr = (getattr(self, "_rr", -1) + 1) % len(ready)
-        return ready[self._rr]
+        return ready[next(self._turn) % len(ready)]
 
     @asynccontextmanager
     async def route(self, model: str) -> AsyncIterator[Route]:
+        """Where to send a request for ``model``; held (adapter pinned) until the block exits."""
         if model == self.base_model:
-            engine = self._pick_base_engine()
-            yield Route(engine=engine, upstream_model=engine.base_model, public_model=model,
-                        adapter=None)
+            engine = self.pick_base_engine()
+            yield Route(
+                engine=engine, upstream_model=engine.base_model, public_model=model, adapter=None
+            )
             return
-        try:
-            lease = self._adapters.lease(model)
-        except ModelNotFoundError:
-            raise
-        async with lease as route:
+        async with self._adapters.lease(model) as route:
             yield route
 
     def public_models(self) -> list[PublicModel]:
-        base = PublicModel(id=self.base_model, created=0, owned_by="lora-gateway", parent=None)
+        base = PublicModel(
+            id=self.base_model,
+            created=self._created,
+            owned_by="lora-gateway",
+            parent=None,
+            root=self.base_model,
+        )
         return [base, *self._adapters.public_models()]

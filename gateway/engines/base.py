@@ -9,6 +9,7 @@ that the adapter lifecycle uses to re-apply the registry's desired state after e
 from __future__ import annotations
 
 import abc
+import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from enum import StrEnum
@@ -31,6 +32,8 @@ class EngineStatus:
     restarts: int
     url: str
 
+
+logger = logging.getLogger(__name__)
 
 ReadyListener = Callable[["Engine"], Awaitable[None]]
 
@@ -70,9 +73,18 @@ class Engine(abc.ABC):
         """Called after each transition to READY (first start and every restart)."""
         self._ready_listeners.append(listener)
 
+    def remove_ready_listener(self, listener: ReadyListener) -> None:
+        """Forget a listener, e.g. when an app built around a shared engine shuts down."""
+        if listener in self._ready_listeners:
+            self._ready_listeners.remove(listener)
+
     async def _notify_ready(self) -> None:
-        for listener in self._ready_listeners:
-            await listener(self)
+        # Each listener runs even if an earlier one failed: a failure is logged, not raised.
+        for listener in list(self._ready_listeners):
+            try:
+                await listener(self)
+            except Exception:
+                logger.exception("engine %s: ready listener %r failed", self.name, listener)
 
     @property
     @abc.abstractmethod

@@ -1,0 +1,124 @@
+"""SQLAlchemy 2 schema of the adapter registry, and its engine/session set-up.
+
+Two tables: ``adapters`` (one row per public name: which version is active, pinned) and
+``adapter_versions`` (one row per registered version: where it is, what it is, its last settled
+state). Only portable column types and ORM statements are used, so the same code runs on the
+default SQLite file in the data dir and on PostgreSQL (``postgresql+psycopg://...``).
+
+Used only by :mod:`adapters.registry`.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    DateTime,
+    Float,
+    ForeignKey,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+    create_engine,
+    event,
+)
+from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.orm import (
+    DeclarativeBase,
+    Mapped,
+    Session,
+    mapped_column,
+    relationship,
+    sessionmaker,
+)
+
+NAME_LENGTH = 64
+PATH_LENGTH = 4096
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class AdapterRow(Base):
+    __tablename__ = "adapters"
+
+    name: Mapped[str] = mapped_column(String(NAME_LENGTH), primary_key=True)
+    active_version: Mapped[int] = mapped_column(Integer)
+    pinned: Mapped[bool] = mapped_column(default=False)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), default=utcnow, onupdate=utcnow
+    )
+    versions: Mapped[list[AdapterVersionRow]] = relationship(
+        back_populates="adapter",
+        cascade="all, delete-orphan",
+        order_by="AdapterVersionRow.version",
+        lazy="selectin",
+    )
+
+
+class AdapterVersionRow(Base):
+    __tablename__ = "adapter_versions"
+    __table_args__ = (UniqueConstraint("name", "version", name="uq_adapter_version"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(
+        String(NAME_LENGTH), ForeignKey("adapters.name", ondelete="CASCADE"), index=True
+    )
+    version: Mapped[int] = mapped_column(Integer)
+    base_model: Mapped[str] = mapped_column(String(PATH_LENGTH))
+    source_path: Mapped[str] = mapped_column(String(PATH_LENGTH))
+    rank: Mapped[int] = mapped_column(Integer)
+    alpha: Mapped[float] = mapped_column(Float)
+    target_modules: Mapped[Any] = mapped_column(JSON)
+    sha256: Mapped[str] = mapped_column(String(64))
+    config_sha256: Mapped[str] = mapped_column(String(64))
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
+    manifest: Mapped[Any | None] = mapped_column(JSON, nullable=True)
+    state: Mapped[str] = mapped_column(String(16))
+    last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), default=utcnow, onupdate=utcnow
+    )
+    adapter: Mapped[AdapterRow] = relationship(back_populates="versions")
+
+
+def make_engine(url: str) -> Engine:
+    """An engine for ``url``; for SQLite, the parent directory is created and foreign keys on."""
+    parsed = make_url(url)
+    connect_args: dict[str, Any] = {}
+    if parsed.get_backend_name() == "sqlite":
+        if parsed.database and parsed.database != ":memory:":
+            Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        # The registry is called from worker threads (asyncio.to_thread); a waiting writer
+        # retries for up to 30 s instead of failing with "database is locked".
+        connect_args = {"check_same_thread": False, "timeout": 30}
+    engine = create_engine(url, connect_args=connect_args, pool_pre_ping=True)
+    if parsed.get_backend_name() == "sqlite":
+        event.listen(engine, "connect", _sqlite_pragmas)
+    return engine
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.close()
+
+
+def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:
+    return sessionmaker(engine, expire_on_commit=False)
+
+
+def create_schema(engine: Engine) -> None:
+    Base.metadata.create_all(engine)

@@ -1,0 +1,319 @@
+"""The adapter registry: the persistent source of truth of which adapters exist.
+
+One :class:`Registry` per process wraps a SQLAlchemy engine (SQLite in the data dir by default,
+or any URL such as PostgreSQL) and hands out plain frozen dataclasses, never ORM objects. Its
+methods are synchronous and short; the async lifecycle calls them through
+``asyncio.to_thread`` so the event loop never waits on disk (sync SQLAlchemy rather than the
+async extension keeps one code path for every database driver and needs no extra package).
+
+Per name: the active version and whether it is pinned. Per version: what was validated at
+registration (paths, rank, hashes, ...) and its last settled lifecycle state with its error.
+Called by :class:`gateway.lifecycle.AdapterLifecycle` only. SQLAlchemy errors become
+:mod:`gateway.errors` here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.orm import Session
+
+from adapters.db import (
+    AdapterRow,
+    AdapterVersionRow,
+    create_schema,
+    make_engine,
+    make_sessionmaker,
+    utcnow,
+)
+from adapters.layout import AdapterLayout
+from adapters.state import SETTLED, AdapterState
+from gateway.errors import AdapterNotFoundError, ConflictError, GatewayError
+
+T = TypeVar("T")
+
+
+def upstream_name(name: str, version: int, sha256: str, config_sha256: str) -> str:
+    """The LoRA name the engine knows a version by: ``NAME@vN.<content tag>``.
+
+    ``@`` cannot occur in public names. The tag (12 hex digits over both hashes) means an engine
+    that outlived a wiped registry never serves its stale ``NAME@v1`` for a new ``NAME`` v1.
+    """
+    tag = hashlib.sha256(f"{sha256}:{config_sha256}".encode()).hexdigest()[:12]
+    return f"{name}@v{version}.{tag}"
+
+
+def _aware(value: datetime) -> datetime:
+    # SQLite hands back naive datetimes even for timezone=True columns; they were stored as UTC.
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class NewVersion:
+    """What registration persists about a validated adapter directory."""
+
+    base_model: str
+    source_path: str
+    rank: int
+    alpha: float
+    target_modules: tuple[str, ...] | str
+    sha256: str
+    config_sha256: str
+    size_bytes: int
+    manifest: dict[str, Any] | None = None
+
+    @classmethod
+    def from_layout(cls, layout: AdapterLayout, base_model: str) -> NewVersion:
+        return cls(
+            base_model=base_model,
+            source_path=str(layout.path),
+            rank=layout.max_rank,
+            alpha=layout.lora_alpha,
+            target_modules=layout.target_modules,
+            sha256=layout.sha256,
+            config_sha256=layout.config_sha256,
+            size_bytes=layout.weights_size,
+            manifest=layout.manifest,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class AdapterVersion:
+    name: str
+    version: int
+    base_model: str
+    source_path: str
+    rank: int
+    alpha: float
+    target_modules: tuple[str, ...] | str
+    sha256: str
+    config_sha256: str
+    size_bytes: int
+    manifest: dict[str, Any] | None
+    state: AdapterState
+    last_error: str | None
+    created_at: datetime
+    updated_at: datetime
+
+    @property
+    def upstream_name(self) -> str:
+        return upstream_name(self.name, self.version, self.sha256, self.config_sha256)
+
+    def same_content(self, sha256: str, config_sha256: str) -> bool:
+        return self.sha256 == sha256 and self.config_sha256 == config_sha256
+
+
+@dataclass(frozen=True, slots=True)
+class AdapterRecord:
+    name: str
+    active_version: int
+    pinned: bool
+    created_at: datetime
+    updated_at: datetime
+    versions: tuple[AdapterVersion, ...]
+
+    @property
+    def active(self) -> AdapterVersion:
+        found = self.version(self.active_version)
+        if found is None:  # guarded by set_active; a hand-edited database could break it
+            raise GatewayError(
+                f"adapter {self.name!r} has no active version {self.active_version}",
+                code="registry_inconsistent",
+            )
+        return found
+
+    def version(self, number: int) -> AdapterVersion | None:
+        return next((v for v in self.versions if v.version == number), None)
+
+    @property
+    def latest_version(self) -> int:
+        return max(v.version for v in self.versions)
+
+
+def _version_out(row: AdapterVersionRow) -> AdapterVersion:
+    targets = row.target_modules
+    return AdapterVersion(
+        name=row.name,
+        version=row.version,
+        base_model=row.base_model,
+        source_path=row.source_path,
+        rank=row.rank,
+        alpha=row.alpha,
+        target_modules=targets if isinstance(targets, str) else tuple(targets),
+        sha256=row.sha256,
+        config_sha256=row.config_sha256,
+        size_bytes=row.size_bytes,
+        manifest=row.manifest,
+        state=AdapterState(row.state),
+        last_error=row.last_error,
+        created_at=_aware(row.created_at),
+        updated_at=_aware(row.updated_at),
+    )
+
+
+def _record_out(row: AdapterRow) -> AdapterRecord:
+    return AdapterRecord(
+        name=row.name,
+        active_version=row.active_version,
+        pinned=row.pinned,
+        created_at=_aware(row.created_at),
+        updated_at=_aware(row.updated_at),
+        versions=tuple(_version_out(v) for v in row.versions),
+    )
+
+
+class Registry:
+    """Synchronous, thread-safe access to the registry database."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        with self._translate("open"):
+            self._engine = make_engine(url)
+            create_schema(self._engine)
+        self._sessions = make_sessionmaker(self._engine)
+
+    def close(self) -> None:
+        self._engine.dispose()
+
+    @contextmanager
+    def _translate(self, what: str) -> Iterator[None]:
+        try:
+            yield
+        except IntegrityError as exc:
+            raise ConflictError(
+                f"registry {what} conflicts with a concurrent change: {exc.orig}",
+                code="registry_conflict",
+            ) from exc
+        except SQLAlchemyError as exc:
+            raise GatewayError(
+                f"registry database error during {what}: {exc}", code="registry_error"
+            ) from exc
+
+    def _run(self, what: str, work: Callable[[Session], T]) -> T:
+        with self._translate(what), self._sessions.begin() as session:
+            return work(session)
+
+    @staticmethod
+    def _row(session: Session, name: str) -> AdapterRow:
+        row = session.get(AdapterRow, name)
+        if row is None:
+            raise AdapterNotFoundError(f"no adapter named {name!r} is registered", param="name")
+        return row
+
+    def list(self) -> list[AdapterRecord]:
+        def work(session: Session) -> list[AdapterRecord]:
+            rows = session.scalars(select(AdapterRow).order_by(AdapterRow.name))
+            return [_record_out(row) for row in rows]
+
+        return self._run("list", work)
+
+    def get(self, name: str) -> AdapterRecord | None:
+        def work(session: Session) -> AdapterRecord | None:
+            row = session.get(AdapterRow, name)
+            return _record_out(row) if row is not None else None
+
+        return self._run("get", work)
+
+    def add(
+        self, name: str, new: NewVersion, *, pinned: bool, activate: bool = True
+    ) -> AdapterRecord:
+        """Add ``new`` as the next version of ``name`` (version 1 for a new name)."""
+
+        def work(session: Session) -> AdapterRecord:
+            row = session.get(AdapterRow, name)
+            latest = session.scalar(
+                select(func.max(AdapterVersionRow.version)).where(AdapterVersionRow.name == name)
+            )
+            number = (latest or 0) + 1
+            if row is None:
+                row = AdapterRow(name=name, active_version=number, pinned=pinned)
+                session.add(row)
+            elif activate:
+                row.active_version = number
+                row.pinned = pinned
+            row.versions.append(
+                AdapterVersionRow(
+                    name=name,
+                    version=number,
+                    base_model=new.base_model,
+                    source_path=new.source_path,
+                    rank=new.rank,
+                    alpha=new.alpha,
+                    target_modules=(
+                        new.target_modules
+                        if isinstance(new.target_modules, str)
+                        else list(new.target_modules)
+                    ),
+                    sha256=new.sha256,
+                    config_sha256=new.config_sha256,
+                    size_bytes=new.size_bytes,
+                    manifest=new.manifest,
+                    state=AdapterState.REGISTERED.value,
+                )
+            )
+            session.flush()
+            row.updated_at = utcnow()
+            return _record_out(row)
+
+        return self._run("add", work)
+
+    def set_active(self, name: str, version: int) -> AdapterRecord:
+        def work(session: Session) -> AdapterRecord:
+            row = self._row(session, name)
+            if not any(v.version == version for v in row.versions):
+                raise AdapterNotFoundError(
+                    f"adapter {name!r} has no version {version}", param="version"
+                )
+            row.active_version = version
+            row.updated_at = utcnow()
+            return _record_out(row)
+
+        return self._run("set_active", work)
+
+    def set_pinned(self, name: str, pinned: bool) -> AdapterRecord:
+        def work(session: Session) -> AdapterRecord:
+            row = self._row(session, name)
+            row.pinned = pinned
+            row.updated_at = utcnow()
+            return _record_out(row)
+
+        return self._run("set_pinned", work)
+
+    def set_state(
+        self, name: str, version: int, state: AdapterState, last_error: str | None = None
+    ) -> None:
+        """Record a settled state; ``last_error`` is kept until the next failure clears it."""
+        if state not in SETTLED:
+            raise ValueError(f"only settled states are persisted, not {state}")
+
+        def work(session: Session) -> None:
+            row = session.scalar(
+                select(AdapterVersionRow).where(
+                    AdapterVersionRow.name == name, AdapterVersionRow.version == version
+                )
+            )
+            if row is None:
+                return  # deleted meanwhile: nothing to record
+            row.state = state.value
+            if state is AdapterState.FAILED or last_error is not None:
+                row.last_error = last_error
+            row.updated_at = utcnow()
+
+        self._run("set_state", work)
+
+    def delete(self, name: str) -> bool:
+        def work(session: Session) -> bool:
+            row = session.get(AdapterRow, name)
+            if row is None:
+                return False
+            session.delete(row)
+            return True
+
+        return self._run("delete", work)

@@ -1,0 +1,47 @@
+"""The adapter lifecycle's states and the transitions allowed between them.
+
+::
+
+    registered --load--> loading --ok--> loaded --unload/evict--> unloading --> registered
+                            |  \\--engine unavailable--> registered
+                            \\--engine refused--> failed --load (explicit retry)--> loading
+
+Persisted per adapter version by :mod:`adapters.registry` (only the settled states: registered,
+loaded, failed) and driven by :class:`gateway.lifecycle.AdapterLifecycle`.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class AdapterState(StrEnum):
+    REGISTERED = "registered"
+    LOADING = "loading"
+    LOADED = "loaded"
+    UNLOADING = "unloading"
+    FAILED = "failed"
+
+
+TRANSITIONS: dict[AdapterState, frozenset[AdapterState]] = {
+    AdapterState.REGISTERED: frozenset({AdapterState.LOADING}),
+    AdapterState.LOADING: frozenset(
+        {AdapterState.LOADED, AdapterState.FAILED, AdapterState.REGISTERED}
+    ),
+    AdapterState.LOADED: frozenset({AdapterState.UNLOADING, AdapterState.LOADING}),
+    AdapterState.UNLOADING: frozenset({AdapterState.REGISTERED}),
+    AdapterState.FAILED: frozenset({AdapterState.LOADING, AdapterState.REGISTERED}),
+}
+
+#: States worth persisting: transient ones are rebuilt from the engine after a restart.
+SETTLED = frozenset({AdapterState.REGISTERED, AdapterState.LOADED, AdapterState.FAILED})
+
+
+class InvalidTransitionError(RuntimeError):
+    """A bug: the lifecycle tried a transition the state machine does not allow."""
+
+
+def check_transition(current: AdapterState, new: AdapterState) -> AdapterState:
+    if new not in TRANSITIONS[current]:
+        raise InvalidTransitionError(f"adapter state {current} cannot become {new}")
+    return new

@@ -1,0 +1,68 @@
+"""What routes can ask for: the app's :class:`Services` and typed ``Annotated`` aliases.
+
+:func:`gateway.app.create_app` builds one :class:`Services` in its lifespan and keeps it on
+``app.state.services``; routes declare what they need with the aliases below (``RouterDep``,
+``ProxyDep``, ...) so each signature says what it uses.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from gateway.engines.base import Engine
+from gateway.proxy import OpenAIProxy
+from gateway.request_log import RequestInfo, RequestObserver, request_info_of
+from gateway.routing import AdapterResolver, Router
+from gateway.settings import GatewaySettings
+
+
+@dataclass(slots=True)
+class Services:
+    """Everything the routes use, built once per app start."""
+
+    settings: GatewaySettings
+    engines: list[Engine]
+    router: Router
+    adapters: AdapterResolver
+    proxy: OpenAIProxy
+    #: Metrics hook point (the metrics module provides the real one).
+    observer: RequestObserver
+    #: True when the app built the engines and so starts and stops them.
+    owns_engines: bool
+
+
+def services_of(request: Request) -> Services:
+    services = getattr(request.app.state, "services", None)
+    if not isinstance(services, Services):
+        raise RuntimeError("the app has not started: no services (was its lifespan run?)")
+    return services
+
+
+# The providers are ``async def`` on purpose: FastAPI runs plain ``def`` dependencies in a
+# thread pool, which costs more than everything else on the request path.
+async def get_services(request: Request) -> Services:
+    return services_of(request)
+
+
+async def get_router(request: Request) -> Router:
+    return services_of(request).router
+
+
+async def get_proxy(request: Request) -> OpenAIProxy:
+    return services_of(request).proxy
+
+
+async def get_request_info(request: Request) -> RequestInfo:
+    info = request_info_of(request.scope)
+    if info is None:
+        raise RuntimeError("no request record: RequestContextMiddleware is not installed")
+    return info
+
+
+ServicesDep = Annotated[Services, Depends(get_services)]
+RouterDep = Annotated[Router, Depends(get_router)]
+ProxyDep = Annotated[OpenAIProxy, Depends(get_proxy)]
+RequestInfoDep = Annotated[RequestInfo, Depends(get_request_info)]

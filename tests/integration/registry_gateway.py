@@ -1,0 +1,126 @@
+"""A real gateway with the adapter registry, around the session's shared vLLM engine.
+
+:func:`registry_gateway` builds the lifecycle exactly as the app does
+(:func:`gateway.adapter_startup.build_lifecycle`: SQLite registry in the data dir, validator
+for the tiny base), wires it and the admin API into ``create_app`` and serves the app over real
+HTTP from the test's event loop. Clients: the official ``openai`` SDK for ``/v1`` and an httpx
+client carrying the admin token for ``/admin``. Used by tests/integration/test_registry_*.py.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+from openai import AsyncOpenAI
+from pydantic import SecretStr
+
+from gateway.adapter_startup import build_lifecycle, scan_adapters_dir
+from gateway.admin_token import load_admin_token
+from gateway.api.admin_routes import build_admin_router
+from gateway.app import create_app
+from gateway.engines.base import Engine
+from gateway.lifecycle import AdapterLifecycle
+from gateway.settings import GatewaySettings
+from tests.support.gateway_server import serve_in_loop
+
+ADMIN_TOKEN = "registry-integration-token"
+
+
+@dataclass
+class RegistryGateway:
+    url: str
+    openai: AsyncOpenAI
+    admin: httpx.AsyncClient
+    lifecycle: AdapterLifecycle
+    settings: GatewaySettings
+
+    async def register(self, name: str, path: Path, **extra: object) -> dict[str, object]:
+        response = await self.admin.post(
+            "/admin/adapters", json={"name": name, "path": str(path), **extra}
+        )
+        assert response.status_code in (200, 201), response.text
+        return response.json()  # type: ignore[no-any-return]
+
+    async def complete(
+        self, model: str, *, max_tokens: int = 6, prompt: str = "hello there"
+    ) -> str:
+        result = await self.openai.completions.create(
+            model=model, prompt=prompt, max_tokens=max_tokens, temperature=0
+        )
+        assert result.model == model
+        return result.choices[0].text
+
+    async def stream(self, model: str, *, max_tokens: int = 6, prompt: str = "hello there") -> str:
+        stream = await self.openai.completions.create(
+            model=model, prompt=prompt, max_tokens=max_tokens, temperature=0, stream=True
+        )
+        parts = [chunk.choices[0].text async for chunk in stream if chunk.choices]
+        return "".join(parts)
+
+
+async def engine_completion(
+    engine: Engine, upstream_model: str, *, max_tokens: int = 6, prompt: str = "hello there"
+) -> str:
+    """The same request straight to vLLM, bypassing the gateway."""
+    response = await engine.client.http.post(
+        "/v1/completions",
+        json={
+            "model": upstream_model,
+            "prompt": prompt,
+            "max_tokens": max_tokens,
+            "temperature": 0,
+        },
+    )
+    assert response.status_code == 200, response.text
+    return str(response.json()["choices"][0]["text"])
+
+
+async def engine_adapters(engine: Engine) -> set[str]:
+    return {m["id"] for m in await engine.client.list_models() if m.get("parent") is not None}
+
+
+@asynccontextmanager
+async def registry_gateway(
+    engine_settings: GatewaySettings,
+    engine: Engine,
+    data_dir: Path,
+    adapter_root: Path,
+    *,
+    capacity: int | None = None,
+    adapters_dir: Path | None = None,
+) -> AsyncIterator[RegistryGateway]:
+    settings = engine_settings.model_copy(
+        update={
+            # model_copy does not validate: give the fields their final types.
+            "data_dir": data_dir,
+            "adapter_roots": [adapter_root],
+            "admin_token": SecretStr(ADMIN_TOKEN),
+            "adapters_dir": adapters_dir,
+        }
+    )
+    lifecycle = build_lifecycle(settings, [engine], capacity=capacity)
+    try:
+        await lifecycle.start()
+        if adapters_dir is not None:
+            await scan_adapters_dir(lifecycle, adapters_dir)
+        app = create_app(settings, engines=[engine], adapter_resolver=lifecycle)
+        app.state.lifecycle = lifecycle
+        app.state.admin_token = load_admin_token(settings)
+        app.include_router(build_admin_router())
+        async with serve_in_loop(app) as url:
+            client = AsyncOpenAI(
+                base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=120.0
+            )
+            async with httpx.AsyncClient(
+                base_url=url, timeout=120.0, headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}
+            ) as admin:
+                try:
+                    yield RegistryGateway(url, client, admin, lifecycle, settings)
+                finally:
+                    await client.close()
+    finally:
+        await lifecycle.close()

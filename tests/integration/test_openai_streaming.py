@@ -1,0 +1,173 @@
+"""Streaming through the gateway against the session's real vLLM: the same events as a direct
+request (chunks in = chunks out), and a client that leaves (mid-stream, or while waiting for a
+non-streamed answer) stops the generation on the engine."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import pytest_asyncio
+
+from gateway.app import create_app
+from gateway.engines.managed import ManagedVLLMEngine
+from gateway.settings import GatewaySettings
+from gateway.streaming import SSEEventSplitter
+from tests.integration.conftest import TINY_SERVED_NAME
+from tests.support.adapter_resolver import EngineAdapters, LoadedAdapter
+from tests.support.gateway_server import serve_in_loop
+
+pytestmark = pytest.mark.integration
+
+BASE = TINY_SERVED_NAME
+ADAPTER = "st-a1"
+ADAPTER_UPSTREAM = "st-a1@v1"
+RUNNING = re.compile(r"^vllm:num_requests_running\{[^}]*\} ([0-9.e+]+)$", re.MULTILINE)
+GENERATED = re.compile(r"^vllm:generation_tokens_total\{[^}]*\} ([0-9.e+]+)$", re.MULTILINE)
+MAX_TOKENS = 1900
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="session")
+async def gateway(
+    vllm_engine: ManagedVLLMEngine,
+    tiny_adapters: dict[str, Path],
+    engine_settings: GatewaySettings,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> AsyncIterator[tuple[httpx.AsyncClient, EngineAdapters]]:
+    """The gateway around the session engine object itself, served from this loop."""
+    settings = engine_settings.model_copy(update={"data_dir": tmp_path_factory.mktemp("gw")})
+    adapters = EngineAdapters(
+        vllm_engine, [LoadedAdapter(ADAPTER, ADAPTER_UPSTREAM, tiny_adapters["a1"])]
+    )
+    await adapters.load_all()
+    app = create_app(settings, engines=[vllm_engine], adapter_resolver=adapters)
+    async with serve_in_loop(app) as url, httpx.AsyncClient(base_url=url, timeout=120) as http:
+        yield http, adapters
+
+
+async def sse_events(response: httpx.Response) -> list[dict[str, Any] | str]:
+    splitter, events = SSEEventSplitter(), []
+    async for chunk in response.aiter_raw():
+        events.extend(splitter.feed(chunk))
+    assert splitter.flush() == b""
+    decoded: list[dict[str, Any] | str] = []
+    for event in events:
+        assert event.startswith(b"data: ") and event.endswith(b"\n\n")
+        data = event[6:-2]
+        decoded.append(data.decode() if data == b"[DONE]" else json.loads(data))
+    return decoded
+
+
+def comparable(event: dict[str, Any] | str) -> object:
+    if isinstance(event, str):
+        return event
+    return {k: v for k, v in event.items() if k not in ("id", "created", "model")}
+
+
+@pytest.mark.parametrize(
+    ("path", "model", "body"),
+    [
+        ("/v1/chat/completions", BASE, {"messages": [{"role": "user", "content": "Once upon"}]}),
+        ("/v1/completions", ADAPTER, {"prompt": "Once upon a time"}),
+    ],
+)
+async def test_gateway_stream_has_the_engines_events(
+    gateway: tuple[httpx.AsyncClient, EngineAdapters],
+    vllm_engine: ManagedVLLMEngine,
+    path: str,
+    model: str,
+    body: dict[str, Any],
+) -> None:
+    http, _ = gateway
+    request = {
+        **body,
+        "stream": True,
+        "temperature": 0.0,
+        "max_tokens": 32,
+        "stream_options": {"include_usage": True},
+    }
+    upstream_model = ADAPTER_UPSTREAM if model == ADAPTER else BASE
+    async with httpx.AsyncClient(base_url=vllm_engine.url, timeout=120) as direct_http:
+        async with direct_http.stream(
+            "POST", path, json={**request, "model": upstream_model}
+        ) as direct:
+            assert direct.status_code == 200
+            expected = await sse_events(direct)
+    async with http.stream("POST", path, json={**request, "model": model}) as via:
+        assert via.status_code == 200
+        received = await sse_events(via)
+    assert len(received) == len(expected) > 3
+    assert received[-1] == "[DONE]"
+    assert [comparable(e) for e in received] == [comparable(e) for e in expected]
+    assert all(e["model"] == model for e in received if isinstance(e, dict))
+
+
+async def engine_metric(engine: ManagedVLLMEngine, family: re.Pattern[str]) -> float:
+    text = await engine.client.metrics_text()
+    values = family.findall(text)
+    assert values, f"no {family.pattern} in the engine's /metrics"
+    return sum(float(value) for value in values)
+
+
+async def test_client_disconnect_stops_generation(
+    gateway: tuple[httpx.AsyncClient, EngineAdapters], vllm_engine: ManagedVLLMEngine
+) -> None:
+    http, adapters = gateway
+    body = {
+        "model": ADAPTER,
+        "prompt": "Once upon a time",
+        "stream": True,
+        "max_tokens": MAX_TOKENS,
+        "ignore_eos": True,
+        "temperature": 0.0,
+    }
+    assert await engine_metric(vllm_engine, RUNNING) == 0
+    generated_before = await engine_metric(vllm_engine, GENERATED)
+    async with http.stream("POST", "/v1/completions", json=body) as response:
+        assert response.status_code == 200
+        chunks = response.aiter_raw()
+        splitter, received = SSEEventSplitter(), 0
+        while received < 5:
+            received += len(splitter.feed(await anext(chunks)))
+        assert await engine_metric(vllm_engine, RUNNING) == 1
+        assert adapters.active_leases == 1
+    left = time.monotonic()  # the client's connection is closed here, mid-stream
+    while await engine_metric(vllm_engine, RUNNING) > 0:
+        assert time.monotonic() - left < 5, "the engine kept generating after the client left"
+        await asyncio.sleep(0.05)
+    assert adapters.active_leases == 0
+    await asyncio.sleep(0.5)  # let the counters of the aborted request settle
+    generated = await engine_metric(vllm_engine, GENERATED) - generated_before
+    # ignore_eos: a request left running would have produced all MAX_TOKENS tokens.
+    assert generated < MAX_TOKENS / 2, f"{generated} tokens generated after the client left"
+
+
+async def test_client_leaving_a_non_stream_request_stops_generation(
+    gateway: tuple[httpx.AsyncClient, EngineAdapters], vllm_engine: ManagedVLLMEngine
+) -> None:
+    http, _ = gateway
+    body = {
+        "model": BASE,
+        "prompt": "Once upon a time",
+        "max_tokens": MAX_TOKENS,
+        "ignore_eos": True,
+        "temperature": 0.0,
+    }
+    assert await engine_metric(vllm_engine, RUNNING) == 0
+    generated_before = await engine_metric(vllm_engine, GENERATED)
+    with pytest.raises(httpx.ReadTimeout):
+        await http.post("/v1/completions", json=body, timeout=1.0)
+    left = time.monotonic()
+    while await engine_metric(vllm_engine, RUNNING) > 0:
+        assert time.monotonic() - left < 5, "the engine kept generating after the client left"
+        await asyncio.sleep(0.05)
+    await asyncio.sleep(0.5)
+    generated = await engine_metric(vllm_engine, GENERATED) - generated_before
+    assert generated < MAX_TOKENS / 2, f"{generated} tokens generated"

@@ -1,0 +1,193 @@
+"""A tiny real run of the benchmark over the FAKE upstream: JSON, table and PNG come out right.
+
+Short durations, no LiteLLM (its install is the benchmark's, not CI's) and no vLLM. Nothing
+here depends on how fast anything is: only on what was counted.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from loadtest import report
+from loadtest.openloop import Outcome, PhaseResult
+from loadtest.stats import summarize
+from loadtest.suites import SuiteResult
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def run_bench(
+    tmp_path: Path, base: Path, *args: str
+) -> tuple[subprocess.CompletedProcess[str], dict[str, Any]]:
+    results = tmp_path / "results"
+    completed = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "loadtest",
+            "bench",
+            "--suites",
+            "fake",
+            "--results-dir",
+            str(results),
+            "--work-dir",
+            str(tmp_path / "work"),
+            "--base-model",
+            str(base),
+            "--duration",
+            "1",
+            "--max-rps-duration",
+            "1",
+            "--concurrency",
+            "4",
+            "--chunks",
+            "3",
+            *args,
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert (results / "bench.json").exists(), completed.stdout + completed.stderr
+    return completed, json.loads((results / "bench.json").read_text())
+
+
+def test_direct_only_run(tmp_path: Path, tiny_model_dir: Path) -> None:
+    completed, data = run_bench(
+        tmp_path, tiny_model_dir, "--targets", "direct", "--rates", "20,40", "--registry-size", "0"
+    )
+    assert completed.returncode == 0, completed.stdout + completed.stderr
+    assert data["meta"]["errors"] == []
+    assert "CPU" in data["meta"]["placement"] and data["meta"]["machine"]["cpus"] >= 1
+    latency = data["comparison"]["latency"]
+    assert [(row["mode"], row["rate"]) for row in latency] == [
+        ("full", 20.0),
+        ("full", 40.0),
+        ("stream", 20.0),
+        ("stream", 40.0),
+    ]
+    phases = data["suites"][0]["latency"]
+    assert [phase["requests"] for phase in phases] == [20, 40, 20, 40]
+    assert all(phase["errors"] == 0 for phase in phases)
+    for phase in phases:
+        if phase["mode"] == "stream":
+            # what the client counted equals what the fake says it sent: role + 3 + usage
+            assert phase["chunks_out"] == phase["chunks_in"] == phase["requests"] * 5
+    (maximum,) = data["comparison"]["max_rps"]
+    assert maximum["direct_rps"] > 0 and maximum["gateway_rps"] is None
+    assert (tmp_path / "results" / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "Latency at fixed rates" in completed.stdout and "Maximum requests/s" in completed.stdout
+
+
+def test_refuses_a_run_without_the_baseline(tmp_path: Path) -> None:
+    completed = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "loadtest.bench",
+            "--targets",
+            "gateway",
+            "--results-dir",
+            str(tmp_path),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert completed.returncode == 2 and "baseline" in completed.stderr
+
+
+def _stats(
+    target: str, mode: str, rate: float, latency_s: float, chunks: int, chunks_in: int | None
+) -> Any:
+    outcomes = [
+        Outcome(due_s=0, lag_s=0, latency_s=latency_s, ttft_s=None, chunks=chunks, status=200)
+    ] * 10
+    return summarize(
+        PhaseResult(outcomes, 1.0), target=target, mode=mode, offered_rps=rate, chunks_in=chunks_in
+    )
+
+
+def test_comparison_ratios() -> None:
+    suite = SuiteResult(
+        upstream="fake",
+        latency=[
+            _stats("direct", "stream", 50, 0.001, 5, 50),
+            _stats("gateway", "stream", 50, 0.002, 5, 50),
+            _stats("litellm", "stream", 50, 0.005, 6, 50),
+        ],
+        max_rps=[_stats("direct", "full", 0, 0.001, 0, None)],
+    )
+    (row,), max_row = report.compare(suite)
+    assert row.gateway_added_p50_ms == pytest.approx(1.0)
+    assert row.litellm_added_p50_ms == pytest.approx(4.0)
+    assert row.gateway_over_direct_p50 == pytest.approx(2.0)
+    assert row.gateway_over_litellm_p50 == pytest.approx(0.4)
+    assert row.gateway_added_over_litellm_added_p50 == pytest.approx(0.25)
+    assert row.gateway_chunk_ratio == pytest.approx(1.0)
+    assert row.litellm_chunk_ratio == pytest.approx(1.2)
+    assert max_row.direct_rps == pytest.approx(10.0) and max_row.gateway_over_litellm is None
+
+
+@pytest.mark.integration
+def test_gateway_over_fake_run(tmp_path: Path, tiny_model_dir: Path) -> None:
+    """The real gateway (``lora-gateway serve --engine-url``) in the same tiny run."""
+    completed, data = run_bench(
+        tmp_path,
+        tiny_model_dir,
+        "--targets",
+        "direct,gateway",
+        "--rates",
+        "20",
+        "--registry-size",
+        "0",
+    )
+    assert completed.returncode == 0, completed.stdout + completed.stderr
+    (row_full, row_stream) = data["comparison"]["latency"]
+    assert row_full["gateway_added_p50_ms"] is not None
+    assert row_stream["gateway_chunk_ratio"] is not None and row_stream["errors"] == 0
+    gateway_phases = [p for p in data["suites"][0]["latency"] if p["target"] == "gateway"]
+    stream = next(p for p in gateway_phases if p["mode"] == "stream")
+    assert stream["chunks_in"] > 0 and stream["chunks_out"] > 0
+    (maximum,) = data["comparison"]["max_rps"]
+    assert maximum["gateway_rps"] > 0 and maximum["gateway_cpu_ms_per_request"] > 0
+    assert (tmp_path / "results" / "logs" / "gateway-fake-three-way.log").exists()
+
+
+@pytest.mark.integration
+def test_registry_size_run(tmp_path: Path, tiny_model_dir: Path) -> None:
+    """1 then 3 adapters registered through the gateway's admin API, traffic over the fake."""
+    completed, data = run_bench(
+        tmp_path,
+        tiny_model_dir,
+        "--targets",
+        "direct,gateway",
+        "--rates",
+        "20",
+        "--modes",
+        "full",
+        "--max-rps-duration",
+        "1",
+        "--registry-size",
+        "3",
+        "--registry-rate",
+        "20",
+    )
+    assert completed.returncode == 0, completed.stdout + completed.stderr
+    registry = data["comparison"]["registry_size"]
+    assert [(r["registered"], r["traffic"], r["errors"]) for r in registry] == [
+        (1, "reg-0", 0),
+        (3, "reg-0", 0),
+        (3, "zipf over 3", 0),
+    ]
+    assert all(r["added_p50_ms"] is not None for r in registry)

@@ -1,0 +1,157 @@
+"""FakeUpstream: a scripted stand-in for a vLLM server, for fault injection and overhead tests.
+
+NOT an engine: it generates no text. It answers the OpenAI endpoints with canned bodies so
+tests can make an upstream do what a real one does only by accident: split and merge SSE events
+across TCP writes, hold an event until the test releases it, break a stream after the headers,
+answer an error status, or stall. It records every request it receives (path, headers, body) so
+tests can check exactly what the gateway forwarded. Serve it with
+:func:`tests.support.gateway_server.serve_in_loop`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+
+@dataclass
+class Recorded:
+    path: str
+    headers: dict[str, str]
+    body: bytes
+    #: The live request, for handlers that watch the gateway's connection.
+    request: Request | None = field(default=None, repr=False, compare=False)
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+def chunk_event(model: str, text: str, index: int = 0) -> bytes:
+    payload = {
+        "id": "cmpl-fake",
+        "object": "chat.completion.chunk",
+        "created": 1,
+        "model": model,
+        "choices": [{"index": index, "delta": {"content": text}, "finish_reason": None}],
+    }
+    return b"data: " + json.dumps(payload, separators=(",", ":")).encode() + b"\n\n"
+
+
+def usage_event(model: str, prompt: int, completion: int) -> bytes:
+    payload = {
+        "id": "cmpl-fake",
+        "object": "chat.completion.chunk",
+        "created": 1,
+        "model": model,
+        "choices": [],
+        "usage": {
+            "prompt_tokens": prompt,
+            "completion_tokens": completion,
+            "total_tokens": prompt + completion,
+        },
+    }
+    return b"data: " + json.dumps(payload, separators=(",", ":")).encode() + b"\n\n"
+
+
+DONE = b"data: [DONE]\n\n"
+
+
+def completion_body(model: str, text: str = "fake answer") -> dict[str, Any]:
+    return {
+        "id": "chatcmpl-fake",
+        "object": "chat.completion",
+        "created": 1,
+        "model": model,
+        "choices": [
+            {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}
+        ],
+        "usage": {"prompt_tokens": 7, "completion_tokens": 2, "total_tokens": 9},
+    }
+
+
+#: A step of a scripted stream: bytes to write, or an event to wait for before going on.
+Step = bytes | asyncio.Event
+Handler = Callable[[Recorded], Awaitable[Response]]
+
+
+@dataclass
+class FakeUpstream:
+    """The ASGI app plus its script; set :attr:`handler` per test (default: echo-ish answers)."""
+
+    #: What ``GET /v1/models`` lists as the base model (engines read it when they get ready).
+    base_model: str = "base-model"
+    requests: list[Recorded] = field(default_factory=list)
+    handler: Handler | None = None
+    #: Set when a streamed response's generator was closed before it finished (client gone).
+    stream_cancelled: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def reset(self) -> None:
+        self.requests.clear()
+        self.handler = None
+        self.stream_cancelled = asyncio.Event()
+
+    def app(self) -> Starlette:
+        async def endpoint(request: Request) -> Response:
+            recorded = Recorded(
+                request.url.path, dict(request.headers), await request.body(), request
+            )
+            self.requests.append(recorded)
+            if self.handler is not None:
+                return await self.handler(recorded)
+            return self.default_answer(recorded)
+
+        async def health(request: Request) -> Response:
+            return PlainTextResponse("")
+
+        async def models(request: Request) -> Response:
+            card = {
+                "id": self.base_model,
+                "object": "model",
+                "root": self.base_model,
+                "parent": None,
+            }
+            return JSONResponse({"object": "list", "data": [card]})
+
+        return Starlette(
+            routes=[
+                Route("/health", health),
+                Route("/v1/models", models),
+                Route("/v1/chat/completions", endpoint, methods=["POST"]),
+                Route("/v1/completions", endpoint, methods=["POST"]),
+            ]
+        )
+
+    def default_answer(self, recorded: Recorded) -> Response:
+        body = recorded.json()
+        model = body["model"]
+        if body.get("stream"):
+            return self.stream([chunk_event(model, "fake"), chunk_event(model, " answer"), DONE])
+        return JSONResponse(completion_body(model))
+
+    def stream(self, steps: list[Step], *, fail_at_end: bool = False) -> StreamingResponse:
+        """A 200 SSE response writing ``steps`` one by one (each bytes item is one write)."""
+
+        async def body() -> AsyncIterator[bytes]:
+            finished = False
+            try:
+                for step in steps:
+                    if isinstance(step, asyncio.Event):
+                        await step.wait()
+                    else:
+                        yield step
+                if fail_at_end:
+                    raise RuntimeError("fake upstream breaks the stream on purpose")
+                finished = True
+            finally:
+                if not finished:
+                    self.stream_cancelled.set()
+
+        return StreamingResponse(body(), media_type="text/event-stream")

@@ -1,0 +1,137 @@
+"""manifest.json: what an adapter directory says about how it was made.
+
+Written by :func:`trainer.train.train` next to the PEFT files (``adapter_config.json``,
+``adapter_model.safetensors``), read back by :mod:`trainer.evaluate` (to rebuild the same
+held-out split) and by people. It records the resolved config, the data (sha256, format, row
+counts), the base model's identity (path, a sha256 of its config.json, the recipe marker that
+``gateway.basemodels`` leaves), eval loss before and after, library versions, wall time and
+tokens/s. No torch import here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import json
+import math
+import platform
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+MANIFEST_FILE = "manifest.json"
+MANIFEST_VERSION = 1
+# The recipe marker gateway.basemodels writes into a prepared model directory.
+BASE_MODEL_MARKER = ".lora-gateway-model.json"
+LIBRARIES = ("torch", "transformers", "peft", "trl", "bitsandbytes", "accelerate", "datasets")
+
+
+@dataclass(frozen=True)
+class RunFigures:
+    """What one training run measured."""
+
+    device: str
+    steps: int
+    train_loss: float | None
+    eval_loss_before: float | None
+    eval_loss_after: float | None
+    train_runtime_s: float
+    tokens_seen: int
+    wall_time_s: float
+    trainable_parameters: int
+    compute_dtype: str
+    quantization: dict[str, Any] | None  # the BitsAndBytesConfig of a QLoRA run
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.tokens_seen / self.train_runtime_s if self.train_runtime_s > 0 else 0.0
+
+
+def base_model_identity(path: Path) -> dict[str, Any]:
+    """Name, path and a hash of config.json: enough to tell whether a base is the same one."""
+    path = Path(path).resolve()
+    config_bytes = (path / "config.json").read_bytes()
+    config = json.loads(config_bytes)
+    identity: dict[str, Any] = {
+        "name": path.name,
+        "path": str(path),
+        "config_sha256": hashlib.sha256(config_bytes).hexdigest(),
+        "architectures": config.get("architectures"),
+        "model_type": config.get("model_type"),
+    }
+    marker = path / BASE_MODEL_MARKER
+    if marker.is_file():
+        identity["recipe"] = json.loads(marker.read_text())
+    return identity
+
+
+def library_versions() -> dict[str, str | None]:
+    versions: dict[str, str | None] = {"python": platform.python_version()}
+    for name in LIBRARIES:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def build_manifest(
+    *,
+    config: dict[str, Any],
+    data: dict[str, Any],
+    base_model: Path,
+    figures: RunFigures,
+) -> dict[str, Any]:
+    dpo = config["method"] == "dpo"
+    return {
+        "manifest_version": MANIFEST_VERSION,
+        "adapter_name": config["adapter_name"],
+        "method": config["method"],
+        "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "config": config,
+        "data": data,
+        "base_model": base_model_identity(base_model),
+        "eval": {
+            # SFT: mean NLL of held-out completion tokens; DPO: the DPO loss (ln 2 at start).
+            "metric": "dpo_loss" if dpo else "completion_nll",
+            "loss_before": figures.eval_loss_before,
+            "loss_after": figures.eval_loss_after,
+            "perplexity_before": None if dpo else _perplexity(figures.eval_loss_before),
+            "perplexity_after": None if dpo else _perplexity(figures.eval_loss_after),
+        },
+        "train": {
+            "device": figures.device,
+            "compute_dtype": figures.compute_dtype,
+            "quantization": figures.quantization,
+            "steps": figures.steps,
+            "train_loss": figures.train_loss,
+            "trainable_parameters": figures.trainable_parameters,
+            "train_runtime_s": round(figures.train_runtime_s, 3),
+            "tokens_seen": figures.tokens_seen,
+            "tokens_per_s": round(figures.tokens_per_s, 1),
+            "wall_time_s": round(figures.wall_time_s, 3),
+        },
+        "versions": library_versions(),
+    }
+
+
+def write_manifest(directory: Path, manifest: dict[str, Any]) -> Path:
+    path = Path(directory) / MANIFEST_FILE
+    path.write_text(json.dumps(manifest, indent=2, sort_keys=False) + "\n")
+    return path
+
+
+def read_manifest(directory: Path) -> dict[str, Any] | None:
+    """The manifest of an adapter directory, or None when it has none (a foreign adapter)."""
+    path = Path(directory) / MANIFEST_FILE
+    if not path.is_file():
+        return None
+    manifest = json.loads(path.read_text())
+    return manifest if isinstance(manifest, dict) else None
+
+
+def _perplexity(loss: float | None) -> float | None:
+    if loss is None:
+        return None
+    return math.exp(loss) if loss < 700 else None  # JSON has no infinity
