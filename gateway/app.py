@@ -23,10 +23,11 @@ from contextlib import asynccontextmanager
 
 from fastapi import Depends, FastAPI
 
-from gateway.api import health, openai_routes
 from gateway.api.deps import Services
 from gateway.api.error_handlers import install_error_handlers
+from gateway.api.health import build_health_router
 from gateway.api.middleware import RequestContextMiddleware
+from gateway.api.openai_routes import build_openai_router
 from gateway.auth import ApiKeyAuth
 from gateway.engines.base import Engine
 from gateway.proxy import OpenAIProxy
@@ -117,7 +118,7 @@ def create_app(
         access_log=AccessLog(json_lines=settings.log_json),
         observer=observer,
     )
-    app.include_router(health.router)
+    app.include_router(build_health_router())
     v1_dependencies = [Depends(ApiKeyAuth(settings.api_keys))] if settings.api_keys else []
-    app.include_router(openai_routes.router, dependencies=v1_dependencies)
+    app.include_router(build_openai_router(), dependencies=v1_dependencies)
     return app

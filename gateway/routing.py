@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import itertools
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from typing import Protocol
@@ -72,7 +72,7 @@ class NoAdapters:
 
 class Router:
     def __init__(
-        self, engines: list[Engine], adapters: AdapterResolver, *, created: int | None = None
+        self, engines: Sequence[Engine], adapters: AdapterResolver, *, created: int | None = None
     ) -> None:
         if not engines:
             raise ValueError("the router needs at least one engine")

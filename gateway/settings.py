@@ -10,10 +10,10 @@ from __future__ import annotations
 import os
 from enum import StrEnum
 from pathlib import Path
+from typing import Annotated
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
-from typing import Annotated
 
 DEFAULT_BASE_MODEL = "smollm2-135m-instruct"
 
@@ -109,7 +109,7 @@ class GatewaySettings(BaseSettings):
     def _vllm_rank(cls, value: int) -> int:
         allowed = (1, 8, 16, 32, 64, 128, 256, 320, 512)
         if value not in allowed:
-            raise ValueError(f"max_lora_rank must be one of {allowed} (vLLM's choices), got {value}")
+            raise ValueError(f"max_lora_rank must be one of {allowed} (vLLM choices), not {value}")
         return value
 
     # --- Derived ------------------------------------------------------------------------------

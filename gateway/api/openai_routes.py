@@ -3,8 +3,8 @@
 
 Thin: read the body, validate it against :mod:`gateway.api.openai_schemas` (one parse, in
 pydantic's JSON mode), hand the client's own bytes to :class:`gateway.proxy.OpenAIProxy`, which
-routes, forwards and renders. Included by :func:`gateway.app.create_app`, behind the API-key
-dependency when keys are configured.
+routes, forwards and renders. :func:`build_openai_router` is included by
+:func:`gateway.app.create_app`, behind the API-key dependency when keys are configured.
 """
 
 from __future__ import annotations
@@ -29,8 +29,6 @@ from gateway.proxy import ProxyCall
 CHAT_COMPLETIONS = "/v1/chat/completions"
 COMPLETIONS = "/v1/completions"
 
-router = APIRouter(tags=["openai"])
-
 Body = TypeVar("Body", ChatCompletionRequest, CompletionRequest)
 
 
@@ -48,33 +46,36 @@ def parse_body(schema: type[Body], raw: bytes) -> Body:
         raise validation_error(exc) from None
 
 
-@router.get("/v1/models", response_model=ModelList)
-async def list_models(router: RouterDep) -> ModelList:
-    return ModelList(
-        data=[
-            ModelCard(
-                id=m.id,
-                created=m.created,
-                owned_by=m.owned_by,
-                root=m.root or m.id,
-                parent=m.parent,
-            )
-            for m in router.public_models()
-        ]
-    )
+def build_openai_router() -> APIRouter:
+    router = APIRouter(tags=["openai"])
 
+    @router.get("/v1/models", response_model=ModelList)
+    async def list_models(routing: RouterDep) -> ModelList:
+        return ModelList(
+            data=[
+                ModelCard(
+                    id=m.id,
+                    created=m.created,
+                    owned_by=m.owned_by,
+                    root=m.root or m.id,
+                    parent=m.parent,
+                )
+                for m in routing.public_models()
+            ]
+        )
 
-@router.post(CHAT_COMPLETIONS)
-async def chat_completions(request: Request, proxy: ProxyDep, info: RequestInfoDep) -> Response:
-    raw = await request.body()
-    body = parse_body(ChatCompletionRequest, raw)
-    call = ProxyCall(CHAT_COMPLETIONS, body.model, body.stream, raw)
-    return await proxy.forward(call, info, request.receive)
+    @router.post(CHAT_COMPLETIONS)
+    async def chat_completions(request: Request, proxy: ProxyDep, info: RequestInfoDep) -> Response:
+        raw = await request.body()
+        body = parse_body(ChatCompletionRequest, raw)
+        call = ProxyCall(CHAT_COMPLETIONS, body.model, body.stream, raw)
+        return await proxy.forward(call, info, request.receive)
 
+    @router.post(COMPLETIONS)
+    async def completions(request: Request, proxy: ProxyDep, info: RequestInfoDep) -> Response:
+        raw = await request.body()
+        body = parse_body(CompletionRequest, raw)
+        call = ProxyCall(COMPLETIONS, body.model, body.stream, raw)
+        return await proxy.forward(call, info, request.receive)
 
-@router.post(COMPLETIONS)
-async def completions(request: Request, proxy: ProxyDep, info: RequestInfoDep) -> Response:
-    raw = await request.body()
-    body = parse_body(CompletionRequest, raw)
-    call = ProxyCall(COMPLETIONS, body.model, body.stream, raw)
-    return await proxy.forward(call, info, request.receive)
+    return router

@@ -14,6 +14,7 @@ import httpx
 import openai
 import pytest
 import pytest_asyncio
+from openai.types.chat import ChatCompletionMessageParam
 
 from gateway.engines.managed import ManagedVLLMEngine
 from gateway.settings import GatewaySettings
@@ -26,8 +27,10 @@ pytestmark = pytest.mark.integration
 BASE = TINY_SERVED_NAME
 A1, A2 = "oa-a1", "oa-a2"
 PROMPT = "The quick brown fox"
-MESSAGES = [{"role": "user", "content": "Tell me a story about a fox."}]
-GREEDY = {"temperature": 0.0, "max_tokens": 24}
+MESSAGES: list[ChatCompletionMessageParam] = [
+    {"role": "user", "content": "Tell me a story about a fox."}
+]
+MAX_TOKENS = 24
 
 
 @pytest.fixture(scope="module")
@@ -65,12 +68,9 @@ async def aclient(gateway_url: str) -> AsyncIterator[openai.AsyncOpenAI]:
         await sdk.close()
 
 
-def chat_text(client: openai.OpenAI, model: str, **extra: object) -> str:
+def chat_text(client: openai.OpenAI, model: str) -> str:
     answer = client.chat.completions.create(
-        model=model,
-        messages=MESSAGES,
-        **GREEDY,
-        **extra,  # type: ignore[arg-type]
+        model=model, messages=MESSAGES, temperature=0.0, max_tokens=MAX_TOKENS
     )
     assert answer.model == model
     assert answer.usage is not None and answer.usage.completion_tokens > 0
@@ -78,7 +78,9 @@ def chat_text(client: openai.OpenAI, model: str, **extra: object) -> str:
 
 
 def completion_text(client: openai.OpenAI, model: str) -> str:
-    answer = client.completions.create(model=model, prompt=PROMPT, **GREEDY)  # type: ignore[arg-type]
+    answer = client.completions.create(
+        model=model, prompt=PROMPT, temperature=0.0, max_tokens=MAX_TOKENS
+    )
     assert answer.model == model
     return answer.choices[0].text
 
@@ -86,8 +88,9 @@ def completion_text(client: openai.OpenAI, model: str) -> str:
 def test_models_lists_base_and_adapters(client: openai.OpenAI) -> None:
     models = {model.id: model for model in client.models.list()}
     assert BASE in models and A1 in models and A2 in models
-    assert models[A1].model_extra and models[A1].model_extra["parent"] == BASE
-    assert models[BASE].model_extra and models[BASE].model_extra["parent"] is None
+    adapter_extra, base_extra = models[A1].model_extra, models[BASE].model_extra
+    assert adapter_extra is not None and adapter_extra["parent"] == BASE
+    assert base_extra is not None and base_extra["parent"] is None
 
 
 @pytest.mark.parametrize("model", [BASE, A1])
@@ -110,7 +113,8 @@ def test_streamed_text_equals_non_streamed_sync(client: openai.OpenAI, model: st
         model=model,
         messages=MESSAGES,
         stream=True,
-        **GREEDY,  # type: ignore[arg-type]
+        temperature=0.0,
+        max_tokens=MAX_TOKENS,
     )
     pieces = []
     for chunk in stream:
@@ -124,13 +128,16 @@ def test_streamed_text_equals_non_streamed_sync(client: openai.OpenAI, model: st
 async def test_streamed_text_equals_non_streamed_async(
     aclient: openai.AsyncOpenAI, model: str
 ) -> None:
-    whole = await aclient.completions.create(model=model, prompt=PROMPT, **GREEDY)  # type: ignore[arg-type]
+    whole = await aclient.completions.create(
+        model=model, prompt=PROMPT, temperature=0.0, max_tokens=MAX_TOKENS
+    )
     stream = await aclient.completions.create(
         model=model,
         prompt=PROMPT,
         stream=True,
         stream_options={"include_usage": True},
-        **GREEDY,  # type: ignore[arg-type]
+        temperature=0.0,
+        max_tokens=MAX_TOKENS,
     )
     pieces, usage = [], None
     async for chunk in stream:
@@ -145,7 +152,9 @@ async def test_streamed_text_equals_non_streamed_async(
 
 
 async def test_async_chat_for_adapter(aclient: openai.AsyncOpenAI) -> None:
-    answer = await aclient.chat.completions.create(model=A1, messages=MESSAGES, **GREEDY)  # type: ignore[arg-type]
+    answer = await aclient.chat.completions.create(
+        model=A1, messages=MESSAGES, temperature=0.0, max_tokens=MAX_TOKENS
+    )
     assert answer.model == A1 and answer.choices[0].message.content
 
 
@@ -171,7 +180,9 @@ def test_stop_cuts_the_text(client: openai.OpenAI) -> None:
     full = completion_text(client, A1)
     stop = full[len(full) // 2 : len(full) // 2 + 2]
     assert stop.strip(), f"no usable stop string in {full!r}"
-    answer = client.completions.create(model=A1, prompt=PROMPT, stop=[stop], **GREEDY)  # type: ignore[arg-type]
+    answer = client.completions.create(
+        model=A1, prompt=PROMPT, stop=[stop], temperature=0.0, max_tokens=MAX_TOKENS
+    )
     assert answer.choices[0].finish_reason == "stop"
     assert answer.choices[0].text == full[: full.index(stop)]
 
@@ -182,12 +193,15 @@ def test_logprobs_round_trip(client: openai.OpenAI) -> None:
         messages=MESSAGES,
         logprobs=True,
         top_logprobs=3,
-        **GREEDY,  # type: ignore[arg-type]
+        temperature=0.0,
+        max_tokens=MAX_TOKENS,
     )
     content = chat.choices[0].logprobs and chat.choices[0].logprobs.content
     assert content and all(len(token.top_logprobs) == 3 for token in content)
     assert all(token.logprob <= 0 for token in content)
-    completion = client.completions.create(model=BASE, prompt=PROMPT, logprobs=2, **GREEDY)  # type: ignore[arg-type]
+    completion = client.completions.create(
+        model=BASE, prompt=PROMPT, logprobs=2, temperature=0.0, max_tokens=MAX_TOKENS
+    )
     logprobs = completion.choices[0].logprobs
     assert logprobs is not None and logprobs.top_logprobs and len(logprobs.top_logprobs[0]) == 2
 
@@ -207,7 +221,9 @@ def test_bad_input_is_400_and_engine_4xx_passes_through(
     client: openai.OpenAI, gateway_url: str, vllm_engine: ManagedVLLMEngine
 ) -> None:
     with pytest.raises(openai.BadRequestError):
-        client.chat.completions.create(model=BASE, messages=MESSAGES, temperature="hot")  # type: ignore[arg-type]
+        client.chat.completions.create(
+            model=BASE, messages=MESSAGES, extra_body={"temperature": "hot"}
+        )
     raw = httpx.post(f"{gateway_url}/v1/chat/completions", content=b'{"model": "tiny", ')
     assert raw.status_code == 400 and raw.json()["error"]["code"] == "invalid_json"
     too_long = {"model": BASE, "prompt": PROMPT, "max_tokens": 4000}
@@ -218,7 +234,7 @@ def test_bad_input_is_400_and_engine_4xx_passes_through(
 
 
 def test_oversized_body_is_413(client: openai.OpenAI) -> None:
-    huge = [{"role": "user", "content": "x" * (2 << 20)}]
+    huge: list[ChatCompletionMessageParam] = [{"role": "user", "content": "x" * (2 << 20)}]
     with pytest.raises(openai.APIStatusError) as caught:
-        client.chat.completions.create(model=BASE, messages=huge)  # type: ignore[arg-type]
+        client.chat.completions.create(model=BASE, messages=huge)
     assert caught.value.status_code == 413

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -136,7 +136,7 @@ class FakeUpstream:
             return self.stream([chunk_event(model, "fake"), chunk_event(model, " answer"), DONE])
         return JSONResponse(completion_body(model))
 
-    def stream(self, steps: list[Step], *, fail_at_end: bool = False) -> StreamingResponse:
+    def stream(self, steps: Sequence[Step], *, fail_at_end: bool = False) -> StreamingResponse:
         """A 200 SSE response writing ``steps`` one by one (each bytes item is one write)."""
 
         async def body() -> AsyncIterator[bytes]:
