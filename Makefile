@@ -29,6 +29,7 @@ serve: install
 	$(VENV)/bin/lora-gateway serve $(SERVE_ARGS)
 
 test: install
+	bash scripts/ensure-prometheus.sh
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 lint: install
