@@ -3,8 +3,10 @@
 ::
 
     registered --load--> loading --ok--> loaded --unload/evict--> unloading --> registered
-                            |  \\--engine unavailable--> registered
-                            \\--engine refused--> failed --load (explicit retry)--> loading
+                            |  \\--engine unavailable or failing (5xx)--> registered
+                            \\--engine refused (4xx)--> failed --load--> loading
+
+A failed load is retried by the first request after a cool-down, or at once by an admin load.
 
 Persisted per adapter version by :mod:`adapters.registry` (only the settled states: registered,
 loaded, failed) and driven by :class:`gateway.lifecycle.AdapterLifecycle`.

@@ -79,6 +79,7 @@ def build_lifecycle(
         capacity=capacity,
         observer=observer,
         drain_timeout_s=settings.drain_timeout_s,
+        load_retry_s=settings.adapter_load_retry_s,
     )
 
 

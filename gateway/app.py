@@ -1,38 +1,62 @@
 """``create_app(settings)``: the gateway's FastAPI application, built fresh for each caller.
 
 Called by ``lora-gateway serve`` (:mod:`gateway.commands.serve`) and by tests; there is no
-module-level app. The app's lifespan builds one :class:`~gateway.api.deps.Services`:
+module-level app. What it wires together:
 
-* engines: passed in (shared with the caller, who starts and stops them; tests share one vLLM
-  per session) or, when ``engines`` is None, built by
-  :func:`gateway.engines.factory.build_engines` and then owned: started on startup, stopped on
-  shutdown;
-* the adapter resolver, made in ONE place (:func:`open_adapter_resolver`) unless passed in;
-* the :class:`~gateway.routing.Router` and :class:`~gateway.proxy.OpenAIProxy` over them.
+* metrics: one :class:`~gateway.metrics.GatewayMetrics` per app, fed by the request middleware
+  through :class:`~gateway.request_metrics.RequestMetricsObserver`, by the adapter lifecycle
+  (``metrics.adapter_events``) and, at scrape time, by the engines' per-adapter activity
+  (:class:`~gateway.engine_metrics.EngineAdapterActivity`); served at ``GET /metrics``;
+* the admin API (``/admin``, its own bearer token from :func:`gateway.admin_token.
+  load_admin_token`, generated into the data dir on first start), never behind the ``/v1``
+  API keys;
+* the lifespan, which builds one :class:`~gateway.api.deps.Services`:
+
+  - engines: passed in (shared with the caller, who starts and stops them; tests share one
+    vLLM per session) or, when ``engines`` is None, built by
+    :func:`gateway.engines.factory.build_engines` and then owned: started on startup,
+    stopped on shutdown, after the adapter lifecycle closed;
+  - the adapter resolver, made in ONE place (:func:`open_adapter_resolver`: the
+    :class:`~gateway.lifecycle.AdapterLifecycle` over the registry, which also scans
+    ``--adapters-dir``) unless passed in; a lifecycle, built here or passed in, also serves
+    the admin API (``app.state.lifecycle``);
+  - the :class:`~gateway.routing.Router` and :class:`~gateway.proxy.OpenAIProxy` over them.
 
 Around every request sits :class:`~gateway.api.middleware.RequestContextMiddleware` (request id,
 body limit, last-resort 500, access log, observer); every error renders in the OpenAI shape
 (:mod:`gateway.api.error_handlers`). ``/v1/*`` requires an API key when keys are configured.
+
+Shutdown order (uvicorn, on SIGTERM): stop accepting, let in-flight requests finish within
+``settings.drain_timeout_s`` (``timeout_graceful_shutdown``), then this lifespan's exit: the
+lifecycle closes, then owned engines stop.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Collection, Mapping
 from contextlib import asynccontextmanager
 
 from fastapi import Depends, FastAPI
 
+from gateway.admin_token import load_admin_token
+from gateway.api.admin_routes import build_admin_router
 from gateway.api.deps import Services
 from gateway.api.error_handlers import install_error_handlers
 from gateway.api.health import build_health_router
+from gateway.api.metrics_route import build_metrics_router
 from gateway.api.middleware import RequestContextMiddleware
 from gateway.api.openai_routes import build_openai_router
 from gateway.auth import ApiKeyAuth
+from gateway.engine_metrics import EngineAdapterActivity, versioned_public_name
 from gateway.engines.base import Engine
+from gateway.lifecycle import AdapterLifecycle
+from gateway.lifecycle_types import LifecycleObserver
+from gateway.metrics import GatewayMetrics
 from gateway.proxy import OpenAIProxy
-from gateway.request_log import AccessLog, NullObserver, RequestObserver
-from gateway.routing import AdapterResolver, NoAdapters, Router
+from gateway.request_log import AccessLog
+from gateway.request_metrics import RequestMetricsObserver
+from gateway.routing import AdapterResolver, Router
 from gateway.settings import GatewaySettings
 
 logger = logging.getLogger(__name__)
@@ -40,19 +64,21 @@ logger = logging.getLogger(__name__)
 
 @asynccontextmanager
 async def open_adapter_resolver(
-    settings: GatewaySettings, engines: list[Engine]
+    settings: GatewaySettings,
+    engines: list[Engine],
+    *,
+    observer: LifecycleObserver | None = None,
 ) -> AsyncIterator[AdapterResolver]:
-    """The app's adapter resolver, for as long as the app runs.
+    """The app's adapter resolver, for as long as the app runs: THE one place it is built.
 
-    The seam for the adapter lifecycle (registry + loading on engines). Until it is wired in,
-    the app knows no adapters: every model name but the base model's is a 404.
+    The :class:`~gateway.lifecycle.AdapterLifecycle` over the registry in the data dir (or
+    ``settings.database_url``); it re-applies the registry's desired state on every ready
+    engine and registers what ``settings.adapters_dir`` holds.
     """
-    yield NoAdapters()
+    from gateway.adapter_startup import open_lifecycle
 
-
-def build_observer(settings: GatewaySettings) -> RequestObserver:
-    """The request observer (metrics hook point); a no-op until metrics are wired in."""
-    return NullObserver()
+    async with open_lifecycle(settings, engines, observer=observer) as lifecycle:
+        yield lifecycle
 
 
 def _build_engines(settings: GatewaySettings) -> list[Engine]:
@@ -61,13 +87,36 @@ def _build_engines(settings: GatewaySettings) -> list[Engine]:
     return build_engines(settings)
 
 
+def bind_adapter_metrics(metrics: GatewayMetrics, adapters: AdapterResolver) -> None:
+    """Label values and scrape-time counts from the resolver the app runs with."""
+    registered: Callable[[], Collection[str]]
+    loaded: Callable[[], Mapping[str, int]] | None = None
+    if isinstance(adapters, AdapterLifecycle):
+        registered, loaded = adapters.registered_names, adapters.loaded_per_engine
+    else:  # a fixed resolver (tests): its names now are its names for good
+        names = frozenset(model.id for model in adapters.public_models())
+
+        def registered() -> Collection[str]:
+            return names
+
+    metrics.bind_adapters(registered=registered, loaded=loaded)
+
+
 def create_app(
     settings: GatewaySettings,
     *,
     engines: list[Engine] | None = None,
     adapter_resolver: AdapterResolver | None = None,
 ) -> FastAPI:
-    observer = build_observer(settings)
+    metrics = GatewayMetrics()
+    observer = RequestMetricsObserver(metrics)
+    # Upstream LoRA names (NAME@vN.tag) map back to registered names, read at each scrape.
+    activity = EngineAdapterActivity(
+        [],
+        versioned_public_name(lambda: metrics.registered_adapters()),
+        registry=metrics.registry,
+    )
+    metrics.add_scrape_hook(activity.refresh)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -79,7 +128,11 @@ def create_app(
                 for engine in active:
                     await engine.start()
                     started.append(engine)
+            metrics.bind_engines(active)
+            activity.bind_engines(active)
             async with _resolver(active) as adapters:
+                bind_adapter_metrics(metrics, adapters)
+                app.state.lifecycle = adapters if isinstance(adapters, AdapterLifecycle) else None
                 router = Router(active, adapters)
                 app.state.services = Services(
                     settings=settings,
@@ -89,6 +142,7 @@ def create_app(
                     proxy=OpenAIProxy(router, observer),
                     observer=observer,
                     owns_engines=owns_engines,
+                    metrics=metrics,
                 )
                 yield
         finally:
@@ -103,7 +157,9 @@ def create_app(
         if adapter_resolver is not None:
             yield adapter_resolver
         else:
-            async with open_adapter_resolver(settings, active) as resolver:
+            async with open_adapter_resolver(
+                settings, active, observer=metrics.adapter_events
+            ) as resolver:
                 yield resolver
 
     app = FastAPI(
@@ -111,6 +167,9 @@ def create_app(
         summary="OpenAI-compatible multi-LoRA gateway in front of vLLM.",
         lifespan=lifespan,
     )
+    # The first start writes DATA_DIR/admin_token (0600); `serve` prints where it is.
+    app.state.admin_token = load_admin_token(settings)
+    app.state.metrics = metrics
     install_error_handlers(app)
     app.add_middleware(
         RequestContextMiddleware,
@@ -119,6 +178,8 @@ def create_app(
         observer=observer,
     )
     app.include_router(build_health_router())
+    app.include_router(build_metrics_router(metrics))
+    app.include_router(build_admin_router())
     v1_dependencies = [Depends(ApiKeyAuth(settings.api_keys))] if settings.api_keys else []
     app.include_router(build_openai_router(), dependencies=v1_dependencies)
     return app

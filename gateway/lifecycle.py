@@ -20,6 +20,12 @@ slow-path leases of that name, and the hot path (a loaded adapter) takes no lock
   then the loaded or previously loaded ones, up to capacity) after the engine's first start and
   after each restart; a version loaded before a restart is never routed to the restarted
   engine (each load remembers the engine's restart count).
+* Failures: an adapter the engine refuses (a 4xx) is FAILED with the engine's reason; one the
+  engine failed to load (a 5xx, e.g. busy or dying) stays REGISTERED. Neither is failed for
+  good: within a cool-down (``load_retry_s``, ``engine_error_retry_s``) requests get the error
+  at once without calling the engine, and the first request after it loads again (an admin
+  ``load`` retries at once). An unreachable engine gets no cool-down: its supervision marks it
+  not ready.
 * Paths: adapters are registered in place (under the allowed roots) and the engine reads them
   from there; a directory must not change after registration: write new versions elsewhere.
 
@@ -33,6 +39,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import AsyncIterator, Callable, KeysView, Mapping, Sequence
 from contextlib import asynccontextmanager
@@ -51,11 +58,14 @@ from gateway.errors import (
     EngineError,
     EngineUnavailableError,
     GatewayError,
+    UpstreamHTTPError,
 )
 from gateway.lifecycle_types import (
     AdapterView,
     LifecycleObserver,
     LifecycleStats,
+    LoadFailure,
+    LoadFailures,
     NullLifecycleObserver,
     UnloadCause,
     VersionView,
@@ -78,6 +88,8 @@ class AdapterLifecycle:
         observer: LifecycleObserver | None = None,
         drain_timeout_s: float = 30.0,
         slot_wait_s: float = 10.0,
+        load_retry_s: float = 30.0,
+        engine_error_retry_s: float = 5.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if not engines:
@@ -96,7 +108,11 @@ class AdapterLifecycle:
             self.engines, capacity or min(engine.lora_capacity for engine in self.engines), clock
         )
         self._records: dict[str, AdapterRecord] = {}
-        self._failed: dict[str, str] = {}  # upstream name -> why its load failed
+        #: Failed loads: refused by the engine (``load_retry_s`` cool-down, shown as FAILED) or
+        #: failed inside it (``engine_error_retry_s``); the next request after it tries again.
+        self._failed = LoadFailures(
+            clock, refused_retry_s=load_retry_s, error_retry_s=engine_error_retry_s
+        )
         self._wanted: dict[str, float] = {}  # names to load after a (re)start -> priority
         self._locks: dict[str, asyncio.Lock] = {}
         self._tasks: set[asyncio.Task[None]] = set()
@@ -114,7 +130,13 @@ class AdapterLifecycle:
             self._records[record.name] = record
             for version in record.versions:
                 if version.state is AdapterState.FAILED:
-                    self._failed[version.upstream_name] = version.last_error or "load failed"
+                    # Failed before this start: shown as failed, tried again on first use.
+                    self._failed.record(
+                        version.upstream_name,
+                        version.last_error or "load failed",
+                        refused=True,
+                        retry_now=True,
+                    )
             active = record.active
             if record.pinned or active.state is AdapterState.LOADED:
                 self._wanted[record.name] = active.updated_at.timestamp()
@@ -198,12 +220,10 @@ class AdapterLifecycle:
     # --- loading and unloading (callers hold the name's lock) ---------------------------------
     async def _ensure_loaded(self, version: AdapterVersion) -> Slot:
         upstream = version.upstream_name
-        if upstream in self._failed:
-            raise AdapterLoadError(
-                f"adapter {version.name!r} v{version.version} failed to load: "
-                f"{self._failed[upstream]}; POST /admin/adapters/{version.name}/load to retry",
-                code="adapter_load_failed",
-            )
+        failure = self._failed.get(upstream)
+        wait_s = self._failed.remaining_s(upstream)
+        if failure is not None and wait_s > 0:
+            raise self._still_failed(version, failure, wait_s)
         ready = [engine for engine in self.engines if engine.ready]
         if not ready:
             raise EngineUnavailableError("no engine is ready to load adapters")
@@ -248,6 +268,24 @@ class AdapterLifecycle:
             version.name, version.version, version.upstream_name, version.source_path
         )
 
+    @staticmethod
+    def _still_failed(version: AdapterVersion, failure: LoadFailure, wait_s: float) -> GatewayError:
+        """The answer to a request for an adapter whose last load failed, within its cool-down."""
+        retry_after = max(1, math.ceil(wait_s))
+        if failure.refused:
+            return AdapterLoadError(
+                f"adapter {version.name!r} v{version.version} failed to load: {failure.reason}; "
+                f"a request after {retry_after} s tries again "
+                f"(POST /admin/adapters/{version.name}/load to retry now)",
+                code="adapter_load_failed",
+                headers={"Retry-After": str(retry_after)},
+            )
+        return EngineUnavailableError(
+            f"adapter {version.name!r} could not be loaded just now ({failure.reason}); "
+            f"retry in {retry_after} s",
+            retry_after_s=retry_after,
+        )
+
     def _capacity_error(self) -> CapacityError:
         busy = ", ".join(
             f"{s.upstream} ({'pinned' if self._pinned(s) else s.state}, {s.leases} in flight)"
@@ -271,6 +309,7 @@ class AdapterLifecycle:
     async def _load_on(self, slot: Slot, engines: list[Engine]) -> None:
         started = time.perf_counter()
         refused: str | None = None
+        engine_failed: str | None = None  # the engine answered 5xx: maybe a bad adapter
         unavailable: list[str] = []
         for engine in engines:
             restarts = engine.status().restarts
@@ -279,6 +318,10 @@ class AdapterLifecycle:
             except AdapterLoadError as exc:
                 refused = exc.message
                 break
+            except UpstreamHTTPError as exc:
+                engine_failed = exc.message
+                unavailable.append(f"{engine.name}: {exc.message}")
+                continue
             except EngineError as exc:
                 unavailable.append(f"{engine.name}: {exc.message}")
                 continue
@@ -286,7 +329,7 @@ class AdapterLifecycle:
         if refused is None and self._table.current_engines(slot):
             seconds = time.perf_counter() - started
             slot.transition(AdapterState.LOADED)
-            self._failed.pop(slot.upstream, None)
+            self._failed.clear(slot.upstream)
             self._wanted[slot.name] = time.time()
             self.stats.loads += 1
             self.stats.load_seconds_total += seconds
@@ -299,13 +342,22 @@ class AdapterLifecycle:
         if refused is not None:
             slot.transition(AdapterState.FAILED)
             await self._drop_from_engines(slot)
-            self._failed[slot.upstream] = refused
+            self._failed.record(slot.upstream, refused, refused=True)
             self.stats.load_failures += 1
             self.observer.on_load_failed(slot.name)
             logger.warning("adapter %s failed to load: %s", slot.upstream, refused)
             await self._persist(slot.name, slot.version, AdapterState.FAILED, refused)
             raise AdapterLoadError(refused, code="engine_load_failed")
         slot.transition(AdapterState.REGISTERED)
+        if engine_failed is not None:
+            # Not marked failed for good: the engine may be busy or restarting. A short
+            # cool-down keeps a broken adapter from turning every request into a load.
+            self._failed.record(slot.upstream, engine_failed, refused=False)
+            self.stats.load_failures += 1
+            self.observer.on_load_failed(slot.name)
+            logger.warning(
+                "adapter %s: the engine failed to load it: %s", slot.upstream, engine_failed
+            )
         raise EngineUnavailableError(
             f"no engine could load adapter {slot.name!r}: {'; '.join(unavailable)}"
         )
@@ -385,14 +437,14 @@ class AdapterLifecycle:
                     None,
                 )
                 if same is not None and same.version != record.active_version and new_version:
-                    self._failed.pop(same.upstream_name, None)
+                    self._failed.clear(same.upstream_name)
                     await self._activate(record, same.version, load=load)
                     return self.view(name), False
                 if same is not None and same.version == record.active_version:
                     if pinned is not None and pinned != record.pinned:
                         await self._set_pinned_locked(record, pinned)
                     if load or pinned:
-                        self._failed.pop(same.upstream_name, None)
+                        self._failed.clear(same.upstream_name)
                         await self._load_soft(self._records[name].active)
                     return self.view(name), False
                 if not new_version:
@@ -423,7 +475,7 @@ class AdapterLifecycle:
                     # Refused by the engine on first sight: nothing worth keeping.
                     await asyncio.to_thread(self.registry.delete, name)
                     del self._records[name]
-                    self._failed.pop(record.active.upstream_name, None)
+                    self._failed.clear(record.active.upstream_name)
                     raise
             return self.view(name), True
 
@@ -478,7 +530,7 @@ class AdapterLifecycle:
         """Load the active version now (retrying a failed load); a no-op when loaded."""
         async with self._lock(name):
             record = self._get(name)
-            self._failed.pop(record.active.upstream_name, None)
+            self._failed.clear(record.active.upstream_name)
             await self._ensure_loaded(record.active)
             return self.view(name)
 
@@ -519,7 +571,7 @@ class AdapterLifecycle:
                     "it was registered; register them as a new version instead",
                     code="adapter_files_changed",
                 )
-            self._failed.pop(target.upstream_name, None)
+            self._failed.clear(target.upstream_name)
             await self._activate(record, version, load=False)
             return self.view(name)
 
@@ -559,8 +611,9 @@ class AdapterLifecycle:
                     await self._unload(slot, UnloadCause.DELETED)
             await asyncio.to_thread(self.registry.delete, name)
             for version in record.versions:
-                self._failed.pop(version.upstream_name, None)
+                self._failed.clear(version.upstream_name)
             self._wanted.pop(name, None)
+            self.observer.on_delete(name)
             logger.info("adapter %s deleted", name)
 
     def _get(self, name: str) -> AdapterRecord:
@@ -575,7 +628,8 @@ class AdapterLifecycle:
         versions = []
         for version in record.versions:
             slot = self._table.get(version.upstream_name)
-            failed = self._failed.get(version.upstream_name)
+            failure = self._failed.get(version.upstream_name)
+            failed = failure.reason if failure is not None and failure.refused else None
             state = (
                 slot.state
                 if slot is not None
@@ -587,7 +641,7 @@ class AdapterLifecycle:
                 VersionView(
                     version=version,
                     state=state,
-                    last_error=failed or version.last_error,
+                    last_error=failure.reason if failure is not None else version.last_error,
                     leases=slot.leases if slot is not None else 0,
                     engines=tuple(self._table.current_engines(slot)) if slot is not None else (),
                 )
@@ -629,7 +683,7 @@ class AdapterLifecycle:
         for name in names[: self.capacity]:
             async with self._lock(name):
                 record = self._records.get(name)
-                if record is None or record.active.upstream_name in self._failed:
+                if record is None or self._failed.remaining_s(record.active.upstream_name) > 0:
                     continue
                 try:
                     await self._ensure_loaded(record.active)

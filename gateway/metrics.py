@@ -8,7 +8,8 @@ binds its sources once engines and the adapter lifecycle exist. Who feeds it:
   inter-token latency, tokens, in-flight; the error path calls :meth:`GatewayMetrics.upstream_error`
   with :func:`upstream_error_kind` of an engine failure;
 - the adapter lifecycle (``gateway.lifecycle``): :attr:`GatewayMetrics.adapter_events`
-  implements its observer hooks (``on_load``, ``on_unload``, ``on_evict``, ``on_load_failed``);
+  implements its observer hooks (``on_load``, ``on_unload``, ``on_evict``, ``on_load_failed``,
+  and ``on_delete``, which drops a deleted adapter's series);
 - values read at scrape time: the engines' ``status()`` (:meth:`GatewayMetrics.bind_engines`),
   registered names and loaded adapters per engine (:meth:`GatewayMetrics.bind_adapters`), and
   async scrape hooks such as :class:`gateway.engine_metrics.EngineAdapterActivity`.
@@ -21,6 +22,8 @@ once per (model, adapter) and cached here.
 
 from __future__ import annotations
 
+import asyncio
+import threading
 from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
@@ -151,6 +154,9 @@ class AdapterEventRecorder:
     def on_load_failed(self, name: str) -> None:
         self._metrics.adapter_load_failures.labels(self._label(name)).inc()
 
+    def on_delete(self, name: str) -> None:
+        self._metrics.forget_adapter(name)
+
 
 def _no_adapters() -> Collection[str]:
     return ()
@@ -160,25 +166,58 @@ def _nothing_loaded() -> Mapping[str, int]:
     return {}
 
 
+@dataclass(frozen=True, slots=True)
+class _State:
+    registered: int
+    loaded: dict[str, int]
+    #: (engine name, ready, restarts)
+    engines: list[tuple[str, bool, int]]
+
+
 class _StateCollector(Collector):
-    """Values read at scrape time: registered and loaded adapters, engine up and restarts."""
+    """Values read at scrape time: registered and loaded adapters, engine up and restarts.
+
+    The lifecycle's tables are only safe to walk on the event loop. For a render in a worker
+    thread, :meth:`read` runs on the loop and :meth:`render_with` hands that snapshot to the
+    worker (thread-local, so concurrent renders never mix); anywhere else :meth:`collect`
+    reads live.
+    """
 
     def __init__(self, metrics: GatewayMetrics) -> None:
         self._metrics = metrics
+        self._local = threading.local()
+
+    def read(self) -> _State:
+        metrics = self._metrics
+        statuses = [engine.status() for engine in metrics.engines]
+        return _State(
+            registered=len(metrics.registered_adapters()),
+            loaded=dict(metrics.loaded_adapters()),
+            engines=[(s.name, s.state is EngineState.READY, s.restarts) for s in statuses],
+        )
+
+    def render_with(self, state: _State, registry: CollectorRegistry) -> bytes:
+        """Render ``registry`` with this collector reporting ``state`` (in a worker thread)."""
+        self._local.state = state
+        try:
+            return generate_latest(registry)
+        finally:
+            self._local.state = None
 
     def describe(self) -> Iterable[Metric]:
         return list(self._families())
 
     def collect(self) -> Iterable[Metric]:
         registered, loaded, up, restarts = self._families()
-        metrics = self._metrics
-        registered.add_metric([], len(metrics.registered_adapters()))
-        for engine_name, count in metrics.loaded_adapters().items():
+        state: _State | None = getattr(self._local, "state", None)
+        if state is None:
+            state = self.read()
+        registered.add_metric([], state.registered)
+        for engine_name, count in state.loaded.items():
             loaded.add_metric([engine_name], count)
-        for engine in metrics.engines:
-            status = engine.status()
-            up.add_metric([status.name], 1.0 if status.state is EngineState.READY else 0.0)
-            restarts.add_metric([status.name], status.restarts)
+        for engine_name, ready, restart_count in state.engines:
+            up.add_metric([engine_name], 1.0 if ready else 0.0)
+            restarts.add_metric([engine_name], restart_count)
         return [registered, loaded, up, restarts]
 
     @staticmethod
@@ -218,6 +257,7 @@ class GatewayMetrics:
         self.loaded_adapters: Callable[[], Mapping[str, int]] = _nothing_loaded
         self.bind_adapters(registered=registered_adapters, loaded=loaded_adapters)
         self._scrape_hooks: list[ScrapeHook] = []
+        self._scrape_lock = asyncio.Lock()
         self._children: dict[RequestLabels, RequestChildren] = {}
         r = self.registry
 
@@ -291,7 +331,8 @@ class GatewayMetrics:
             buckets=b.adapter_load,
             registry=r,
         )
-        r.register(_StateCollector(self))
+        self._state = _StateCollector(self)
+        r.register(self._state)
         if process_metrics:
             ProcessCollector(registry=r)
             PlatformCollector(registry=r)
@@ -327,8 +368,28 @@ class GatewayMetrics:
         for hook in self._scrape_hooks:
             await hook()
 
+    async def scrape(self) -> bytes:
+        """Refresh (scrape hooks, state snapshot) on the loop, then render in a worker thread.
+
+        Rendering costs about 0.45 ms per adapter with traffic (its ~58 series: three
+        histograms of 13-14 buckets each, counters, ``_created`` samples), all in
+        prometheus-client's text writer: about 45 ms for 100 adapters. On the event loop that
+        would stall every request for as long; in a thread the loop keeps running (it waits
+        at most one GIL switch interval, 5 ms, at a time). Values are read under
+        prometheus-client's own locks, and the state read from the lifecycle is a snapshot
+        taken here, on the loop. Concurrent scrapes take turns.
+        """
+        async with self._scrape_lock:
+            await self.prepare_scrape()
+            state = self._state.read()
+            return await asyncio.to_thread(self._state.render_with, state, self.registry)
+
     def render(self) -> bytes:
-        """The registry in Prometheus' text format (call :meth:`prepare_scrape` first)."""
+        """The registry in Prometheus' text format, on the calling thread (tests, tools).
+
+        Call :meth:`prepare_scrape` first for fresh engine activity; ``GET /metrics`` uses
+        :meth:`scrape`.
+        """
         return generate_latest(self.registry)
 
     # --- labels ------------------------------------------------------------------------------

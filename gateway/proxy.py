@@ -7,8 +7,13 @@ name for it (:func:`body_for_upstream`), and renders the engine's answer: a non-
 passed through with ``model`` renamed back to the public name; a stream goes to
 :class:`gateway.streaming.SSEProxyResponse`. Engine error statuses become
 :class:`~gateway.errors.UpstreamHTTPError` with the engine's message; transport failures are
-translated by :func:`gateway.engines.client.translate_session_errors`. Token counts found in the
-engine's ``usage`` go on the request's log record.
+translated by :func:`gateway.engines.client.translate_session_errors`.
+
+Token usage goes on the request's record (and so into the access log and the metrics): from the
+body's ``usage``, or, for a stream, from the engine's final usage chunk. A streaming client that
+did not ask for usage gets it asked for anyway (:func:`gateway.usage.prepare_stream_bytes`), and
+that chunk is dropped before it reaches the client, so the client sees exactly the events vLLM
+would have sent it. Only events holding ``"choices":[]`` (the usage chunk's mark) are parsed.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from gateway.errors import GatewayError
 from gateway.request_log import NullObserver, RequestInfo, RequestObserver
 from gateway.routing import Route, Router
 from gateway.streaming import SSEProxyResponse
+from gateway.usage import parse_usage_event, prepare_stream_bytes
 
 #: nginx's status for "the client closed the connection before the answer": logged, never seen.
 CLIENT_CLOSED_REQUEST = 499
@@ -42,6 +48,8 @@ _MODEL_KEY = re.compile(rb'"model"[ \t\r\n]*:[ \t\r\n]*')
 _MODEL_LETTER_ESCAPE = b"\\u006"
 _JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
 _USAGE_KEYS = (b'"usage":{', b'"usage": {')
+#: Only the final usage chunk of a stream has no choices (vLLM writes compact JSON).
+_NO_CHOICES = (b'"choices":[]', b'"choices": []')
 _DECODER = json.JSONDecoder()
 
 
@@ -234,6 +242,7 @@ class OpenAIProxy:
         return Response(content=content, media_type="application/json")
 
     async def _stream(self, call: ProxyCall, info: RequestInfo) -> Response:
+        body, strip_usage = prepare_stream_bytes(call.body)
         cleanup = AsyncExitStack()
         try:
             route = await cleanup.enter_async_context(self.router.route(call.model))
@@ -242,7 +251,7 @@ class OpenAIProxy:
             with translate_session_errors(client.base_url):
                 response = await client.openai_session().post(
                     client.base_url + call.endpoint,
-                    data=body_for_upstream(call.body, call.model, route.upstream_model),
+                    data=body_for_upstream(body, call.model, route.upstream_model),
                     headers=UPSTREAM_HEADERS,
                 )
                 # close(), not release(): an unfinished response's connection is dropped, so
@@ -260,9 +269,17 @@ class OpenAIProxy:
         )
         observer = self.observer
 
+        def transform(event: bytes) -> bytes | None:
+            if _NO_CHOICES[0] in event or _NO_CHOICES[1] in event:
+                usage = parse_usage_event(event)
+                if usage is not None:
+                    info.prompt_tokens = usage.prompt_tokens
+                    info.completion_tokens = usage.completion_tokens
+                    if strip_usage:
+                        return None  # asked for by the gateway, not by the client
+            return rename(event) if rename is not None else event
+
         def inspect(event: bytes) -> None:
-            if b'"usage"' in event:
-                _note_usage(info, event)
             observer.stream_event(info, event)
 
         def disconnected() -> None:
@@ -270,11 +287,12 @@ class OpenAIProxy:
 
         def failed(error: GatewayError) -> None:
             info.error = str(error.code or error.error_type)
+            info.failure = error
 
         return SSEProxyResponse(
             _engine_bytes(response, client.base_url),
             cleanup,
-            transform=rename,
+            transform=transform,
             inspect=inspect,
             on_disconnect=disconnected,
             on_error=failed,

@@ -18,6 +18,8 @@ from collections.abc import MutableMapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from gateway.errors import GatewayError
+
 ACCESS_LOGGER = "gateway.access"
 #: Where the request's :class:`RequestInfo` lives in the ASGI scope's ``state``.
 SCOPE_STATE_KEY = "request_info"
@@ -43,6 +45,9 @@ class RequestInfo:
     completion_tokens: int | None = None
     #: The error ``code`` (or type) when the gateway answered with an error.
     error: str | None = None
+    #: That error itself (metrics count engine failures by kind); also set when a stream
+    #: broke after its headers went out (the status then stays 200).
+    failure: GatewayError | None = None
     #: The client went away before the response was complete.
     client_disconnected: bool = False
 

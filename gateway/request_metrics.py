@@ -7,7 +7,10 @@
 OpenAI inference paths are counted; ``/metrics``, health checks and the admin API are not.
 
 A client that left before its response was complete is counted with ``status_code="499"``
-(nginx's convention), whatever status its response had started with.
+(nginx's convention), whatever status its response had started with. An engine failure (the
+request's ``failure``, set by the error handlers and by the proxy when a stream breaks) is also
+counted in ``upstream_errors`` by kind: a stream that broke after its headers went out is
+``stream_broken``.
 """
 
 from __future__ import annotations
@@ -15,7 +18,8 @@ from __future__ import annotations
 import time
 from collections.abc import Collection
 
-from gateway.metrics import GatewayMetrics, RequestChildren
+from gateway.errors import EngineError, GatewayError
+from gateway.metrics import GatewayMetrics, RequestChildren, UpstreamErrorKind, upstream_error_kind
 from gateway.request_log import RequestInfo
 
 INFERENCE_PATHS = frozenset({"/v1/chat/completions", "/v1/completions"})
@@ -91,3 +95,14 @@ class RequestMetricsObserver:
             children.prompt.inc(info.prompt_tokens)
         if info.completion_tokens is not None:
             children.completion.inc(info.completion_tokens)
+        if info.failure is not None:
+            kind = failure_kind(info, info.failure)
+            if kind is not None:
+                self.metrics.upstream_error(kind)
+
+
+def failure_kind(info: RequestInfo, failure: GatewayError) -> UpstreamErrorKind | None:
+    """The upstream-error kind of a failed request; None for errors the gateway made itself."""
+    if info.stream and info.status == 200:  # the headers went out: the engine's stream broke
+        return UpstreamErrorKind.STREAM_BROKEN if isinstance(failure, EngineError) else None
+    return upstream_error_kind(failure)

@@ -96,6 +96,12 @@ class GatewaySettings(BaseSettings):
         default=None, description="Scanned at start: every adapter found there is registered."
     )
     max_adapter_bytes: int = Field(default=2 << 30, ge=1)
+    adapter_load_retry_s: float = Field(
+        default=30.0,
+        ge=0,
+        description="After the engine refuses an adapter, requests get that error for this "
+        "long; the first request after it loads the adapter again.",
+    )
 
     @field_validator("api_keys", "engine_urls", "engine_extra_args", "adapter_roots", mode="before")
     @classmethod

@@ -4,7 +4,8 @@
 streamed completion once the engine has answered 200. It reads the engine's body as it comes,
 splits it on the SSE event delimiter (:class:`SSEEventSplitter`, which carries partial events
 across reads), and writes every complete event to the client in its own ASGI message: no
-coalescing, no buffering. ``data: [DONE]`` passes through like any other event.
+coalescing, no buffering. ``data: [DONE]`` passes through like any other event. The proxy's
+``transform`` may rewrite an event or drop it (return None); ``inspect`` sees what is sent.
 
 It also owns the end of the request: if the engine breaks after the headers went out, the
 client gets one final ``data: {"error": ...}`` event (:meth:`GatewayError.to_sse`); if the client
@@ -77,7 +78,7 @@ class SSEProxyResponse(Response):
         cleanup: AsyncExitStack,
         *,
         headers: list[tuple[bytes, bytes]] | None = None,
-        transform: Callable[[bytes], bytes] | None = None,
+        transform: Callable[[bytes], bytes | None] | None = None,
         inspect: Callable[[bytes], None] | None = None,
         on_disconnect: Callable[[], None] | None = None,
         on_error: Callable[[GatewayError], None] | None = None,
@@ -143,7 +144,10 @@ class SSEProxyResponse(Response):
 
     async def _send_event(self, send: Send, event: bytes) -> None:
         if self._transform is not None:
-            event = self._transform(event)
+            transformed = self._transform(event)
+            if transformed is None:  # not for the client (e.g. usage it did not ask for)
+                return
+            event = transformed
         if self._inspect is not None:
             self._inspect(event)
         await send({"type": "http.response.body", "body": event, "more_body": True})

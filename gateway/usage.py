@@ -30,7 +30,9 @@ def prepare_stream_body(body: dict[str, Any]) -> tuple[dict[str, Any], bool]:
     """Return the body to send upstream and whether to strip the engine's usage chunk.
 
     Only a streaming request whose client did not ask for usage changes: it gets a copy with
-    ``stream_options.include_usage = true`` and ``strip_usage = True``. A malformed
+    ``stream_options.include_usage = true`` and ``strip_usage = True``. A
+    ``continuous_usage_stats`` the client set is turned off: vLLM ignores it without
+    ``include_usage``, so the client would not have had usage in its chunks. A malformed
     ``stream_options`` (not an object) is left alone for the engine to reject.
     """
     if body.get("stream") is not True:
@@ -42,7 +44,10 @@ def prepare_stream_body(body: dict[str, Any]) -> tuple[dict[str, Any], bool]:
         return body, False
     if options.get("include_usage") is True:
         return body, False
-    return {**body, "stream_options": {**options, "include_usage": True}}, True
+    forced = {**options, "include_usage": True}
+    if forced.get("continuous_usage_stats"):
+        forced["continuous_usage_stats"] = False
+    return {**body, "stream_options": forced}, True
 
 
 _USAGE_OPTION = b'"stream_options":{"include_usage":true}'

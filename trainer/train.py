@@ -6,8 +6,9 @@
 Called by ``lora-trainer train`` (:mod:`trainer.cli`) and by tests. The story:
 
 1. load and validate the data (:mod:`trainer.data`), split off a held-out eval set;
-2. load the base model on the detected device: 4-bit NF4 + double quantization for ``qlora``
-   (``prepare_model_for_kbit_training``), bf16 on CUDA and float32 on CPU otherwise;
+2. load the base model on the detected device, bf16 on CUDA and float32 on CPU; for ``qlora``
+   4-bit NF4 + double quantization, ``prepare_model_for_kbit_training``, and bitsandbytes'
+   CPU inference repacking turned off (it would cut the gradient path, see below);
 3. build TRL's SFTTrainer (DPOTrainer for ``dpo``) with a PEFT LoraConfig (``use_dora`` for
    ``dora``), the loss on the completion only;
 4. on CPU, cast the trainable LoRA weights TRL made bf16 for 4-bit models back to float32;
@@ -79,53 +80,66 @@ def train(cfg: TrainConfig, *, progress: bool = True, overwrite: bool = False) -
         loss_after = _eval_loss(trainer, eval_rows)
         log.info("eval loss %s -> %s", loss_before, loss_after)
 
-        staging = Path(tempfile.mkdtemp(prefix=f".{cfg.output.name}.partial-", dir=_parent(cfg)))
-        try:
-            trainer.model.save_pretrained(str(staging))
-            figures = RunFigures(
-                device=device,
-                steps=trainer.state.global_step,
-                train_loss=result.training_loss,
-                eval_loss_before=loss_before,
-                eval_loss_after=loss_after,
-                train_runtime_s=float(result.metrics.get("train_runtime", 0.0)),
-                tokens_seen=int(trainer.state.num_input_tokens_seen or 0),
-                wall_time_s=time.perf_counter() - started,
-                trainable_parameters=sum(
-                    p.numel() for p in trainer.model.parameters() if p.requires_grad
-                ),
-                compute_dtype=str(compute_dtype(device)).removeprefix("torch."),
-                quantization=_quantization(model),
-            )
-            config = cfg.resolved()
-            config["target_modules_resolved"] = sorted(
-                {
-                    name.rsplit(".", 1)[-1]
-                    for name in trainer.model.peft_config["default"].target_modules
-                }
-            )
-            data_info = {
-                "path": str(data.path.resolve()),
-                "sha256": data.sha256,
-                "format": data.format.value,
-                "rows": len(data.rows),
-                "train_rows": len(train_rows),
-                "eval_rows": len(eval_rows),
-            }
-            manifest = build_manifest(
-                config=config, data=data_info, base_model=base_path, figures=figures
-            )
-            write_manifest(staging, manifest)
-            _make_readable(staging)
-            if cfg.output.exists():
-                shutil.rmtree(cfg.output)
-            staging.rename(cfg.output)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
+    figures = RunFigures(
+        device=device,
+        steps=trainer.state.global_step,
+        train_loss=result.training_loss,
+        eval_loss_before=loss_before,
+        eval_loss_after=loss_after,
+        train_runtime_s=float(result.metrics.get("train_runtime", 0.0)),
+        tokens_seen=int(trainer.state.num_input_tokens_seen or 0),
+        wall_time_s=time.perf_counter() - started,
+        trainable_parameters=sum(p.numel() for p in trainer.model.parameters() if p.requires_grad),
+        compute_dtype=str(compute_dtype(device)).removeprefix("torch."),
+        quantization=_quantization(model),
+    )
+    manifest = build_manifest(
+        config=_resolved_config(cfg, trainer.model),
+        data=_data_summary(data, train_rows, eval_rows),
+        base_model=base_path,
+        figures=figures,
+    )
+    _save_atomically(trainer.model, manifest, cfg.output)
     return cfg.output
 
 
 # --- steps ---------------------------------------------------------------------------------------
+
+
+def _save_atomically(model: Any, manifest: dict[str, Any], output: Path) -> None:
+    """PEFT files + manifest.json into a sibling staging dir, then renamed to ``output``."""
+    parent = output.expanduser().resolve().parent
+    parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.partial-", dir=parent))
+    try:
+        model.save_pretrained(str(staging))
+        write_manifest(staging, manifest)
+        _make_readable(staging)
+        if output.exists():
+            shutil.rmtree(output)
+        staging.rename(output)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _resolved_config(cfg: TrainConfig, peft_model: Any) -> dict[str, Any]:
+    config = cfg.resolved()
+    targets = peft_model.peft_config["default"].target_modules
+    config["target_modules_resolved"] = sorted({name.rsplit(".", 1)[-1] for name in targets})
+    return config
+
+
+def _data_summary(
+    data: TrainingData, train_rows: list[dict[str, Any]], eval_rows: list[dict[str, Any]]
+) -> dict[str, Any]:
+    return {
+        "path": str(data.path.resolve()),
+        "sha256": data.sha256,
+        "format": data.format.value,
+        "rows": len(data.rows),
+        "train_rows": len(train_rows),
+        "eval_rows": len(eval_rows),
+    }
 
 
 def _make_readable(directory: Path) -> None:
@@ -138,12 +152,6 @@ def _make_readable(directory: Path) -> None:
 def _check_output(output: Path, overwrite: bool) -> None:
     if output.exists() and any(output.iterdir()) and not overwrite:
         raise ConfigError(f"output {str(output)!r} is not empty; pass --overwrite to replace it")
-
-
-def _parent(cfg: TrainConfig) -> Path:
-    parent = cfg.output.expanduser().resolve().parent
-    parent.mkdir(parents=True, exist_ok=True)
-    return parent
 
 
 def _check_method_fits_data(method: Method, data: TrainingData) -> None:

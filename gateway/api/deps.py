@@ -13,6 +13,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from gateway.engines.base import Engine
+from gateway.metrics import GatewayMetrics
 from gateway.proxy import OpenAIProxy
 from gateway.request_log import RequestInfo, RequestObserver, request_info_of
 from gateway.routing import AdapterResolver, Router
@@ -32,6 +33,7 @@ class Services:
     observer: RequestObserver
     #: True when the app built the engines and so starts and stops them.
     owns_engines: bool
+    metrics: GatewayMetrics
 
 
 def services_of(request: Request) -> Services:

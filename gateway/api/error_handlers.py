@@ -37,10 +37,12 @@ def error_response(error: GatewayError) -> Response:
 
 
 def record_error(scope: Scope, error: GatewayError) -> None:
-    """Note the error's code on the request's log record (set up by the request middleware)."""
+    """Note the error on the request's record (set up by the request middleware): its code for
+    the access log, the error itself for metrics (engine failures are counted by kind)."""
     info = request_info_of(scope)
     if info is not None:
         info.error = str(error.code or error.error_type)
+        info.failure = error
 
 
 def internal_error_response() -> Response:

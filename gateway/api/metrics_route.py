@@ -2,7 +2,8 @@
 
 ``create_app`` includes :func:`build_metrics_router` with the app's
 :class:`gateway.metrics.GatewayMetrics`. Before rendering, the route awaits the metrics' scrape
-hooks (the engines' per-adapter activity), so what Prometheus reads is as fresh as its scrape.
+hooks (the engines' per-adapter activity), so what Prometheus reads is as fresh as its scrape;
+the text itself is rendered in a worker thread (:meth:`GatewayMetrics.scrape`), off the loop.
 No auth, like vLLM's own ``/metrics``: keep the port private or put the scrape behind a proxy.
 """
 
@@ -19,7 +20,6 @@ def build_metrics_router(metrics: GatewayMetrics) -> APIRouter:
 
     @router.get("/metrics", include_in_schema=False)
     async def scrape() -> Response:
-        await metrics.prepare_scrape()
-        return Response(content=metrics.render(), media_type=CONTENT_TYPE_LATEST)
+        return Response(content=await metrics.scrape(), media_type=CONTENT_TYPE_LATEST)
 
     return router

@@ -17,6 +17,7 @@ Library exceptions become :mod:`gateway.errors` here and nowhere else: httpx's i
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -37,6 +38,8 @@ from gateway.errors import (
 if TYPE_CHECKING:
     from gateway.settings import GatewaySettings
 
+logger = logging.getLogger(__name__)
+
 
 @dataclass(frozen=True, slots=True)
 class ClientLimits:
@@ -53,31 +56,44 @@ class ClientLimits:
         )
 
 
+def _unavailable(engine_url: str, what: str, exc: Exception, retry_after_s: int = 5) -> EngineError:
+    # The engine's URL is internal: it goes to the log, never into a client-facing message.
+    logger.warning("engine at %s: %s (%r)", engine_url, what, exc)
+    return EngineUnavailableError(f"the engine {what}", retry_after_s=retry_after_s)
+
+
+def _timed_out(engine_url: str, exc: Exception) -> EngineError:
+    logger.warning("engine at %s timed out (%r)", engine_url, exc)
+    return UpstreamTimeoutError(f"the engine timed out ({type(exc).__name__})")
+
+
+def _failed(engine_url: str, exc: Exception) -> EngineError:
+    logger.warning("talking to the engine at %s failed: %r", engine_url, exc)
+    return EngineError(f"talking to the engine failed ({type(exc).__name__})")
+
+
 @contextmanager
 def translate_errors(engine_url: str) -> Iterator[None]:
     """Turn httpx's transport exceptions into the project's engine errors.
 
     Unreachable (refused, connect timeout) or a connection that broke: 503 with Retry-After.
     No answer in time: 504. No free pooled connection in time: 503 (the gateway is saturated).
+    Messages never carry ``engine_url`` (an internal address); it is logged instead.
     """
     try:
         yield
     except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
-        raise EngineUnavailableError(f"engine at {engine_url} is unreachable: {exc!r}") from exc
+        raise _unavailable(engine_url, "is unreachable", exc) from exc
     except httpx.PoolTimeout as exc:
-        raise EngineUnavailableError(
-            f"no free connection to the engine at {engine_url} in time", retry_after_s=1
+        raise _unavailable(
+            engine_url, "has no free connection in time", exc, retry_after_s=1
         ) from exc
     except httpx.TimeoutException as exc:
-        raise UpstreamTimeoutError(
-            f"engine at {engine_url} timed out ({type(exc).__name__})"
-        ) from exc
+        raise _timed_out(engine_url, exc) from exc
     except (httpx.NetworkError, httpx.RemoteProtocolError) as exc:
-        raise EngineUnavailableError(
-            f"engine at {engine_url} broke the connection: {exc!r}"
-        ) from exc
+        raise _unavailable(engine_url, "broke the connection", exc) from exc
     except httpx.HTTPError as exc:
-        raise EngineError(f"talking to the engine at {engine_url} failed: {exc!r}") from exc
+        raise _failed(engine_url, exc) from exc
 
 
 @contextmanager
@@ -86,17 +102,13 @@ def translate_session_errors(engine_url: str) -> Iterator[None]:
     try:
         yield
     except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
-        raise EngineUnavailableError(f"engine at {engine_url} is unreachable: {exc!r}") from exc
+        raise _unavailable(engine_url, "is unreachable", exc) from exc
     except (TimeoutError, aiohttp.SocketTimeoutError) as exc:
-        raise UpstreamTimeoutError(
-            f"engine at {engine_url} timed out ({type(exc).__name__})"
-        ) from exc
+        raise _timed_out(engine_url, exc) from exc
     except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as exc:
-        raise EngineUnavailableError(
-            f"engine at {engine_url} broke the connection: {exc!r}"
-        ) from exc
+        raise _unavailable(engine_url, "broke the connection", exc) from exc
     except aiohttp.ClientError as exc:
-        raise EngineError(f"talking to the engine at {engine_url} failed: {exc!r}") from exc
+        raise _failed(engine_url, exc) from exc
 
 
 def upstream_error_from(response_status: int, body: bytes) -> UpstreamHTTPError:
@@ -202,7 +214,14 @@ class EngineClient:
         return response.text
 
     async def load_lora(self, name: str, path: str) -> None:
-        """Load adapter ``path`` under ``name``; an already-loaded name counts as success."""
+        """Load adapter ``path`` under ``name``; an already-loaded name counts as success.
+
+        A 4xx is the engine refusing this adapter: :class:`AdapterLoadError`. A 5xx (vLLM answers
+        500 for any exception while it adds the adapter, a busy or dying engine included) or a
+        transport failure is an engine error (:class:`UpstreamHTTPError`,
+        :class:`EngineUnavailableError`, ...): the adapter itself may be fine, so the lifecycle
+        does not mark it failed for good.
+        """
         with translate_errors(self.base_url):
             response = await self.http.post(
                 "/v1/load_lora_adapter", json={"lora_name": name, "lora_path": path}
@@ -212,9 +231,16 @@ class EngineClient:
         text = response.text
         if response.status_code == 400 and "already been loaded" in text:
             return
+        error = upstream_error_from(response.status_code, response.content)
+        if response.status_code >= 500:
+            raise UpstreamHTTPError(
+                response.status_code,
+                f"the engine failed to load adapter {name!r}: {error.message}",
+                error_type="upstream_error",
+                code="engine_load_error",
+            )
         raise AdapterLoadError(
-            f"engine refused to load adapter {name!r} from {path}: "
-            f"{upstream_error_from(response.status_code, response.content).message}",
+            f"the engine refused to load adapter {name!r}: {error.message}",
             code="engine_load_failed",
         )
 

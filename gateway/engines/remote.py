@@ -58,7 +58,8 @@ class RemoteVLLMEngine(Engine):
     async def start(self) -> None:
         if self._task is not None and not self._task.done():
             return
-        self._set_state(EngineState.STARTING, f"waiting for {self._url}")
+        self._set_state(EngineState.STARTING, "waiting for the engine")
+        logger.info("engine %s: waiting for %s", self.name, self._url)
         self._task = asyncio.create_task(self._watch(), name=f"watch-{self.name}")
 
     async def stop(self) -> None:
@@ -94,8 +95,8 @@ class RemoteVLLMEngine(Engine):
                     self._state is EngineState.READY
                     and self._failed_checks >= UNHEALTHY_CHECKS_TO_DOWN
                 ):
-                    self._set_state(EngineState.DOWN, f"{self._url} unreachable or unhealthy")
-                    logger.warning("engine %s down: %s", self.name, self._cause)
+                    self._set_state(EngineState.DOWN, "unreachable or unhealthy")
+                    logger.warning("engine %s at %s down: %s", self.name, self._url, self._cause)
             ready = self._state is EngineState.READY
             await asyncio.sleep(
                 self.settings.engine_health_interval_s
@@ -128,7 +129,7 @@ class RemoteVLLMEngine(Engine):
     def _reason(self) -> str:
         elapsed = time.monotonic() - self._since
         if self._state is EngineState.READY:
-            return f"ready ({self._url})"
+            return "ready"
         if self._state in (EngineState.STARTING, EngineState.DOWN) and self._failed_checks:
             return f"{self._cause} ({self._failed_checks} failed health checks, {elapsed:.0f} s)"
         return self._cause

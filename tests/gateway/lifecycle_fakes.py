@@ -2,11 +2,12 @@
 
 :class:`FakeLoraUpstream` answers vLLM's runtime LoRA endpoints the way vLLM 0.32 does (200 on
 load, 400 "already been loaded" on a duplicate name, 404 for a missing path or an unknown name
-on unload) through ``httpx.MockTransport``, so the real :class:`~gateway.engines.client.
-EngineClient` code runs. It can refuse paths, drop off the network, slow loads down and
-"restart" (forget every adapter). It also checks the lifecycle's invariants: never more adapters
-loaded than allowed, never a request for an adapter that is not loaded. Behaviour against a real
-vLLM is covered by tests/integration/test_registry_*.py.
+on unload, 500 for any other failure while loading) through ``httpx.MockTransport``, so the
+real :class:`~gateway.engines.client.EngineClient` code runs. It can refuse paths, fail loads,
+drop off the network, slow loads down and "restart" (forget every adapter). It also checks the
+lifecycle's invariants: never more adapters loaded than allowed, never a request for an adapter
+that is not loaded. Behaviour against a real vLLM is covered by
+tests/integration/test_registry_*.py.
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ class FakeLoraUpstream:
         self.peak_loaded = 0
         self.calls: list[tuple[str, str]] = []
         self.refuse_paths: set[str] = set()
+        #: While set, every load answers vLLM's 500 (an exception inside the engine).
+        self.fail_loads_with: str | None = None
         self.unreachable = False
         self.load_delay_s = 0.0
         self.violations: list[str] = []
@@ -46,6 +49,8 @@ class FakeLoraUpstream:
             name, lora_path = body["lora_name"], body["lora_path"]
             self.calls.append(("load", name))
             await asyncio.sleep(self.load_delay_s)
+            if self.fail_loads_with is not None:
+                return _error(500, "InternalServerError", self.fail_loads_with)
             if lora_path in self.refuse_paths:
                 return _error(
                     404,

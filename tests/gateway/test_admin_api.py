@@ -1,7 +1,7 @@
 """The admin API over HTTP (in-process ASGI): auth, every route, errors in the OpenAI shape.
 
-The app is the real ``create_app`` with the lifecycle as its adapter resolver and the admin
-router included the way the app wires it; the engine is the FAKE of lifecycle_fakes.py.
+The app is the real ``create_app`` (which serves the admin API) with the lifecycle as its
+adapter resolver; the engine is the FAKE of lifecycle_fakes.py.
 """
 
 from __future__ import annotations
@@ -15,10 +15,8 @@ from typing import Any
 
 import httpx
 import pytest
-from fastapi import FastAPI
 
 from gateway.admin_token import TOKEN_FILE, load_admin_token
-from gateway.api.admin_routes import build_admin_router
 from gateway.app import create_app
 from gateway.lifecycle import AdapterLifecycle
 from gateway.settings import GatewaySettings
@@ -44,13 +42,6 @@ class Admin:
         )
 
 
-def mount_admin(app: FastAPI, lifecycle: AdapterLifecycle, settings: GatewaySettings) -> None:
-    """What create_app does for the admin API (see gateway.api.admin_routes)."""
-    app.state.lifecycle = lifecycle
-    app.state.admin_token = load_admin_token(settings)
-    app.include_router(build_admin_router())
-
-
 @pytest.fixture
 async def admin(tmp_path: Path) -> AsyncIterator[Admin]:
     from gateway.adapter_startup import build_lifecycle
@@ -68,7 +59,6 @@ async def admin(tmp_path: Path) -> AsyncIterator[Admin]:
     lifecycle = build_lifecycle(settings, [engine], capacity=2)
     await lifecycle.start()
     app = create_app(settings, engines=[engine], adapter_resolver=lifecycle)
-    mount_admin(app, lifecycle, settings)
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(

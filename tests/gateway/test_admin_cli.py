@@ -18,8 +18,6 @@ import uvicorn
 from typer.testing import CliRunner
 
 from gateway.adapter_startup import build_lifecycle
-from gateway.admin_token import load_admin_token
-from gateway.api.admin_routes import build_admin_router
 from gateway.app import create_app
 from gateway.cli import build_cli
 from gateway.settings import GatewaySettings
@@ -52,9 +50,6 @@ def served(tmp_path: Path) -> Iterator[Served]:
     lifecycle = build_lifecycle(settings, [engine])
     asyncio.run(lifecycle.start())
     app = create_app(settings, engines=[engine], adapter_resolver=lifecycle)
-    app.state.lifecycle = lifecycle
-    app.state.admin_token = load_admin_token(settings)
-    app.include_router(build_admin_router())
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

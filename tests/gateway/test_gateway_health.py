@@ -23,6 +23,7 @@ async def test_readyz_follows_the_engine_state(gateway: Gateway) -> None:
         assert response.status_code == 503
         error = response.json()["error"]
         assert error["code"] == "not_ready" and state.value in error["message"]
+        assert f"static: {state.value} (set by the test)" in error["message"]  # the reason
         assert int(response.headers["retry-after"]) > 0
     gateway.engine.state = EngineState.READY
     assert (await gateway.http.get("/readyz")).status_code == 200

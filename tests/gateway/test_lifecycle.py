@@ -59,6 +59,9 @@ class Events:
     def on_load_failed(self, name: str) -> None:
         self.seen.append(("load_failed", name))
 
+    def on_delete(self, name: str) -> None:
+        self.seen.append(("delete", name))
+
 
 MakeLifecycle = Callable[..., Awaitable[AdapterLifecycle]]
 
@@ -266,33 +269,6 @@ async def test_restore_refuses_changed_files(env: Env, make: MakeLifecycle) -> N
     write_adapter(v1_path, base_model=BASE, seed=99)  # overwritten in place
     with pytest.raises(ConflictError, match="changed since"):
         await lifecycle.restore("a", 1)
-
-
-async def test_engine_refusal_is_failed_with_reason_until_retried(
-    env: Env, make: MakeLifecycle
-) -> None:
-    upstream = FakeLoraUpstream()
-    events = Events()
-    lifecycle = await make(FakeEngine(upstream), observer=events)
-    path = env.adapter("a")
-    await lifecycle.register("a", path)
-    upstream.refuse_paths.add(str(path.resolve()))
-    with pytest.raises(AdapterLoadError) as caught:
-        await request(lifecycle, "a")
-    assert caught.value.status == 502 and "No adapter found" in caught.value.message
-    view = lifecycle.view("a").active
-    assert view.state is AdapterState.FAILED and "No adapter found" in (view.last_error or "")
-    record = lifecycle.registry.get("a")
-    assert record is not None and record.active.state is AdapterState.FAILED
-    with pytest.raises(AdapterLoadError, match="to retry"):
-        await request(lifecycle, "a")
-    assert upstream.count("load") == 1  # sticky: no engine call per request
-    assert ("load_failed", "a") in events.seen
-
-    upstream.refuse_paths.clear()
-    await lifecycle.load("a")
-    assert lifecycle.view("a").active.state is AdapterState.LOADED
-    assert await request(lifecycle, "a")
 
 
 async def test_register_with_load_refused_keeps_nothing(env: Env, make: MakeLifecycle) -> None:

@@ -47,7 +47,9 @@ def test_streaming_keeps_other_stream_options() -> None:
     }
     sent, strip = prepare_stream_body(body)
     assert strip is True
-    assert sent["stream_options"] == {"include_usage": True, "continuous_usage_stats": True}
+    # Without include_usage vLLM ignores continuous_usage_stats: the client's chunks carried no
+    # usage, so they must not now.
+    assert sent["stream_options"] == {"include_usage": True, "continuous_usage_stats": False}
 
 
 def test_client_that_asked_for_usage_keeps_it() -> None:
@@ -133,7 +135,7 @@ def test_raw_body_with_options_is_rewritten_only_when_needed() -> None:
     sent, strip = prepare_stream_bytes(other)
     assert strip is True
     assert json.loads(sent)["stream_options"] == {
-        "continuous_usage_stats": True,
+        "continuous_usage_stats": False,
         "include_usage": True,
     }
     assert json.loads(sent)["model"] == "m"

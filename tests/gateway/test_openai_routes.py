@@ -185,6 +185,8 @@ async def test_unreachable_engine_is_503_with_retry_after(make_gateway: GatewayF
             error = assert_openai_error(response, 503, "engine_unavailable")
             assert int(response.headers["retry-after"]) > 0
             assert "unreachable" in error["message"]
+            # The engine's address is internal: logged, never shown to clients.
+            assert gw.engine.url.removeprefix("http://") not in response.text
 
 
 async def test_engine_down_is_503_then_recovers(gateway: Gateway) -> None:

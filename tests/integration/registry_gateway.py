@@ -2,9 +2,10 @@
 
 :func:`registry_gateway` builds the lifecycle exactly as the app does
 (:func:`gateway.adapter_startup.build_lifecycle`: SQLite registry in the data dir, validator
-for the tiny base), wires it and the admin API into ``create_app`` and serves the app over real
-HTTP from the test's event loop. Clients: the official ``openai`` SDK for ``/v1`` and an httpx
-client carrying the admin token for ``/admin``. Used by tests/integration/test_registry_*.py.
+for the tiny base), hands it to ``create_app`` (which serves the admin API over it) and serves
+the app over real HTTP from the test's event loop. Clients: the official ``openai`` SDK for
+``/v1`` and an httpx client carrying the admin token for ``/admin``. Used by
+tests/integration/test_registry_*.py.
 """
 
 from __future__ import annotations
@@ -19,8 +20,6 @@ from openai import AsyncOpenAI
 from pydantic import SecretStr
 
 from gateway.adapter_startup import build_lifecycle, scan_adapters_dir
-from gateway.admin_token import load_admin_token
-from gateway.api.admin_routes import build_admin_router
 from gateway.app import create_app
 from gateway.engines.base import Engine
 from gateway.lifecycle import AdapterLifecycle
@@ -108,9 +107,6 @@ async def registry_gateway(
         if adapters_dir is not None:
             await scan_adapters_dir(lifecycle, adapters_dir)
         app = create_app(settings, engines=[engine], adapter_resolver=lifecycle)
-        app.state.lifecycle = lifecycle
-        app.state.admin_token = load_admin_token(settings)
-        app.include_router(build_admin_router())
         async with serve_in_loop(app) as url:
             client = AsyncOpenAI(
                 base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=120.0

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from openai.types.chat import ChatCompletionMessageParam
 
 from gateway.engines.managed import ManagedVLLMEngine
 from gateway.settings import GatewaySettings
@@ -47,7 +48,9 @@ def hf_greedy(base: Path, adapter: Path, prompts: tuple[str, ...]) -> list[str]:
                 max_new_tokens=MAX_TOKENS,
                 do_sample=False,
             )
-        answers.append(tokenizer.decode(out[0, input_ids.shape[1] :], skip_special_tokens=True))
+        answers.append(
+            str(tokenizer.decode(out[0, input_ids.shape[1] :], skip_special_tokens=True))
+        )
     return answers
 
 
@@ -82,7 +85,7 @@ async def test_trained_adapter_answers_in_the_trained_style(
         assert answer["state"] == "loaded"
 
         for prompt, hf_answer in zip(PROMPTS, expected, strict=True):
-            messages = [{"role": "user", "content": prompt}]
+            messages: list[ChatCompletionMessageParam] = [{"role": "user", "content": prompt}]
             tuned = await gw.openai.chat.completions.create(
                 model="counsel-lora", messages=messages, temperature=0, max_tokens=MAX_TOKENS
             )

@@ -133,7 +133,11 @@ class FakeUpstream:
         body = recorded.json()
         model = body["model"]
         if body.get("stream"):
-            return self.stream([chunk_event(model, "fake"), chunk_event(model, " answer"), DONE])
+            events = [chunk_event(model, "fake"), chunk_event(model, " answer")]
+            options = body.get("stream_options") or {}
+            if options.get("include_usage"):  # as vLLM: one last chunk, no choices, the usage
+                events.append(usage_event(model, 7, 2))
+            return self.stream([*events, DONE])
         return JSONResponse(completion_body(model))
 
     def stream(self, steps: Sequence[Step], *, fail_at_end: bool = False) -> StreamingResponse:

@@ -100,13 +100,13 @@ def answers_of(adapter: Path, base: Path) -> tuple[list[str], list[str]]:
 
     tokenizer = AutoTokenizer.from_pretrained(base)
     model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), adapter).eval()
-    tuned = [
-        tokenizer.decode(greedy(model, tokenizer, p), skip_special_tokens=True) for p in PROMPTS
-    ]
+
+    def answer(prompt: str) -> str:
+        return str(tokenizer.decode(greedy(model, tokenizer, prompt), skip_special_tokens=True))
+
+    tuned = [answer(prompt) for prompt in PROMPTS]
     with model.disable_adapter():
-        plain = [
-            tokenizer.decode(greedy(model, tokenizer, p), skip_special_tokens=True) for p in PROMPTS
-        ]
+        plain = [answer(prompt) for prompt in PROMPTS]
     return tuned, plain
 
 
