@@ -149,8 +149,15 @@ class UpstreamTimeoutError(EngineError):
 class UpstreamHTTPError(EngineError):
     """The engine answered with an error status: passed through with its own message."""
 
-    def __init__(self, status: int, message: str, *, error_type: str | None = None,
-                 param: str | None = None, code: str | int | None = None) -> None:
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        error_type: str | None = None,
+        param: str | None = None,
+        code: str | int | None = None,
+    ) -> None:
         super().__init__(message, param=param, code=code)
         self._status = status
         self._type = error_type or ("invalid_request_error" if status < 500 else "upstream_error")

@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 
@@ -35,7 +35,7 @@ from gateway.errors import GatewayError
 from gateway.request_log import NullObserver, RequestInfo, RequestObserver
 from gateway.routing import Route, Router
 from gateway.streaming import SSEProxyResponse
-from gateway.usage import parse_usage_event, prepare_stream_bytes
+from gateway.usage import StreamUsage, prepare_stream_bytes
 
 #: nginx's status for "the client closed the connection before the answer": logged, never seen.
 CLIENT_CLOSED_REQUEST = 499
@@ -48,8 +48,6 @@ _MODEL_KEY = re.compile(rb'"model"[ \t\r\n]*:[ \t\r\n]*')
 _MODEL_LETTER_ESCAPE = b"\\u006"
 _JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
 _USAGE_KEYS = (b'"usage":{', b'"usage": {')
-#: Only the final usage chunk of a stream has no choices (vLLM writes compact JSON).
-_NO_CHOICES = (b'"choices":[]', b'"choices": []')
 _DECODER = json.JSONDecoder()
 
 
@@ -196,6 +194,34 @@ async def _cancel_on_disconnect(
             return
 
 
+class ClientEvents:
+    """The engine's events as the client gets them: ``model`` renamed to the public name, and
+    the usage chunk counted onto the request's record (and hidden when only the gateway asked
+    for it: :class:`gateway.usage.StreamUsage`)."""
+
+    __slots__ = ("_info", "_rename", "_usage")
+
+    def __init__(
+        self, info: RequestInfo, rename: Callable[[bytes], bytes] | None, usage: StreamUsage
+    ) -> None:
+        self._info = info
+        self._rename = rename
+        self._usage = usage
+
+    def feed(self, event: bytes) -> Sequence[bytes]:
+        if self._rename is not None:
+            event = self._rename(event)
+        out = self._usage.feed(event)
+        usage = self._usage.usage
+        if usage is not None:
+            self._info.prompt_tokens = usage.prompt_tokens
+            self._info.completion_tokens = usage.completion_tokens
+        return out
+
+    def finish(self) -> Sequence[bytes]:
+        return self._usage.finish()
+
+
 class OpenAIProxy:
     """Forwards validated OpenAI calls to the engine ``model`` routes to."""
 
@@ -269,16 +295,6 @@ class OpenAIProxy:
         )
         observer = self.observer
 
-        def transform(event: bytes) -> bytes | None:
-            if _NO_CHOICES[0] in event or _NO_CHOICES[1] in event:
-                usage = parse_usage_event(event)
-                if usage is not None:
-                    info.prompt_tokens = usage.prompt_tokens
-                    info.completion_tokens = usage.completion_tokens
-                    if strip_usage:
-                        return None  # asked for by the gateway, not by the client
-            return rename(event) if rename is not None else event
-
         def inspect(event: bytes) -> None:
             observer.stream_event(info, event)
 
@@ -292,7 +308,7 @@ class OpenAIProxy:
         return SSEProxyResponse(
             _engine_bytes(response, client.base_url),
             cleanup,
-            transform=transform,
+            events=ClientEvents(info, rename, StreamUsage(strip=strip_usage)),
             inspect=inspect,
             on_disconnect=disconnected,
             on_error=failed,

@@ -21,6 +21,8 @@ from typing import Any, Protocol
 from gateway.errors import GatewayError
 
 ACCESS_LOGGER = "gateway.access"
+#: Libraries that log each HTTP call at INFO (the engine health polls would flood the log).
+QUIET_LOGGERS = ("httpx", "httpcore")
 #: Where the request's :class:`RequestInfo` lives in the ASGI scope's ``state``.
 SCOPE_STATE_KEY = "request_info"
 
@@ -160,7 +162,9 @@ def configure_logging(level: str = "INFO", *, json_lines: bool = True) -> None:
     """Process-wide logging for ``lora-gateway serve``: one handler on stderr at ``level``.
 
     Called by the serve command, never by :func:`gateway.app.create_app` (tests keep their own
-    logging). Uvicorn's loggers keep their own handlers.
+    logging). The serve command turns uvicorn's own logging config off, so uvicorn's records
+    come here too. httpx logs every control-plane call (health polls, every 2 s) at INFO: it
+    is held to WARNING.
     """
     handler = logging.StreamHandler()
     if json_lines:
@@ -170,3 +174,5 @@ def configure_logging(level: str = "INFO", *, json_lines: bool = True) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    for noisy in QUIET_LOGGERS:
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))

@@ -5,7 +5,8 @@ streamed completion once the engine has answered 200. It reads the engine's body
 splits it on the SSE event delimiter (:class:`SSEEventSplitter`, which carries partial events
 across reads), and writes every complete event to the client in its own ASGI message: no
 coalescing, no buffering. ``data: [DONE]`` passes through like any other event. The proxy's
-``transform`` may rewrite an event or drop it (return None); ``inspect`` sees what is sent.
+:class:`EventFilter` may rewrite, drop or briefly hold events (its ``finish`` releases what it
+holds when the upstream ends or breaks); ``inspect`` sees each event as it is sent.
 
 It also owns the end of the request: if the engine breaks after the headers went out, the
 client gets one final ``data: {"error": ...}`` event (:meth:`GatewayError.to_sse`); if the client
@@ -16,8 +17,9 @@ case the cleanup stack (upstream response, adapter lease) is closed exactly once
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator, Callable, Sequence
 from contextlib import AsyncExitStack
+from typing import Protocol
 
 import anyio
 from starlette.responses import Response
@@ -65,6 +67,19 @@ class SSEEventSplitter:
         return rest
 
 
+class EventFilter(Protocol):
+    """What happens to the engine's events on their way to the client (the proxy's rename and
+    usage handling)."""
+
+    def feed(self, event: bytes) -> Sequence[bytes]:
+        """The events to send now, in order, for one upstream event (maybe none)."""
+        ...
+
+    def finish(self) -> Sequence[bytes]:
+        """Events still held when the upstream ended or broke."""
+        ...
+
+
 class SSEProxyResponse(Response):
     """Stream upstream SSE events to the client one by one; clean up exactly once.
 
@@ -78,7 +93,7 @@ class SSEProxyResponse(Response):
         cleanup: AsyncExitStack,
         *,
         headers: list[tuple[bytes, bytes]] | None = None,
-        transform: Callable[[bytes], bytes | None] | None = None,
+        events: EventFilter | None = None,
         inspect: Callable[[bytes], None] | None = None,
         on_disconnect: Callable[[], None] | None = None,
         on_error: Callable[[GatewayError], None] | None = None,
@@ -88,7 +103,7 @@ class SSEProxyResponse(Response):
         self._upstream = upstream
         self._cleanup = cleanup
         self.raw_headers = [*SSE_HEADERS, *(headers or [])]
-        self._transform = transform
+        self._events = events
         self._inspect = inspect
         self._on_disconnect = on_disconnect
         self._on_error = on_error
@@ -130,8 +145,10 @@ class SSEProxyResponse(Response):
                     await self._send_event(send, event)
             if rest := splitter.flush():
                 await self._send_event(send, rest)
+            await self._send_held(send)
         except GatewayError as exc:
             logger.warning("stream broken after headers: %s", exc.message)
+            await self._send_held(send)
             await self._send_error(send, exc)
         except Exception:
             logger.exception("unexpected error while streaming")
@@ -143,11 +160,18 @@ class SSEProxyResponse(Response):
         await send({"type": "http.response.body", "body": error.to_sse(), "more_body": True})
 
     async def _send_event(self, send: Send, event: bytes) -> None:
-        if self._transform is not None:
-            transformed = self._transform(event)
-            if transformed is None:  # not for the client (e.g. usage it did not ask for)
-                return
-            event = transformed
+        if self._events is None:
+            await self._send_out(send, event)
+            return
+        for out in self._events.feed(event):
+            await self._send_out(send, out)
+
+    async def _send_held(self, send: Send) -> None:
+        if self._events is not None:
+            for out in self._events.finish():
+                await self._send_out(send, out)
+
+    async def _send_out(self, send: Send, event: bytes) -> None:
         if self._inspect is not None:
             self._inspect(event)
         await send({"type": "http.response.body", "body": event, "more_body": True})

@@ -3,16 +3,18 @@
 The OpenAI proxy (``gateway.proxy``) calls :func:`prepare_stream_bytes` (on the client's raw
 JSON) or :func:`prepare_stream_body` (on a parsed body) for each streaming request before sending
 it upstream: it asks the engine for a final usage chunk (``stream_options.include_usage``) when
-the client did not, and tells the proxy to strip that chunk again. For every SSE event of the
-upstream stream the proxy calls :func:`parse_usage_event`; a non-``None`` answer is the final
-usage chunk (vLLM sends it with ``"choices": []``): its tokens go on the request's record (and
-so into :mod:`gateway.metrics`), and the event is dropped when ``strip_usage`` is set.
-Non-streaming responses carry ``usage`` in their body: :func:`usage_from_response`.
+the client did not, and tells the proxy to strip that chunk again. Every SSE event of the
+upstream stream then goes through one :class:`StreamUsage`, which finds the final usage chunk
+(vLLM sends it with ``"choices": []``; :func:`parse_usage_event`) so its tokens go on the
+request's record (and so into :mod:`gateway.metrics`), and, when stripping, hides it again so
+the client sees exactly the events vLLM would have sent it. Non-streaming responses carry
+``usage`` in their body: :func:`usage_from_response`.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -104,13 +106,8 @@ def usage_from_response(payload: object) -> Usage | None:
     return _usage_from(payload)
 
 
-def parse_usage_event(event: bytes) -> Usage | None:
-    """The usage of the stream's final usage chunk; ``None`` for every other SSE event.
-
-    ``event`` is one whole SSE event (its ``data:`` lines, optionally its blank-line end). Chunks
-    with choices (content, or per-chunk ``continuous_usage_stats``) are not the usage chunk and
-    answer ``None``, so a stream's usage is counted exactly once.
-    """
+def _usage_chunk(event: bytes) -> tuple[Usage, object] | None:
+    """(usage, system_fingerprint) of the final usage chunk; ``None`` for any other event."""
     if b'"usage"' not in event:  # the cheap test first: most events are content deltas
         return None
     data = b"\n".join(
@@ -124,4 +121,76 @@ def parse_usage_event(event: bytes) -> Usage | None:
         return None
     if not isinstance(payload, dict) or payload.get("choices") != []:
         return None
-    return _usage_from(payload)
+    usage = _usage_from(payload)
+    return None if usage is None else (usage, payload.get("system_fingerprint"))
+
+
+def parse_usage_event(event: bytes) -> Usage | None:
+    """The usage of the stream's final usage chunk; ``None`` for every other SSE event.
+
+    ``event`` is one whole SSE event (its ``data:`` lines, optionally its blank-line end). Chunks
+    with choices (content, or per-chunk ``continuous_usage_stats``) are not the usage chunk and
+    answer ``None``, so a stream's usage is counted exactly once.
+    """
+    found = _usage_chunk(event)
+    return None if found is None else found[0]
+
+
+#: Only the final usage chunk has no choices (vLLM writes compact JSON; both spellings pass).
+_NO_CHOICES = (b'"choices":[]', b'"choices": []')
+#: A terminal chunk: a choice with a finish reason (``"finish_reason":null`` otherwise).
+_TERMINAL = (b'"finish_reason":"', b'"finish_reason": "')
+_FINGERPRINT_KEY = b'"system_fingerprint"'
+
+
+def _stamp(event: bytes, fingerprint: str) -> bytes:
+    """``event`` with ``"system_fingerprint"`` added as the last key of its JSON object."""
+    end = event.rfind(b"}")
+    if end < 0 or _FINGERPRINT_KEY in event:
+        return event
+    field = b',"system_fingerprint":' + json.dumps(fingerprint).encode()
+    return event[:end] + field + event[end:]
+
+
+class StreamUsage:
+    """One stream's usage chunk: found and counted, and hidden again when only the gateway
+    asked for it.
+
+    Asked for usage, vLLM also moves ``system_fingerprint`` from the terminal chunks (those with
+    a ``finish_reason``) to the usage chunk. So, when stripping, terminal chunks are held back
+    until the next event: the usage chunk (vLLM sends it right after them), whose fingerprint
+    they get back before they go out, or anything else, before which they go out as they are.
+    Content chunks pass straight through; only events holding ``"choices":[]`` are parsed.
+    """
+
+    __slots__ = ("_held", "_strip", "usage")
+
+    def __init__(self, *, strip: bool) -> None:
+        self.usage: Usage | None = None
+        self._strip = strip
+        self._held: list[bytes] = []
+
+    def feed(self, event: bytes) -> Sequence[bytes]:
+        """The events to send now, in order, for one upstream event."""
+        if _NO_CHOICES[0] in event or _NO_CHOICES[1] in event:
+            found = _usage_chunk(event)
+            if found is not None:
+                self.usage, fingerprint = found
+                if self._strip:
+                    held, self._held = self._held, []
+                    if isinstance(fingerprint, str):
+                        return [_stamp(chunk, fingerprint) for chunk in held]
+                    return held
+        if self._strip and (_TERMINAL[0] in event or _TERMINAL[1] in event):
+            self._held.append(event)
+            return ()
+        if self._held:
+            held, self._held = self._held, []
+            held.append(event)
+            return held
+        return (event,)
+
+    def finish(self) -> Sequence[bytes]:
+        """What is still held when the upstream ended or broke."""
+        held, self._held = self._held, []
+        return held

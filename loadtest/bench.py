@@ -1,6 +1,6 @@
 """``python -m loadtest.bench``: the gateway beside direct vLLM and LiteLLM's proxy, in one run.
 
-Reproduce the README's figures (about 12 minutes on 2 cores; LiteLLM is installed into
+Reproduce the README's figures (about 11 minutes on 2 cores; LiteLLM is installed into
 ``.bench/litellm-venv`` on first use)::
 
     .venv/bin/python -m loadtest.bench --results-dir results/bench

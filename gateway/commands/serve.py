@@ -2,10 +2,16 @@
 
 Flags override the environment (``LORA_GATEWAY_*``) field by field; the result is one
 :class:`~gateway.settings.GatewaySettings`. The app from :func:`gateway.app.create_app` owns the
-engines it builds: its lifespan starts them and, on SIGINT/SIGTERM (uvicorn's graceful shutdown),
-stops them, which ends vLLM's whole process tree. While it runs, this command prints the engine
-log path, the gateway URL and, once the engine is READY, a copy-paste OpenAI SDK example.
-Registered on the CLI by :func:`register` (see :mod:`gateway.cli`).
+engines it builds: its lifespan starts them and stops them last, which ends vLLM's whole process
+tree. On SIGINT/SIGTERM uvicorn stops accepting connections, lets in-flight requests (streams
+included) finish within ``settings.drain_timeout_s`` and cancels what is left, and only then
+runs the lifespan's exit: drain first, engine last.
+
+Logging: :func:`gateway.request_log.configure_logging` (JSON lines on stderr by default, one per
+request from the access log); uvicorn's own logging config and access log are off, so each
+request is logged once. While it runs, this command prints the engine log path, the gateway URL,
+where the admin token is (never the token) and, once the engine is READY, a copy-paste OpenAI
+SDK example. Registered on the CLI by :func:`register` (see :mod:`gateway.cli`).
 """
 
 from __future__ import annotations
@@ -19,12 +25,14 @@ from pydantic import ValidationError
 
 from gateway.engines.factory import build_engines
 from gateway.errors import GatewayError
+from gateway.request_log import configure_logging
 from gateway.settings import GatewaySettings
 
 if TYPE_CHECKING:
     import uvicorn
     from fastapi import FastAPI
 
+    from gateway.admin_token import AdminToken
     from gateway.engines.base import Engine
 
 NO_KEY = "not-needed"
@@ -100,15 +108,20 @@ async def run_gateway(settings: GatewaySettings, *, key_from_flag: bool = False)
 
     from gateway.app import create_app
 
+    configure_logging(settings.log_level, json_lines=settings.log_json)
     app = create_app(settings)
     server = uvicorn.Server(
         uvicorn.Config(
             app,
             host=settings.host,
             port=settings.port,
+            # Our handler (configure_logging) formats uvicorn's records too; the gateway's
+            # access log is the one line per request.
+            log_config=None,
             log_level=settings.log_level.lower(),
             access_log=False,
-            timeout_graceful_shutdown=int(settings.drain_timeout_s),
+            # uvicorn waits this long for in-flight requests before the lifespan stops engines.
+            timeout_graceful_shutdown=settings.drain_timeout_s,  # type: ignore[arg-type]
         )
     )
     announcer = asyncio.create_task(_announce(server, app, settings, key_from_flag))
@@ -134,6 +147,7 @@ async def _announce(
         reported[engine.name] = "" if engine.ready else engine.status().state.value
     url = gateway_url(server, settings)
     typer.echo(f"gateway: {url}  (GET /readyz answers 200 once the engine is ready)")
+    typer.echo(admin_token_note(app))
     while True:
         for engine in engines:
             status = engine.status()
@@ -145,6 +159,14 @@ async def _announce(
                         sdk_example(url, engine.base_model, _example_key(settings, key_from_flag))
                     )
         await asyncio.sleep(0.5)
+
+
+def admin_token_note(app: FastAPI) -> str:
+    """Where the admin API's bearer token is; never the token itself."""
+    token: AdminToken = app.state.admin_token
+    if token.path is None:
+        return "admin API: /admin, bearer token from LORA_GATEWAY_ADMIN_TOKEN"
+    return f"admin API: /admin, bearer token in {token.path} (mode 0600)"
 
 
 def gateway_url(server: uvicorn.Server, settings: GatewaySettings) -> str:

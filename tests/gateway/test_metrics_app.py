@@ -83,7 +83,7 @@ async def test_engine_failures_are_counted_by_kind(make_gateway: GatewayFactory)
             if body.get("stream"):  # breaks after its first event
                 return gw.fake.stream([chunk_event(body["model"], "x")], fail_at_end=True)
             if body["messages"][0]["content"] == "slow":
-                await asyncio.sleep(2)
+                await asyncio.sleep(1)
             return JSONResponse({"error": {"message": "boom", "type": "x"}}, status_code=500)
 
         gw.fake.handler = answer

@@ -6,11 +6,13 @@ The ``.sse`` fixtures are raw bytes captured from a real vLLM 0.32 (tiny Llama +
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
 
 from gateway.usage import (
+    StreamUsage,
     Usage,
     parse_usage_event,
     prepare_stream_body,
@@ -157,3 +159,42 @@ def test_raw_body_that_is_not_an_object_is_left_alone(raw: bytes) -> None:
 def test_empty_object_stays_valid_json() -> None:
     sent, _ = prepare_stream_bytes(b"{ }")
     assert json.loads(sent) == {"stream_options": {"include_usage": True}}
+
+
+def without_ids(event: bytes) -> bytes:
+    return re.sub(rb'"id":"[^"]*","object":"([^"]*)","created":\d+', rb'"object":"\1"', event)
+
+
+def test_stripping_gives_back_the_stream_the_client_asked_for() -> None:
+    """vLLM asked for usage moves ``system_fingerprint`` from the terminal chunk to the usage
+    chunk: stripping drops the usage chunk and puts the fingerprint back, byte for byte."""
+    asked = sse_events("vllm-0.32-chat-stream-usage.sse")
+    not_asked = sse_events("vllm-0.32-chat-stream-no-usage.sse")
+    usage = StreamUsage(strip=True)
+    out = [sent for event in asked for sent in usage.feed(event)] + list(usage.finish())
+    assert usage.usage == Usage(18, 5)
+    assert len(out) == len(asked) - 1 and out[-1] == b"data: [DONE]\n\n"
+    assert out[:-2] == asked[:-3]  # content chunks untouched
+    # The terminal chunk now reads as in a stream that never asked for usage.
+    assert without_ids(out[-2]) == without_ids(not_asked[-2])
+    assert b'"finish_reason":"length"' in out[-2] and b"vllm-0.32.0-" in out[-2]
+
+
+def test_a_client_that_asked_keeps_every_event() -> None:
+    asked = sse_events("vllm-0.32-completion-stream-usage.sse")
+    usage = StreamUsage(strip=False)
+    out = [sent for event in asked for sent in usage.feed(event)] + list(usage.finish())
+    assert out == asked and usage.usage == Usage(2, 4)
+
+
+def test_held_terminal_chunks_keep_their_order() -> None:
+    """With n=2 a choice may finish before the other: its terminal chunk waits only for the
+    next event, and goes out unchanged before it."""
+    first_done = b'data: {"choices":[{"index":0,"text":"","finish_reason":"length"}]}\n\n'
+    second = b'data: {"choices":[{"index":1,"text":"x","finish_reason":null}]}\n\n'
+    usage = StreamUsage(strip=True)
+    assert list(usage.feed(first_done)) == []
+    assert list(usage.feed(second)) == [first_done, second]
+    assert list(usage.feed(first_done)) == []
+    assert list(usage.finish()) == [first_done]  # the upstream ended without a usage chunk
+    assert usage.usage is None

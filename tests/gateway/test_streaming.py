@@ -92,18 +92,65 @@ async def test_each_upstream_event_is_one_asgi_message() -> None:
     assert closed == ["cleanup"]
 
 
-async def test_transform_and_inspect_see_every_event() -> None:
+class Upper:
+    """An event filter: upper-cases every event, drops the one whose text is ``ld``."""
+
+    def feed(self, event: bytes) -> list[bytes]:
+        return [] if b'"ld"' in event else [event.upper()]
+
+    def finish(self) -> list[bytes]:
+        return []
+
+
+class HoldAll:
+    """An event filter that holds every event until the upstream ends (or breaks)."""
+
+    def __init__(self) -> None:
+        self.held: list[bytes] = []
+
+    def feed(self, event: bytes) -> list[bytes]:
+        self.held.append(event)
+        return []
+
+    def finish(self) -> list[bytes]:
+        held, self.held = self.held, []
+        return held
+
+
+async def test_event_filter_and_inspect_see_every_event() -> None:
     async def upstream() -> AsyncGenerator[bytes, None]:
         yield b"".join(EVENTS)
 
     seen: list[bytes] = []
     capture = AsgiCapture()
-    response = SSEProxyResponse(
-        upstream(), AsyncExitStack(), transform=bytes.upper, inspect=seen.append
-    )
+    response = SSEProxyResponse(upstream(), AsyncExitStack(), events=Upper(), inspect=seen.append)
     await response({"type": "http"}, capture.receive, capture.send)
-    assert capture.bodies == [event.upper() for event in EVENTS] + [b""]
-    assert seen == [event.upper() for event in EVENTS]
+    sent = [event.upper() for event in EVENTS if b'"ld"' not in event]
+    assert len(sent) < len(EVENTS)
+    assert capture.bodies == [*sent, b""]
+    assert seen == sent
+
+
+async def test_held_events_go_out_before_the_end_or_the_error() -> None:
+    async def ends() -> AsyncGenerator[bytes, None]:
+        yield b"".join(EVENTS)
+
+    capture = AsgiCapture()
+    await SSEProxyResponse(ends(), AsyncExitStack(), events=HoldAll())(
+        {"type": "http"}, capture.receive, capture.send
+    )
+    assert capture.bodies == [*EVENTS, b""]
+
+    async def breaks() -> AsyncGenerator[bytes, None]:
+        yield EVENTS[0]
+        raise EngineUnavailableError("engine broke the connection")
+
+    capture = AsgiCapture()
+    await SSEProxyResponse(breaks(), AsyncExitStack(), events=HoldAll())(
+        {"type": "http"}, capture.receive, capture.send
+    )
+    assert capture.bodies[0] == EVENTS[0]
+    assert json.loads(capture.bodies[1][6:])["error"]["code"] == "engine_unavailable"
 
 
 async def test_a_broken_upstream_ends_with_an_error_event() -> None:

@@ -1,6 +1,7 @@
 """Streaming through the gateway against the session's real vLLM: the same events as a direct
-request (chunks in = chunks out), and a client that leaves (mid-stream, or while waiting for a
-non-streamed answer) stops the generation on the engine."""
+request (chunks in = chunks out, whether or not the client asked for usage, and the tokens are
+counted either way), and a client that leaves (mid-stream, or while waiting for a non-streamed
+answer) stops the generation on the engine."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from typing import Any
 import httpx
 import pytest
 import pytest_asyncio
+from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.app import create_app
 from gateway.engines.managed import ManagedVLLMEngine
@@ -71,6 +73,32 @@ def comparable(event: dict[str, Any] | str) -> object:
     return {k: v for k, v in event.items() if k not in ("id", "created", "model")}
 
 
+async def token_counts(http: httpx.AsyncClient, model: str) -> tuple[float, float]:
+    """(prompt, completion) tokens the gateway's own /metrics counted for ``model``."""
+    labels = {"model": model, "adapter": "base" if model == BASE else model}
+    text = (await http.get("/metrics")).text
+    counts = {
+        sample.name: sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.labels == labels
+    }
+    return (
+        counts.get("lora_gateway_prompt_tokens_total", 0.0),
+        counts.get("lora_gateway_completion_tokens_total", 0.0),
+    )
+
+
+async def direct_events(
+    engine: ManagedVLLMEngine, path: str, request: dict[str, Any]
+) -> list[dict[str, Any] | str]:
+    async with httpx.AsyncClient(base_url=engine.url, timeout=120) as direct_http:
+        async with direct_http.stream("POST", path, json=request) as direct:
+            assert direct.status_code == 200
+            return await sse_events(direct)
+
+
+@pytest.mark.parametrize("client_asks_usage", [True, False], ids=["usage", "no-usage"])
 @pytest.mark.parametrize(
     ("path", "model", "body"),
     [
@@ -84,22 +112,26 @@ async def test_gateway_stream_has_the_engines_events(
     path: str,
     model: str,
     body: dict[str, Any],
+    client_asks_usage: bool,
 ) -> None:
+    """Chunks in = chunks out, counting only events meant for the client: the gateway always
+    asks the engine for usage (to count tokens) and drops that chunk when the client did not
+    ask for it, so the client sees exactly what vLLM would have sent it."""
     http, _ = gateway
-    request = {
-        **body,
-        "stream": True,
-        "temperature": 0.0,
-        "max_tokens": 32,
-        "stream_options": {"include_usage": True},
-    }
+    request = {**body, "stream": True, "temperature": 0.0, "max_tokens": 32}
+    if client_asks_usage:
+        request["stream_options"] = {"include_usage": True}
     upstream_model = ADAPTER_UPSTREAM if model == ADAPTER else BASE
-    async with httpx.AsyncClient(base_url=vllm_engine.url, timeout=120) as direct_http:
-        async with direct_http.stream(
-            "POST", path, json={**request, "model": upstream_model}
-        ) as direct:
-            assert direct.status_code == 200
-            expected = await sse_events(direct)
+    expected = await direct_events(vllm_engine, path, {**request, "model": upstream_model})
+    with_usage = await direct_events(
+        vllm_engine,
+        path,
+        {**request, "model": upstream_model, "stream_options": {"include_usage": True}},
+    )
+    usage = with_usage[-2]
+    assert isinstance(usage, dict) and usage["choices"] == []
+
+    before = await token_counts(http, model)
     async with http.stream("POST", path, json={**request, "model": model}) as via:
         assert via.status_code == 200
         received = await sse_events(via)
@@ -107,6 +139,18 @@ async def test_gateway_stream_has_the_engines_events(
     assert received[-1] == "[DONE]"
     assert [comparable(e) for e in received] == [comparable(e) for e in expected]
     assert all(e["model"] == model for e in received if isinstance(e, dict))
+    has_usage_chunk = any(isinstance(e, dict) and "usage" in e for e in received)
+    assert has_usage_chunk is client_asks_usage
+
+    # Counted either way, from the engine's usage chunk (once the request's record closed).
+    wanted = (usage["usage"]["prompt_tokens"], usage["usage"]["completion_tokens"])
+    for _ in range(50):
+        after = await token_counts(http, model)
+        counted = (after[0] - before[0], after[1] - before[1])
+        if counted == wanted:
+            break
+        await asyncio.sleep(0.05)
+    assert counted == wanted
 
 
 async def engine_metric(engine: ManagedVLLMEngine, family: re.Pattern[str]) -> float:

@@ -8,13 +8,11 @@ loaded) and storage in a temp dir, and stopped at the end.
    traffic through the request observer, served by the real /metrics route. Also: every alert
    rule evaluates healthy and every dashboard expression runs on the real PromQL engine.
 2. ``test_prometheus_counts_real_requests_to_two_adapters``: the real gateway app
-   (``create_app``) in front of the shared real vLLM, two adapters, the official OpenAI SDK,
-   streams and non-streams. Metrics are wired into the app here through the app's observer
-   seam (``gateway.app.build_observer``) until create_app wires them itself.
-3. ``test_full_app_admin_api_to_prometheus``: the finished shape (create_app's own /metrics,
-   adapters registered through ``POST /admin/adapters``, the lifecycle's load counters).
-   Skipped, with the reason, while create_app serves neither; it needs no change once it does.
-   Test 2 should then drop its own wiring (the seam it patches will be the real metrics).
+   (``create_app``, its own ``/metrics``) in front of the shared real vLLM, two adapters loaded
+   straight onto the engine, the official OpenAI SDK, streams and non-streams.
+3. ``test_full_app_admin_api_to_prometheus``: the whole shape (create_app's own lifecycle and
+   ``/metrics``, adapters registered through ``POST /admin/adapters``, the lifecycle's load
+   counters).
 """
 
 from __future__ import annotations
@@ -26,7 +24,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import tempfile
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
@@ -38,11 +35,11 @@ import pytest
 import yaml
 from fastapi import FastAPI
 from openai import AsyncOpenAI, NotFoundError
+from pydantic import SecretStr
 from starlette.types import ASGIApp
 
 import gateway.app as gateway_app
 from gateway.api.metrics_route import build_metrics_router
-from gateway.engine_metrics import EngineAdapterActivity
 from gateway.engines.managed import ManagedVLLMEngine
 from gateway.metrics import GatewayMetrics
 from gateway.request_log import RequestInfo
@@ -298,15 +295,10 @@ ADAPTERS = {"obs-a1": "obs-a1@v1", "obs-a2": "obs-a2@v1"}
 
 
 @contextmanager
-def gateway_with_metrics(
-    settings: GatewaySettings,
-    engine_url: str,
-    base_model: str,
-    adapter_dirs: dict[str, Path],
-    monkeypatch: pytest.MonkeyPatch,
-) -> Iterator[tuple[str, list[GatewayMetrics]]]:
-    """create_app with metrics wired through its observer seam, served from a thread."""
-    built: list[GatewayMetrics] = []
+def gateway_with_adapters(
+    settings: GatewaySettings, engine_url: str, base_model: str, adapter_dirs: dict[str, Path]
+) -> Iterator[str]:
+    """create_app (its own metrics) over adapters loaded onto the engine, served from a thread."""
 
     async def build(stack: AsyncExitStack) -> ASGIApp:
         engine = StaticEngine(engine_url, base_model, name="engine-0")
@@ -319,22 +311,10 @@ def gateway_with_metrics(
             ],
         )
         await resolver.load_all()
-        upstream_to_public = {a.upstream_name: a.public_name for a in resolver.adapters.values()}
-        metrics = GatewayMetrics(engines=[engine], registered_adapters=resolver.adapters.keys)
-        activity = EngineAdapterActivity(
-            [engine], upstream_to_public.get, registry=metrics.registry
-        )
-        metrics.add_scrape_hook(activity.refresh)
-        built.append(metrics)
-        monkeypatch.setattr(
-            gateway_app, "build_observer", lambda _settings: RequestMetricsObserver(metrics)
-        )
-        app = gateway_app.create_app(settings, engines=[engine], adapter_resolver=resolver)
-        app.include_router(build_metrics_router(metrics))
-        return app
+        return gateway_app.create_app(settings, engines=[engine], adapter_resolver=resolver)
 
     with serve_in_thread(build) as url:
-        yield url, built
+        yield url
 
 
 async def test_prometheus_counts_real_requests_to_two_adapters(
@@ -342,13 +322,10 @@ async def test_prometheus_counts_real_requests_to_two_adapters(
     engine_settings: GatewaySettings,
     tiny_adapters: dict[str, Path],
     tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     settings = engine_settings.model_copy(update={"data_dir": tmp_path / "gateway"})
     dirs = {"obs-a1": tiny_adapters["a1"], "obs-a2": tiny_adapters["a2"]}
-    with gateway_with_metrics(
-        settings, vllm_engine.url, vllm_engine.base_model, dirs, monkeypatch
-    ) as (url, _):
+    with gateway_with_adapters(settings, vllm_engine.url, vllm_engine.base_model, dirs) as url:
         client = AsyncOpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=60)
         async with run_prometheus(tmp_path / "prom", url) as prometheus:
             sent = await send_traffic(client)
@@ -465,16 +442,6 @@ async def assert_prometheus_matches(prometheus: Prometheus, sent: Sent) -> None:
 # --- 3: the finished shape: create_app's own metrics and the admin API -------------------------
 
 
-def full_app_missing() -> str | None:
-    """Why create_app cannot run test 3 yet (it must serve /metrics and the admin API)."""
-    with tempfile.TemporaryDirectory() as data_dir:
-        app = gateway_app.create_app(GatewaySettings(data_dir=Path(data_dir)))
-    paths = {getattr(route, "path", None) for route in app.routes}
-    missing = sorted({"/metrics", "/admin/adapters"} - paths)
-    return f"create_app does not serve {missing} yet" if missing else None
-
-
-@pytest.mark.skipif(full_app_missing() is not None, reason=str(full_app_missing()))
 async def test_full_app_admin_api_to_prometheus(
     vllm_engine: ManagedVLLMEngine,
     engine_settings: GatewaySettings,
@@ -485,7 +452,7 @@ async def test_full_app_admin_api_to_prometheus(
     settings = engine_settings.model_copy(
         update={
             "data_dir": tmp_path / "gateway",
-            "admin_token": token,
+            "admin_token": SecretStr(token),  # model_copy does not validate
             "adapter_roots": [path.parent for path in tiny_adapters.values()],
         }
     )

@@ -1,11 +1,14 @@
 """``lora-gateway serve`` end to end, as an operator runs it: default base model (SmolLM2),
-its own vLLM child, the printed URL and OpenAI SDK example (run as printed), SIGTERM ends the
-whole process tree. Starts its own vLLM (the product's default model, not the shared tiny one).
+its own vLLM child, the printed URL, admin-token location and OpenAI SDK example (run as
+printed), one JSON log line per request, and SIGTERM: the gateway stops accepting, the stream
+in flight finishes, then the engine's whole process tree ends. Starts its own vLLM (the
+product's default model, not the shared tiny one): one engine start for all of this.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import signal
@@ -20,6 +23,8 @@ import pytest
 pytestmark = pytest.mark.integration
 
 READY_TIMEOUT_S = 420.0
+#: Long enough that the stream is still running when the gateway is told to stop.
+DRAIN_STREAM_TOKENS = 256
 
 
 def _find(pattern: str, text: str) -> str:
@@ -95,7 +100,7 @@ async def test_serve_prints_a_working_sdk_example_and_stops_cleanly(
             assert [m["id"] for m in models["data"]] == ["smollm2-135m-instruct"]
             reply = await client.post(
                 "/v1/chat/completions",
-                headers=headers,
+                headers={**headers, "x-request-id": "serve-test-paris"},
                 json={
                     "model": "smollm2-135m-instruct",
                     "temperature": 0,
@@ -105,11 +110,17 @@ async def test_serve_prints_a_working_sdk_example_and_stops_cleanly(
             )
             assert "Paris" in reply.json()["choices"][0]["message"]["content"]
             assert (await client.get("/readyz")).status_code == 200
+            assert engine_pid is not None
+            events, refused = await _stream_across_sigterm(client, headers, process, engine_pid)
+        assert events > 3
+        assert refused, "the gateway kept accepting connections after SIGTERM"
     finally:
         if process.returncode is None:
             process.send_signal(signal.SIGTERM)
+        rest = await asyncio.wait_for(process.stdout.read(), 60)
         returncode = await asyncio.wait_for(process.wait(), 60)
-    assert returncode in (0, -signal.SIGTERM)
+    output = "".join(seen) + rest.decode()
+    assert returncode in (0, -signal.SIGTERM), output
     assert engine_pid is not None
     deadline = time.monotonic() + 10
     while True:
@@ -119,3 +130,78 @@ async def test_serve_prints_a_working_sdk_example_and_stops_cleanly(
             break
         assert time.monotonic() < deadline, "vLLM outlived the gateway"
         await asyncio.sleep(0.1)
+
+    # Where the admin token is, never the token itself.
+    token_file = data_dir / "admin_token"
+    assert f"bearer token in {token_file}" in output
+    assert token_file.read_text().strip() not in output
+    # One JSON line per request, from the gateway's access log; uvicorn's own is off.
+    requests = [
+        line
+        for line in map(_json_or_none, output.splitlines())
+        if line and line.get("event") == "request"
+    ]
+    paris = [line for line in requests if line["request_id"] == "serve-test-paris"]
+    assert len(paris) == 1 and paris[0]["status"] == 200 and paris[0]["completion_tokens"]
+    # The stream sent across SIGTERM ran to its end (tokens from the engine's usage chunk,
+    # which the gateway asked for and the client never saw).
+    streamed = [line for line in requests if line["stream"]]
+    assert len(streamed) == 1 and streamed[0]["status"] == 200
+    assert streamed[0]["completion_tokens"] == DRAIN_STREAM_TOKENS and not streamed[0]["error"]
+    assert 'HTTP/1.1" 200' not in output
+
+
+def _json_or_none(line: str) -> dict[str, object] | None:
+    try:
+        value = json.loads(line)
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
+async def _stream_across_sigterm(
+    client: httpx.AsyncClient,
+    headers: dict[str, str],
+    process: asyncio.subprocess.Process,
+    engine_pid: int,
+) -> tuple[int, bool]:
+    """Start a long stream, SIGTERM the gateway mid-stream, check that new connections are
+    refused while the stream goes on to its end; returns (events received, refused seen)."""
+    body = {
+        "model": "smollm2-135m-instruct",
+        "prompt": "Once upon a time",
+        "max_tokens": DRAIN_STREAM_TOKENS,
+        "ignore_eos": True,
+        "temperature": 0,
+        "stream": True,
+    }
+    tokens, refused, done = 0, False, False
+    async with client.stream("POST", "/v1/completions", headers=headers, json=body) as response:
+        assert response.status_code == 200
+        lines = response.aiter_lines()
+        async for line in lines:
+            if line.startswith("data: {"):
+                tokens += 1
+                if tokens == 3:
+                    break
+        process.send_signal(signal.SIGTERM)
+        # Stop accepting: a new connection is refused within moments (the listening socket
+        # closes) while the stream above is still being generated.
+        deadline = time.monotonic() + 5
+        while not refused and time.monotonic() < deadline:
+            try:
+                async with httpx.AsyncClient(base_url=str(client.base_url), timeout=2) as fresh:
+                    await fresh.get("/healthz")
+            except httpx.ConnectError:
+                refused = True
+            else:
+                await asyncio.sleep(0.05)
+        os.killpg(engine_pid, 0)  # the engine still runs: it is stopped last
+        async for line in lines:
+            if line.startswith("data: {"):
+                assert '"error"' not in line, line
+                tokens += 1
+            elif line == "data: [DONE]":
+                done = True
+    assert done, "the stream ended without [DONE]"
+    return tokens, refused
