@@ -9,7 +9,9 @@ that the adapter lifecycle uses to re-apply the registry's desired state after e
 from __future__ import annotations
 
 import abc
+import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from enum import StrEnum
@@ -105,3 +107,20 @@ class Engine(abc.ABC):
     @property
     def ready(self) -> bool:
         return self.status().state is EngineState.READY
+
+    def _not_ready_detail(self) -> str:
+        """Extra context for a wait_ready timeout (a managed engine adds its log's tail)."""
+        return ""
+
+    async def wait_ready(self, timeout: float) -> None:  # noqa: ASYNC109 (the bound is reported)
+        """Return once READY; RuntimeError if stopped, TimeoutError after ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
+        while (status := self.status()).state is not EngineState.READY:
+            if status.state is EngineState.STOPPED:
+                raise RuntimeError(f"engine {self.name} is stopped ({status.reason})")
+            if time.monotonic() >= deadline:
+                raise TimeoutError(
+                    f"engine {self.name} not ready after {timeout:.0f} s: {status.reason}"
+                    + self._not_ready_detail()
+                )
+            await asyncio.sleep(0.1)

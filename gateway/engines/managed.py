@@ -139,18 +139,8 @@ class ManagedVLLMEngine(Engine):
         self._set_state(EngineState.STOPPED, "stopped")
         await self.close_client()
 
-    async def wait_ready(self, timeout: float) -> None:  # noqa: ASYNC109 (the bound is reported)
-        """Return once READY; TimeoutError (with the log's tail) after ``timeout`` seconds."""
-        deadline = time.monotonic() + timeout
-        while self._state is not EngineState.READY:
-            if self._state is EngineState.STOPPED:
-                raise RuntimeError(f"engine {self.name} is stopped ({self._reason()})")
-            if time.monotonic() >= deadline:
-                raise TimeoutError(
-                    f"engine {self.name} not ready after {timeout:.0f} s: {self._reason()}; "
-                    f"log {self.log_path} ends with:\n{log_tail(self.log_path)}"
-                )
-            await asyncio.sleep(0.1)
+    def _not_ready_detail(self) -> str:
+        return f"; log {self.log_path} ends with:\n{log_tail(self.log_path)}"
 
     def kill_process(self, sig: int = signal.SIGKILL) -> int:
         """Send ``sig`` to the vLLM API server only (fault injection); returns its PID."""

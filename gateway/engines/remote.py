@@ -70,18 +70,6 @@ class RemoteVLLMEngine(Engine):
         self._set_state(EngineState.STOPPED, "stopped")
         await self.close_client()
 
-    async def wait_ready(self, timeout: float) -> None:  # noqa: ASYNC109 (the bound is reported)
-        """Return once READY; TimeoutError after ``timeout`` seconds."""
-        deadline = time.monotonic() + timeout
-        while self._state is not EngineState.READY:
-            if self._state is EngineState.STOPPED:
-                raise RuntimeError(f"engine {self.name} is stopped")
-            if time.monotonic() >= deadline:
-                raise TimeoutError(
-                    f"engine {self.name} not ready after {timeout:.0f} s: {self._reason()}"
-                )
-            await asyncio.sleep(0.1)
-
     async def _watch(self) -> None:
         while True:
             healthy = await self.client.health(timeout_s=HEALTH_TIMEOUT_S)

@@ -137,7 +137,7 @@ async def test_unreachable_engine_stays_starting_with_a_reason(tmp_path: Path) -
         # The reason reaches /readyz and 503 messages: no internal address in it.
         assert url.removeprefix("http://") not in status.reason
         with pytest.raises(TimeoutError):
-            await engine.wait_ready(0.2)  # type: ignore[attr-defined]
+            await engine.wait_ready(0.2)
     finally:
         await engine.stop()
 
