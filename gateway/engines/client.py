@@ -137,6 +137,8 @@ def upstream_error_from(response_status: int, body: bytes) -> UpstreamHTTPError:
 #: Below uvicorn's (so vLLM's) 5 s keep-alive: a pooled connection is never reused just as the
 #: engine closes it, which would fail a POST that cannot be retried.
 DATA_PLANE_KEEPALIVE_S = 4.0
+#: The same for the control-plane httpx pool (health, metrics, adapter loads).
+CONTROL_PLANE_KEEPALIVE_S = 2.0
 
 
 class EngineClient:
@@ -157,6 +159,9 @@ class EngineClient:
             limits=httpx.Limits(
                 max_connections=self.limits.max_connections,
                 max_keepalive_connections=self.limits.max_connections,
+                # Below uvicorn's 5 s keep-alive (vLLM's server): reusing a connection the
+                # server is closing at that moment fails with "Server disconnected".
+                keepalive_expiry=CONTROL_PLANE_KEEPALIVE_S,
             ),
         )
 

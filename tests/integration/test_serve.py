@@ -192,7 +192,9 @@ async def _stream_across_sigterm(
             try:
                 async with httpx.AsyncClient(base_url=str(client.base_url), timeout=2) as fresh:
                     await fresh.get("/healthz")
-            except httpx.ConnectError:
+            except (httpx.ConnectError, httpx.RemoteProtocolError):
+                # Refused, or accepted in the instant the listener closed and then dropped
+                # without an answer: either way the new request is not served.
                 refused = True
             else:
                 await asyncio.sleep(0.05)
