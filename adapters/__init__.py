@@ -7,6 +7,6 @@
     db.py          SQLAlchemy 2 schema and engine set-up (SQLite by default, PostgreSQL too)
     registry.py    the registry: versions, active pointer, pin, last settled state
 
-Used by the gateway's adapter lifecycle (:mod:`gateway.lifecycle`); nothing here talks to an
+Used by the gateway's adapter lifecycle (:mod:`gateway.lifecycle.service`); nothing here talks to an
 engine or imports torch.
 """

@@ -8,7 +8,7 @@ async extension keeps one code path for every database driver and needs no extra
 
 Per name: the active version and whether it is pinned. Per version: what was validated at
 registration (paths, rank, hashes, ...) and its last settled lifecycle state with its error.
-Called by :class:`gateway.lifecycle.AdapterLifecycle` only. SQLAlchemy errors become
+Called by :class:`gateway.lifecycle.service.AdapterLifecycle` only. SQLAlchemy errors become
 :mod:`gateway.errors` here.
 """
 

@@ -19,7 +19,7 @@ first, and raises at the first failure. Each failure is a :mod:`gateway.errors` 
     base_model_mismatch                       400  see :meth:`BaseModelIdentity.matches`
 
 The "same name, different content" rule (409) needs the registry and lives in the lifecycle.
-Called by :class:`gateway.lifecycle.AdapterLifecycle` (in a worker thread: hashing is I/O).
+Called by :class:`gateway.lifecycle.service.AdapterLifecycle` (in a worker thread: hashing is I/O).
 """
 
 from __future__ import annotations

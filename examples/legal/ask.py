@@ -24,7 +24,7 @@ from pathlib import Path
 import httpx
 from openai import OpenAI
 
-from gateway.admin_token import read_token_file
+from gateway.auth.admin_token import read_token_file
 from gateway.settings import GatewaySettings
 from trainer.register import RegistrationError, register_adapter
 

@@ -22,7 +22,7 @@ from starlette.responses import Response
 from starlette.types import Scope
 
 from gateway.errors import GatewayError, InvalidRequestError
-from gateway.request_log import request_info_of
+from gateway.inference.record import request_info_of
 
 MAX_ERROR_DETAILS = 5
 
