@@ -9,12 +9,13 @@ passed through with ``model`` renamed back to the public name; a stream goes to
 :class:`~gateway.errors.UpstreamHTTPError` with the engine's message; transport failures are
 translated by :func:`gateway.engines.client.translate_session_errors`.
 
-Token usage goes on the request's record (and so into the access log and the metrics): from the
-body's ``usage``, or, for a stream, from the engine's final usage chunk. A streaming client that
-did not ask for usage gets it asked for anyway
-(:func:`gateway.inference.usage.prepare_stream_bytes`), and that chunk is dropped before it reaches
-the client, so the client sees exactly the events vLLM would have sent it. Only events holding
-``"choices":[]`` (the usage chunk's mark) are parsed.
+Token usage goes on the request's record (and so into the access log and the metrics), read by
+the one parser of :mod:`gateway.inference.usage`: from the body's ``usage``, or, for a stream,
+from the engine's final usage chunk. A streaming client that did not ask for usage (as its parsed
+request says: :attr:`ProxyCall.client_asked_usage`) gets it asked for anyway
+(:func:`gateway.inference.usage.ask_for_stream_usage`), and that chunk is dropped before it
+reaches the client, so the client sees exactly the events vLLM would have sent it. Only events
+holding ``"choices":[]`` (the usage chunk's mark) are parsed.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from gateway.errors import GatewayError
 from gateway.inference.record import NullObserver, RequestInfo, RequestObserver
 from gateway.inference.routing import Route, Router
 from gateway.inference.streaming import SSEProxyResponse
-from gateway.inference.usage import StreamUsage, prepare_stream_bytes
+from gateway.inference.usage import StreamUsage, ask_for_stream_usage, usage_of_body
 
 #: nginx's status for "the client closed the connection before the answer": logged, never seen.
 CLIENT_CLOSED_REQUEST = 499
@@ -48,8 +49,6 @@ _MODEL_KEY_START = b'"model"'
 _MODEL_KEY = re.compile(rb'"model"[ \t\r\n]*:[ \t\r\n]*')
 _MODEL_LETTER_ESCAPE = b"\\u006"
 _JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
-_USAGE_KEYS = (b'"usage":{', b'"usage": {')
-_DECODER = json.JSONDecoder()
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +61,9 @@ class ProxyCall:
     stream: bool
     #: The client's JSON body, byte for byte.
     body: bytes
+    #: ``stream_options.include_usage`` of the parsed request (a stream's client asked for
+    #: the usage chunk, so it is not stripped).
+    client_asked_usage: bool = False
 
 
 def _escaped(body: bytes, quote_at: int) -> bool:
@@ -149,30 +151,10 @@ class ModelRename:
         return body
 
 
-def read_usage(data: bytes) -> tuple[int | None, int | None] | None:
-    """(prompt_tokens, completion_tokens) of the last ``usage`` object in ``data``, if any."""
-    for key in _USAGE_KEYS:
-        at = data.rfind(key)
-        if at >= 0:
-            start = at + len(key) - 1
-            try:
-                usage, _ = _DECODER.raw_decode(data[start:].decode("utf-8", "replace"))
-            except ValueError:
-                return None
-            if not isinstance(usage, dict):
-                return None
-            prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
-            return (
-                prompt if isinstance(prompt, int) else None,
-                completion if isinstance(completion, int) else None,
-            )
-    return None
-
-
-def _note_usage(info: RequestInfo, data: bytes) -> None:
-    usage = read_usage(data)
+def _note_usage(info: RequestInfo, body: bytes) -> None:
+    usage = usage_of_body(body)
     if usage is not None:
-        info.prompt_tokens, info.completion_tokens = usage
+        info.prompt_tokens, info.completion_tokens = usage.prompt_tokens, usage.completion_tokens
 
 
 async def _engine_bytes(
@@ -269,7 +251,7 @@ class OpenAIProxy:
         return Response(content=content, media_type="application/json")
 
     async def _stream(self, call: ProxyCall, info: RequestInfo) -> Response:
-        body, strip_usage = prepare_stream_bytes(call.body)
+        body, strip_usage = ask_for_stream_usage(call.body, client_asked=call.client_asked_usage)
         cleanup = AsyncExitStack()
         try:
             route = await cleanup.enter_async_context(self.router.route(call.model))

@@ -88,6 +88,11 @@ class _SamplingParams(_Open):
     response_format: ResponseFormat | None = None
     user: Annotated[str, StringConstraints(max_length=MAX_USER_CHARS)] | None = None
 
+    @property
+    def asks_for_usage(self) -> bool:
+        """The client asked for a stream's final usage chunk (decided on the parsed body)."""
+        return self.stream_options is not None and self.stream_options.include_usage is True
+
 
 class ChatCompletionRequest(_SamplingParams):
     """Body of ``POST /v1/chat/completions``."""

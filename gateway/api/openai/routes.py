@@ -68,14 +68,14 @@ def build_openai_router() -> APIRouter:
     async def chat_completions(request: Request, proxy: ProxyDep, info: RequestInfoDep) -> Response:
         raw = await request.body()
         body = parse_body(ChatCompletionRequest, raw)
-        call = ProxyCall(CHAT_COMPLETIONS, body.model, body.stream, raw)
+        call = ProxyCall(CHAT_COMPLETIONS, body.model, body.stream, raw, body.asks_for_usage)
         return await proxy.forward(call, info, request.receive)
 
     @router.post(COMPLETIONS)
     async def completions(request: Request, proxy: ProxyDep, info: RequestInfoDep) -> Response:
         raw = await request.body()
         body = parse_body(CompletionRequest, raw)
-        call = ProxyCall(COMPLETIONS, body.model, body.stream, raw)
+        call = ProxyCall(COMPLETIONS, body.model, body.stream, raw, body.asks_for_usage)
         return await proxy.forward(call, info, request.receive)
 
     return router

@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 
 from gateway.inference.record import RequestInfo
-from gateway.inference.usage import parse_usage_event
+from gateway.inference.usage import usage_chunk
 from gateway.observability.metrics import GatewayMetrics
 from gateway.observability.request_metrics import RequestMetricsObserver
 
@@ -68,7 +68,7 @@ def test_per_request_cost_of_the_metrics() -> None:
         RequestInfo("r", "POST", CHAT, 0.0)
 
     def scan() -> None:
-        parse_usage_event(CONTENT_EVENT)
+        usage_chunk(CONTENT_EVENT)
 
     info_us = per_call_us(make_info)
     request_us = per_call_us(lambda: request(0)) - info_us
