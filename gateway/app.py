@@ -168,6 +168,8 @@ def create_app(
         title="lora-gateway",
         summary="OpenAI-compatible multi-LoRA gateway in front of vLLM.",
         lifespan=lifespan,
+        # "/v1/models/" is an unknown path (404 in the OpenAI shape), not a redirect elsewhere.
+        redirect_slashes=False,
     )
     # The first start writes DATA_DIR/admin_token (0600); `serve` prints where it is.
     app.state.admin_token = load_admin_token(settings)

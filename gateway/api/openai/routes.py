@@ -1,5 +1,5 @@
-"""The OpenAI-compatible routes: ``GET /v1/models``, ``POST /v1/chat/completions``,
-``POST /v1/completions``.
+"""The OpenAI-compatible routes: ``POST /v1/chat/completions``, ``POST /v1/completions``, and the
+router that gathers every endpoint family (models in :mod:`gateway.api.openai.models`).
 
 Thin: read the body, validate it against :mod:`gateway.api.openai.protocol` (one parse, in
 pydantic's JSON mode), hand the client's own bytes to :class:`gateway.inference.proxy.OpenAIProxy`,
@@ -15,14 +15,10 @@ from fastapi import APIRouter, Request
 from pydantic import ValidationError
 from starlette.responses import Response
 
-from gateway.api.deps import ProxyDep, RequestInfoDep, RouterDep
+from gateway.api.deps import ProxyDep, RequestInfoDep
 from gateway.api.error_handlers import validation_error
-from gateway.api.openai.protocol import (
-    ChatCompletionRequest,
-    CompletionRequest,
-    ModelCard,
-    ModelList,
-)
+from gateway.api.openai.models import build_models_router
+from gateway.api.openai.protocol import ChatCompletionRequest, CompletionRequest
 from gateway.errors import InvalidRequestError
 from gateway.inference.proxy import ProxyCall
 
@@ -48,21 +44,7 @@ def parse_body(schema: type[Body], raw: bytes) -> Body:
 
 def build_openai_router() -> APIRouter:
     router = APIRouter(tags=["openai"])
-
-    @router.get("/v1/models", response_model=ModelList)
-    async def list_models(routing: RouterDep) -> ModelList:
-        return ModelList(
-            data=[
-                ModelCard(
-                    id=m.id,
-                    created=m.created,
-                    owned_by=m.owned_by,
-                    root=m.root or m.id,
-                    parent=m.parent,
-                )
-                for m in routing.public_models()
-            ]
-        )
+    router.include_router(build_models_router())
 
     @router.post(CHAT_COMPLETIONS)
     async def chat_completions(request: Request, proxy: ProxyDep, info: RequestInfoDep) -> Response:
