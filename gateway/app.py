@@ -51,6 +51,7 @@ from gateway.api.openai.routes import build_openai_router
 from gateway.auth.admin_token import load_admin_token
 from gateway.auth.client_keys import ApiKeyAuth
 from gateway.engines.base import Engine
+from gateway.engines.basemodels import base_sampling_defaults
 from gateway.inference.proxy import OpenAIProxy
 from gateway.inference.routing import AdapterResolver, Router
 from gateway.lifecycle.service import AdapterLifecycle
@@ -135,7 +136,13 @@ def create_app(
             async with _resolver(active) as adapters:
                 bind_adapter_metrics(metrics, adapters)
                 app.state.lifecycle = adapters if isinstance(adapters, AdapterLifecycle) else None
-                router = Router(active, adapters)
+                router = Router(
+                    active,
+                    adapters,
+                    base_sampling_defaults=base_sampling_defaults(
+                        settings.base_model, settings.models_dir, settings.served_model_name
+                    ),
+                )
                 app.state.services = Services(
                     settings=settings,
                     engines=active,

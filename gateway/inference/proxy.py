@@ -3,8 +3,10 @@
 :class:`OpenAIProxy` is what the OpenAI routes (:mod:`gateway.api.openai.routes`) call once a
 body has been validated. It routes ``model`` (holding the adapter lease for the whole request,
 streams included), forwards the client's own JSON with only ``model`` replaced by the engine's
-name for it (:func:`body_for_upstream`), and renders the engine's answer: a non-streamed body is
-passed through with ``model`` renamed back to the public name; a stream goes to
+name for it (:func:`body_for_upstream`) and the sampling defaults the client left out added
+(:func:`upstream_body`, :mod:`gateway.inference.sampling`), and renders the engine's answer:
+a non-streamed body is passed through with ``model`` renamed back to the public name; a stream
+goes to
 :class:`gateway.inference.streaming.SSEProxyResponse`. Engine error statuses become
 :class:`~gateway.errors.UpstreamHTTPError` with the engine's message; transport failures are
 translated by :func:`gateway.engines.client.translate_session_errors`.
@@ -36,6 +38,7 @@ from gateway.engines.client import translate_session_errors, upstream_error_from
 from gateway.errors import GatewayError
 from gateway.inference.record import NullObserver, RequestInfo, RequestObserver
 from gateway.inference.routing import Route, Router
+from gateway.inference.sampling import DefaultsTarget, add_fields, defaults_to_send
 from gateway.inference.streaming import SSEProxyResponse
 from gateway.inference.usage import StreamUsage, ask_for_stream_usage, usage_of_body
 
@@ -64,6 +67,10 @@ class ProxyCall:
     #: ``stream_options.include_usage`` of the parsed request (a stream's client asked for
     #: the usage chunk, so it is not stripped).
     client_asked_usage: bool = False
+    #: How this endpoint spells sampling parameters; None: no defaults apply.
+    defaults: DefaultsTarget | None = None
+    #: Top-level keys the parsed request holds with a non-null value.
+    sent: frozenset[str] = frozenset()
 
 
 def _escaped(body: bytes, quote_at: int) -> bool:
@@ -149,6 +156,14 @@ class ModelRename:
             payload["model"] = self._public_model
             return json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode()
         return body
+
+
+def upstream_body(call: ProxyCall, body: bytes, route: Route) -> bytes:
+    """What the engine gets: ``body`` with the route's sampling defaults the client left out,
+    and the engine's name for the model."""
+    if call.defaults is not None:
+        body = add_fields(body, defaults_to_send(call.defaults, route.sampling_defaults, call.sent))
+    return body_for_upstream(body, call.model, route.upstream_model)
 
 
 def _note_usage(info: RequestInfo, body: bytes) -> None:
@@ -238,7 +253,7 @@ class OpenAIProxy:
             with translate_session_errors(client.base_url):
                 async with client.openai_session().post(
                     client.base_url + call.endpoint,
-                    data=body_for_upstream(call.body, call.model, route.upstream_model),
+                    data=upstream_body(call, call.body, route),
                     headers=UPSTREAM_HEADERS,
                 ) as response:
                     status, content = response.status, await response.read()
@@ -260,7 +275,7 @@ class OpenAIProxy:
             with translate_session_errors(client.base_url):
                 response = await client.openai_session().post(
                     client.base_url + call.endpoint,
-                    data=body_for_upstream(body, call.model, route.upstream_model),
+                    data=upstream_body(call, body, route),
                     headers=UPSTREAM_HEADERS,
                 )
                 # close(), not release(): an unfinished response's connection is dropped, so

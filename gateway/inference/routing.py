@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import itertools
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 from gateway.engines.base import Engine
 from gateway.errors import EngineUnavailableError, ModelNotFoundError
+from gateway.inference.sampling import SamplingDefaults, layered
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,6 +33,8 @@ class Route:
     public_model: str
     #: Registered adapter name, or None for the base model.
     adapter: str | None
+    #: Sampling for requests that leave it out (:mod:`gateway.inference.sampling`).
+    sampling_defaults: SamplingDefaults | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,7 +75,12 @@ class NoAdapters:
 
 class Router:
     def __init__(
-        self, engines: Sequence[Engine], adapters: AdapterResolver, *, created: int | None = None
+        self,
+        engines: Sequence[Engine],
+        adapters: AdapterResolver,
+        *,
+        created: int | None = None,
+        base_sampling_defaults: Mapping[str, SamplingDefaults] | None = None,
     ) -> None:
         if not engines:
             raise ValueError("the router needs at least one engine")
@@ -83,6 +91,8 @@ class Router:
         self._adapters = adapters
         self._turn = itertools.count()
         self._created = int(time.time()) if created is None else created
+        #: Base model name -> its defaults; an adapter's own defaults win over them key by key.
+        self._base_defaults = dict(base_sampling_defaults or {})
 
     @property
     def base_model(self) -> str:
@@ -103,13 +113,21 @@ class Router:
     @asynccontextmanager
     async def route(self, model: str) -> AsyncIterator[Route]:
         """Where to send a request for ``model``; held (adapter pinned) until the block exits."""
+        base_defaults = self._base_defaults.get(self.base_model) if self._base_defaults else None
         if model == self.base_model:
             engine = self.pick_base_engine()
             yield Route(
-                engine=engine, upstream_model=engine.base_model, public_model=model, adapter=None
+                engine=engine,
+                upstream_model=engine.base_model,
+                public_model=model,
+                adapter=None,
+                sampling_defaults=base_defaults,
             )
             return
         async with self._adapters.lease(model) as route:
+            if base_defaults:
+                defaults = layered((base_defaults, route.sampling_defaults))
+                route = replace(route, sampling_defaults=defaults)
             yield route
 
     def public_models(self) -> list[PublicModel]:

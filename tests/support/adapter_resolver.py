@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from gateway.engines.base import Engine
 from gateway.inference.routing import PublicModel, Route, unknown_model
@@ -23,6 +24,7 @@ class LoadedAdapter:
     public_name: str
     upstream_name: str
     path: Path | None = None
+    sampling_defaults: dict[str, Any] | None = None
 
 
 class EngineAdapters:
@@ -53,6 +55,7 @@ class EngineAdapters:
                 upstream_model=adapter.upstream_name,
                 public_model=adapter.public_name,
                 adapter=adapter.public_name,
+                sampling_defaults=adapter.sampling_defaults,
             )
         finally:
             self.active_leases -= 1

@@ -89,6 +89,11 @@ class _SamplingParams(_Open):
     user: Annotated[str, StringConstraints(max_length=MAX_USER_CHARS)] | None = None
 
     @property
+    def sent_keys(self) -> frozenset[str]:
+        """Top-level keys the client sent with a value (``null`` means "the default")."""
+        return frozenset(key for key, value in self if value is not None)
+
+    @property
     def asks_for_usage(self) -> bool:
         """The client asked for a stream's final usage chunk (decided on the parsed body)."""
         return self.stream_options is not None and self.stream_options.include_usage is True

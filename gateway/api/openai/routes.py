@@ -21,6 +21,7 @@ from gateway.api.openai.models import build_models_router
 from gateway.api.openai.protocol import ChatCompletionRequest, CompletionRequest
 from gateway.errors import InvalidRequestError
 from gateway.inference.proxy import ProxyCall
+from gateway.inference.sampling import CHAT_DEFAULTS, COMPLETION_DEFAULTS
 
 CHAT_COMPLETIONS = "/v1/chat/completions"
 COMPLETIONS = "/v1/completions"
@@ -50,14 +51,30 @@ def build_openai_router() -> APIRouter:
     async def chat_completions(request: Request, proxy: ProxyDep, info: RequestInfoDep) -> Response:
         raw = await request.body()
         body = parse_body(ChatCompletionRequest, raw)
-        call = ProxyCall(CHAT_COMPLETIONS, body.model, body.stream, raw, body.asks_for_usage)
+        call = ProxyCall(
+            CHAT_COMPLETIONS,
+            body.model,
+            body.stream,
+            raw,
+            client_asked_usage=body.asks_for_usage,
+            defaults=CHAT_DEFAULTS,
+            sent=body.sent_keys,
+        )
         return await proxy.forward(call, info, request.receive)
 
     @router.post(COMPLETIONS)
     async def completions(request: Request, proxy: ProxyDep, info: RequestInfoDep) -> Response:
         raw = await request.body()
         body = parse_body(CompletionRequest, raw)
-        call = ProxyCall(COMPLETIONS, body.model, body.stream, raw, body.asks_for_usage)
+        call = ProxyCall(
+            COMPLETIONS,
+            body.model,
+            body.stream,
+            raw,
+            client_asked_usage=body.asks_for_usage,
+            defaults=COMPLETION_DEFAULTS,
+            sent=body.sent_keys,
+        )
         return await proxy.forward(call, info, request.receive)
 
     return router
