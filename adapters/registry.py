@@ -7,7 +7,8 @@ methods are synchronous and short; the async lifecycle calls them through
 async extension keeps one code path for every database driver and needs no extra package).
 
 Per name: the active version and whether it is pinned. Per version: what was validated at
-registration (paths, rank, hashes, ...) and its last settled lifecycle state with its error.
+registration (paths, rank, hashes, ...), its manifest (whose ``sampling_defaults`` the admin API
+may replace), and its last settled lifecycle state with its error.
 Called by :class:`gateway.lifecycle.service.AdapterLifecycle` only. SQLAlchemy errors become
 :mod:`gateway.errors` here.
 """
@@ -34,6 +35,7 @@ from adapters.db import (
     utcnow,
 )
 from adapters.layout import AdapterLayout
+from adapters.sampling import SAMPLING_DEFAULTS_KEY
 from adapters.state import SETTLED, AdapterState
 from gateway.errors import AdapterNotFoundError, ConflictError, GatewayError
 
@@ -105,6 +107,12 @@ class AdapterVersion:
     @property
     def upstream_name(self) -> str:
         return upstream_name(self.name, self.version, self.sha256, self.config_sha256)
+
+    @property
+    def sampling_defaults(self) -> dict[str, Any] | None:
+        """The version's default sampling (its manifest's key, or what an admin set)."""
+        found = (self.manifest or {}).get(SAMPLING_DEFAULTS_KEY)
+        return found if isinstance(found, dict) and found else None
 
     def same_content(self, sha256: str, config_sha256: str) -> bool:
         return self.sha256 == sha256 and self.config_sha256 == config_sha256
@@ -285,6 +293,31 @@ class Registry:
             return _record_out(row)
 
         return self._run("set_pinned", work)
+
+    def set_sampling_defaults(
+        self, name: str, version: int, defaults: dict[str, Any] | None
+    ) -> AdapterRecord:
+        """Replace (or, with None, clear) a version's sampling defaults: the key of its
+        recorded manifest. The adapter's files are not touched."""
+
+        def work(session: Session) -> AdapterRecord:
+            row = self._row(session, name)
+            found = next((v for v in row.versions if v.version == version), None)
+            if found is None:
+                raise AdapterNotFoundError(
+                    f"adapter {name!r} has no version {version}", param="version"
+                )
+            manifest = dict(found.manifest or {})
+            if defaults:
+                manifest[SAMPLING_DEFAULTS_KEY] = dict(defaults)
+            else:
+                manifest.pop(SAMPLING_DEFAULTS_KEY, None)
+            found.manifest = manifest or None  # a new object: the JSON column sees the change
+            found.updated_at = row.updated_at = utcnow()
+            session.flush()
+            return _record_out(row)
+
+        return self._run("set_sampling_defaults", work)
 
     def set_state(
         self, name: str, version: int, state: AdapterState, last_error: str | None = None

@@ -43,15 +43,23 @@ import math
 import time
 from collections.abc import AsyncIterator, Callable, KeysView, Mapping, Sequence
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 from adapters.registry import AdapterRecord, AdapterVersion, NewVersion, Registry
+from adapters.sampling import (
+    SAMPLING_DEFAULTS_KEY,
+    SamplingDefaultsError,
+    validate_sampling_defaults,
+)
 from adapters.state import AdapterState
 from adapters.validation import AdapterValidator, validate_name
 from gateway.engines.base import Engine
 from gateway.errors import (
     AdapterLoadError,
     AdapterNotFoundError,
+    AdapterValidationError,
     CapacityError,
     ConflictError,
     EngineError,
@@ -75,6 +83,25 @@ from gateway.placement.slots import Slot, SlotTable
 logger = logging.getLogger(__name__)
 
 _RETIRE_RECHECK_S = 0.05
+
+
+def check_sampling_defaults(defaults: object) -> dict[str, Any]:
+    """Checked ``sampling_defaults`` (:mod:`adapters.sampling`); a 400 naming the bad key."""
+    try:
+        return validate_sampling_defaults(defaults)
+    except SamplingDefaultsError as exc:
+        raise AdapterValidationError(
+            str(exc), param=SAMPLING_DEFAULTS_KEY, code="invalid_sampling_defaults"
+        ) from None
+
+
+def with_checked_sampling_defaults(new: NewVersion) -> NewVersion:
+    """``new`` with its manifest's ``sampling_defaults`` checked and normalised (refused when
+    bad, like any other part of the adapter)."""
+    if not new.manifest or SAMPLING_DEFAULTS_KEY not in new.manifest:
+        return new
+    checked = check_sampling_defaults(new.manifest[SAMPLING_DEFAULTS_KEY])
+    return replace(new, manifest={**new.manifest, SAMPLING_DEFAULTS_KEY: checked})
 
 
 class AdapterLifecycle:
@@ -162,10 +189,21 @@ class AdapterLifecycle:
         slot, engine = await self._acquire(name)
         try:
             yield Route(
-                engine=engine, upstream_model=slot.upstream, public_model=name, adapter=name
+                engine=engine,
+                upstream_model=slot.upstream,
+                public_model=name,
+                adapter=name,
+                sampling_defaults=self._sampling_defaults_of(name, slot.upstream),
             )
         finally:
             self._table.release(slot)
+
+    def _sampling_defaults_of(self, name: str, upstream: str) -> dict[str, Any] | None:
+        record = self._records.get(name)
+        if record is None:
+            return None
+        version = next((v for v in record.versions if v.upstream_name == upstream), None)
+        return version.sampling_defaults if version is not None else None
 
     def public_models(self) -> list[PublicModel]:
         base = self.engines[0].base_model
@@ -428,7 +466,9 @@ class AdapterLifecycle:
         """Validate and record an adapter; (view, created). Same name and content: no-op."""
         validate_name(name, base_model=self.engines[0].base_model)
         layout = await asyncio.to_thread(self.validator.validate, name, path)
-        new = NewVersion.from_layout(layout, base_model=self.engines[0].base_model)
+        new = with_checked_sampling_defaults(
+            NewVersion.from_layout(layout, base_model=self.engines[0].base_model)
+        )
         async with self._lock(name):
             record = self._records.get(name)
             if record is not None:
@@ -580,6 +620,18 @@ class AdapterLifecycle:
             await self._set_pinned_locked(self._get(name), pinned)
             if pinned:
                 await self._load_soft(self._records[name].active)
+            return self.view(name)
+
+    async def set_sampling_defaults(
+        self, name: str, defaults: Mapping[str, Any] | None
+    ) -> AdapterView:
+        """Replace (None: clear) the active version's sampling defaults; checked here."""
+        checked = check_sampling_defaults(defaults) if defaults else None
+        async with self._lock(name):
+            record = self._get(name)
+            self._records[name] = await asyncio.to_thread(
+                self.registry.set_sampling_defaults, name, record.active_version, checked
+            )
             return self.view(name)
 
     async def _set_pinned_locked(self, record: AdapterRecord, pinned: bool) -> None:

@@ -9,7 +9,7 @@ token (:class:`gateway.auth.admin_token.AdminToken`) on ``app.state.admin_token`
     POST   /admin/adapters                   register {name, path, pinned?, load?, new_version?}
     GET    /admin/adapters                   list
     GET    /admin/adapters/{name}            one, with its versions
-    PATCH  /admin/adapters/{name}            {pinned}
+    PATCH  /admin/adapters/{name}            {pinned?, sampling_defaults?} (null clears)
     POST   /admin/adapters/{name}/load       load now (retries a failed load)
     POST   /admin/adapters/{name}/unload     unload once in-flight requests drain
     POST   /admin/adapters/{name}/restore    {version}: make an earlier version active
@@ -92,7 +92,11 @@ def build_admin_router() -> APIRouter:
     async def update_adapter(
         name: AdapterName, body: UpdateAdapterRequest, lifecycle: LifecycleDep
     ) -> AdapterOut:
-        return adapter_out(await lifecycle.set_pinned(name, body.pinned))
+        if "sampling_defaults" in body.model_fields_set:
+            await lifecycle.set_sampling_defaults(name, body.sampling_defaults)
+        if body.pinned is not None:
+            await lifecycle.set_pinned(name, body.pinned)
+        return adapter_out(lifecycle.view(name))
 
     @router.post("/adapters/{name}/load")
     async def load_adapter(name: AdapterName, lifecycle: LifecycleDep) -> AdapterOut:

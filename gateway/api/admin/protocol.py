@@ -8,11 +8,12 @@ client side, read as JSON by ``lora-gateway adapters``.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from adapters.db import NAME_LENGTH, PATH_LENGTH
+from adapters.sampling import SamplingDefaultsError, validate_sampling_defaults
 from adapters.state import AdapterState
 from gateway.lifecycle.types import AdapterView, VersionView
 
@@ -42,7 +43,32 @@ class RegisterAdapterRequest(_Strict):
 
 
 class UpdateAdapterRequest(_Strict):
-    pinned: bool
+    """At least one field. ``sampling_defaults`` replaces the active version's defaults
+    (:mod:`adapters.sampling`); ``null`` clears them."""
+
+    pinned: bool | None = Field(default=None, description="Keep loaded; never evicted.")
+    sampling_defaults: dict[str, Any] | None = Field(
+        default=None,
+        description="temperature, top_p, top_k, min_p, max_tokens, stop, penalties; null clears.",
+    )
+
+    @field_validator("sampling_defaults")
+    @classmethod
+    def _checked(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        if value is None:
+            return None
+        try:
+            return validate_sampling_defaults(value) or None
+        except SamplingDefaultsError as exc:
+            raise ValueError(str(exc)) from None
+
+    @model_validator(mode="after")
+    def _not_empty(self) -> UpdateAdapterRequest:
+        if not self.model_fields_set:
+            raise ValueError("nothing to change: give pinned and/or sampling_defaults")
+        if "pinned" in self.model_fields_set and self.pinned is None:
+            raise ValueError("pinned must be true or false")
+        return self
 
 
 class RestoreAdapterRequest(_Strict):
@@ -61,6 +87,7 @@ class AdapterVersionOut(BaseModel):
     target_modules: list[str] | str
     sha256: str
     size_bytes: int
+    sampling_defaults: dict[str, Any] | None
     in_flight: int
     engines: list[str]
     last_error: str | None
@@ -75,6 +102,8 @@ class AdapterOut(BaseModel):
     active_version: int
     state: AdapterState
     upstream_name: str
+    #: The active version's (client-sent parameters always win over them).
+    sampling_defaults: dict[str, Any] | None
     in_flight: int
     engines: list[str]
     last_error: str | None
@@ -113,6 +142,7 @@ def _version_out(view: VersionView, active: int) -> AdapterVersionOut:
         ),
         sha256=version.sha256,
         size_bytes=version.size_bytes,
+        sampling_defaults=version.sampling_defaults,
         in_flight=view.leases,
         engines=list(view.engines),
         last_error=view.last_error,
@@ -129,6 +159,7 @@ def adapter_out(view: AdapterView, *, with_versions: bool = True) -> AdapterOut:
         active_version=record.active_version,
         state=active.state,
         upstream_name=active.version.upstream_name,
+        sampling_defaults=active.version.sampling_defaults,
         in_flight=sum(v.leases for v in view.versions),
         engines=list(active.engines),
         last_error=active.last_error,
