@@ -126,11 +126,19 @@ class FakeUpstream:
                 Route("/v1/models", models),
                 Route("/v1/chat/completions", endpoint, methods=["POST"]),
                 Route("/v1/completions", endpoint, methods=["POST"]),
+                Route("/tokenize", endpoint, methods=["POST"]),
+                Route("/detokenize", endpoint, methods=["POST"]),
             ]
         )
 
     def default_answer(self, recorded: Recorded) -> Response:
         body = recorded.json()
+        if recorded.path == "/tokenize":  # one token per character: enough to route by
+            text = body.get("prompt") or json.dumps(body.get("messages"))
+            tokens = [ord(c) for c in text]
+            return JSONResponse({"count": len(tokens), "max_model_len": 2048, "tokens": tokens})
+        if recorded.path == "/detokenize":
+            return JSONResponse({"prompt": "".join(chr(t) for t in body["tokens"])})
         model = body["model"]
         if body.get("stream"):
             events = [chunk_event(model, "fake"), chunk_event(model, " answer")]

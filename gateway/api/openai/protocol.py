@@ -5,7 +5,8 @@ The request models validate what a client sends to ``/v1/chat/completions`` and
 with a bound, and ``extra="allow"`` so vendor extensions (``top_k``, ``min_p``,
 ``repetition_penalty``, ``ignore_eos``, ...) pass through for vLLM to judge. They are used for
 validation only: the proxy forwards the client's own JSON (``gateway.inference.proxy``), never a
-dump of these models. The response models describe ``GET /v1/models``. Used by
+dump of these models. Also vLLM's ``/tokenize`` and ``/detokenize``. The response models
+describe ``GET /v1/models``. Used by
 :mod:`gateway.api.openai.routes`.
 """
 
@@ -13,7 +14,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 # Bounds on client input. vLLM enforces model-specific limits itself (context length,
 # max_logprobs); these keep absurd requests from reaching it at all.
@@ -130,6 +131,30 @@ class CompletionRequest(_SamplingParams):
     echo: bool | None = None
     suffix: Annotated[str, StringConstraints(max_length=MAX_STOP_CHARS)] | None = None
     best_of: Annotated[int, Field(ge=1, le=MAX_N)] | None = None
+
+
+class TokenizeRequest(_Open):
+    """Body of vLLM's ``POST /tokenize``: a ``prompt`` or chat ``messages`` (one of them);
+    ``model`` is optional there (the base model)."""
+
+    model: ModelName | None = None
+    prompt: str | None = None
+    messages: Annotated[list[ChatMessage], Field(min_length=1, max_length=MAX_MESSAGES)] | None = (
+        None
+    )
+
+    @model_validator(mode="after")
+    def _one_input(self) -> TokenizeRequest:
+        if (self.prompt is None) == (self.messages is None):
+            raise ValueError("give exactly one of prompt and messages")
+        return self
+
+
+class DetokenizeRequest(_Open):
+    """Body of vLLM's ``POST /detokenize``."""
+
+    model: ModelName | None = None
+    tokens: Annotated[list[TokenId], Field(max_length=MAX_PROMPT_TOKEN_IDS)]
 
 
 class ModelCard(BaseModel):

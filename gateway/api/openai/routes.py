@@ -9,43 +9,25 @@ which routes, forwards and renders. :func:`build_openai_router` is included by
 
 from __future__ import annotations
 
-from typing import TypeVar
-
 from fastapi import APIRouter, Request
-from pydantic import ValidationError
 from starlette.responses import Response
 
 from gateway.api.deps import ProxyDep, RequestInfoDep
-from gateway.api.error_handlers import validation_error
+from gateway.api.openai.body import parse_body
 from gateway.api.openai.models import build_models_router
 from gateway.api.openai.protocol import ChatCompletionRequest, CompletionRequest
-from gateway.errors import InvalidRequestError
+from gateway.api.openai.tokenize import build_tokenize_router
 from gateway.inference.proxy import ProxyCall
 from gateway.inference.sampling import CHAT_DEFAULTS, COMPLETION_DEFAULTS
 
 CHAT_COMPLETIONS = "/v1/chat/completions"
 COMPLETIONS = "/v1/completions"
 
-Body = TypeVar("Body", ChatCompletionRequest, CompletionRequest)
-
-
-def parse_body(schema: type[Body], raw: bytes) -> Body:
-    """Validate a request body; every failure is a 400 in the OpenAI shape."""
-    if not raw.strip():
-        raise InvalidRequestError("The request body is empty: expected a JSON object.")
-    try:
-        return schema.model_validate_json(raw)
-    except ValidationError as exc:
-        if any(error["type"] == "json_invalid" for error in exc.errors()):
-            raise InvalidRequestError(
-                "The request body is not valid JSON.", code="invalid_json"
-            ) from None
-        raise validation_error(exc) from None
-
 
 def build_openai_router() -> APIRouter:
     router = APIRouter(tags=["openai"])
     router.include_router(build_models_router())
+    router.include_router(build_tokenize_router())
 
     @router.post(CHAT_COMPLETIONS)
     async def chat_completions(request: Request, proxy: ProxyDep, info: RequestInfoDep) -> Response:

@@ -1,0 +1,44 @@
+"""vLLM's ``POST /tokenize`` and ``POST /detokenize``, routed by ``model`` like completions.
+
+An adapter may bring its own tokenizer, so the request goes to an engine that holds the adapter
+(the lease is held while it runs) under the engine's name for it. ``model`` is optional, as in
+vLLM: without it, the base model. The answers hold no model name and no usage. Included by
+:func:`gateway.api.openai.routes.build_openai_router`.
+"""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from starlette.responses import Response
+
+from gateway.api.deps import ProxyDep, RequestInfoDep, RouterDep
+from gateway.api.openai.body import parse_body
+from gateway.api.openai.protocol import DetokenizeRequest, TokenizeRequest
+from gateway.inference.proxy import ProxyCall
+
+TOKENIZE = "/tokenize"
+DETOKENIZE = "/detokenize"
+
+
+def build_tokenize_router() -> APIRouter:
+    router = APIRouter(tags=["vllm"])
+
+    @router.post(TOKENIZE)
+    async def tokenize(
+        request: Request, proxy: ProxyDep, routing: RouterDep, info: RequestInfoDep
+    ) -> Response:
+        raw = await request.body()
+        body = parse_body(TokenizeRequest, raw)
+        call = ProxyCall(TOKENIZE, body.model or routing.base_model, False, raw)
+        return await proxy.forward(call, info, request.receive)
+
+    @router.post(DETOKENIZE)
+    async def detokenize(
+        request: Request, proxy: ProxyDep, routing: RouterDep, info: RequestInfoDep
+    ) -> Response:
+        raw = await request.body()
+        body = parse_body(DetokenizeRequest, raw)
+        call = ProxyCall(DETOKENIZE, body.model or routing.base_model, False, raw)
+        return await proxy.forward(call, info, request.receive)
+
+    return router
