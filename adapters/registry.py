@@ -42,6 +42,10 @@ from gateway.errors import AdapterNotFoundError, ConflictError, GatewayError
 T = TypeVar("T")
 
 
+#: What :func:`upstream_name` writes, to read the public name back out of an engine's answer.
+UPSTREAM_NAME_PATTERN = r"(?P<name>[A-Za-z0-9][A-Za-z0-9._-]*)@v(?P<version>[0-9]+)\.[0-9a-f]{12}"
+
+
 def upstream_name(name: str, version: int, sha256: str, config_sha256: str) -> str:
     """The LoRA name the engine knows a version by: ``NAME@vN.<content tag>``.
 

@@ -25,9 +25,10 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-from collections.abc import AsyncGenerator, Callable, Sequence
-from contextlib import AsyncExitStack
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
+from enum import Enum
 
 import aiohttp
 import anyio
@@ -37,10 +38,17 @@ from starlette.types import Receive
 from gateway.engines.client import translate_session_errors, upstream_error_from
 from gateway.errors import GatewayError
 from gateway.inference.record import NullObserver, RequestInfo, RequestObserver
+from gateway.inference.responses import new_response_id, rename_versioned_models
 from gateway.inference.routing import Route, Router
 from gateway.inference.sampling import DefaultsTarget, add_fields, defaults_to_send
 from gateway.inference.streaming import SSEProxyResponse
-from gateway.inference.usage import StreamUsage, ask_for_stream_usage, usage_of_body
+from gateway.inference.usage import (
+    ResponsesStreamUsage,
+    StreamUsage,
+    UsageFilter,
+    ask_for_stream_usage,
+    usage_of_body,
+)
 
 #: nginx's status for "the client closed the connection before the answer": logged, never seen.
 CLIENT_CLOSED_REQUEST = 499
@@ -54,15 +62,24 @@ _MODEL_LETTER_ESCAPE = b"\\u006"
 _JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
 
 
+class StreamKind(Enum):
+    """Where a stream's usage is: the final usage chunk of a chat / completion stream (asked
+    for when the client did not, then hidden), or the final event of a Responses stream."""
+
+    CHAT = "chat"
+    RESPONSES = "responses"
+
+
 @dataclass(frozen=True, slots=True)
 class ProxyCall:
     """One validated client request, as the client sent it."""
 
     #: Engine path, e.g. ``/v1/chat/completions``.
     endpoint: str
-    model: str
+    #: The public model to route by; None: no model, the call goes to ``engine``.
+    model: str | None
     stream: bool
-    #: The client's JSON body, byte for byte.
+    #: The client's JSON body, byte for byte (empty for a GET).
     body: bytes
     #: ``stream_options.include_usage`` of the parsed request (a stream's client asked for
     #: the usage chunk, so it is not stripped).
@@ -71,6 +88,12 @@ class ProxyCall:
     defaults: DefaultsTarget | None = None
     #: Top-level keys the parsed request holds with a non-null value.
     sent: frozenset[str] = frozenset()
+    method: str = "POST"
+    #: Run on this engine (it holds the state the call continues).
+    engine: str | None = None
+    stream_kind: StreamKind = StreamKind.CHAT
+    #: Give the engine the response id to use, one naming the engine (Responses API).
+    new_response_id: bool = False
 
 
 def _escaped(body: bytes, quote_at: int) -> bool:
@@ -161,9 +184,26 @@ class ModelRename:
 def upstream_body(call: ProxyCall, body: bytes, route: Route) -> bytes:
     """What the engine gets: ``body`` with the route's sampling defaults the client left out,
     and the engine's name for the model."""
-    if call.defaults is not None:
-        body = add_fields(body, defaults_to_send(call.defaults, route.sampling_defaults, call.sent))
+    fields = (
+        defaults_to_send(call.defaults, route.sampling_defaults, call.sent)
+        if call.defaults is not None
+        else {}
+    )
+    if call.new_response_id:
+        fields["request_id"] = new_response_id(route.engine)
+    body = add_fields(body, fields)
+    if call.model is None:
+        return body
     return body_for_upstream(body, call.model, route.upstream_model)
+
+
+def _renamer(call: ProxyCall, route: Route) -> Callable[[bytes], bytes] | None:
+    """How the engine's names for models become the client's in answers."""
+    if call.model is None:  # not routed by model: whatever version made it, named publicly
+        return rename_versioned_models
+    if route.upstream_model != route.public_model:
+        return ModelRename(route.upstream_model, route.public_model).apply
+    return None
 
 
 def _note_usage(info: RequestInfo, body: bytes) -> None:
@@ -200,7 +240,7 @@ class ClientEvents:
     __slots__ = ("_info", "_rename", "_usage")
 
     def __init__(
-        self, info: RequestInfo, rename: Callable[[bytes], bytes] | None, usage: StreamUsage
+        self, info: RequestInfo, rename: Callable[[bytes], bytes] | None, usage: UsageFilter
     ) -> None:
         self._info = info
         self._rename = rename
@@ -246,36 +286,58 @@ class OpenAIProxy:
             return Response(status_code=CLIENT_CLOSED_REQUEST)
         return answer
 
+    def _route(self, call: ProxyCall) -> AbstractAsyncContextManager[Route]:
+        if call.model is not None:
+            return self.router.route(call.model, engine=call.engine)
+        return self._engine_route(call.engine)
+
+    @asynccontextmanager
+    async def _engine_route(self, name: str | None) -> AsyncIterator[Route]:
+        if name is None:
+            raise ValueError("a call without a model must name its engine")
+        engine = self.router.engine_named(name)
+        yield Route(engine, engine.base_model, engine.base_model, adapter=None)
+
     async def _unary(self, call: ProxyCall, info: RequestInfo) -> Response:
-        async with self.router.route(call.model) as route:
+        async with self._route(call) as route:
             self._note_route(info, route)
             client = route.engine.client
             with translate_session_errors(client.base_url):
-                async with client.openai_session().post(
+                async with client.openai_session().request(
+                    call.method,
                     client.base_url + call.endpoint,
-                    data=upstream_body(call, call.body, route),
+                    data=upstream_body(call, call.body, route) if call.body else None,
                     headers=UPSTREAM_HEADERS,
                 ) as response:
                     status, content = response.status, await response.read()
             if status != 200:
                 raise upstream_error_from(status, content)
-            if route.upstream_model != route.public_model:
+            if call.model is None:
+                content = rename_versioned_models(content)
+            elif route.upstream_model != route.public_model:
                 rename = ModelRename(route.upstream_model, route.public_model)
                 content = rename.apply_to_body(content)
         _note_usage(info, content)
         return Response(content=content, media_type="application/json")
 
     async def _stream(self, call: ProxyCall, info: RequestInfo) -> Response:
-        body, strip_usage = ask_for_stream_usage(call.body, client_asked=call.client_asked_usage)
+        usage: UsageFilter
+        body = call.body
+        if call.stream_kind is StreamKind.CHAT:
+            body, strip = ask_for_stream_usage(body, client_asked=call.client_asked_usage)
+            usage = StreamUsage(strip=strip)
+        else:
+            usage = ResponsesStreamUsage()
         cleanup = AsyncExitStack()
         try:
-            route = await cleanup.enter_async_context(self.router.route(call.model))
+            route = await cleanup.enter_async_context(self._route(call))
             self._note_route(info, route)
             client = route.engine.client
             with translate_session_errors(client.base_url):
-                response = await client.openai_session().post(
+                response = await client.openai_session().request(
+                    call.method,
                     client.base_url + call.endpoint,
-                    data=upstream_body(call, body, route),
+                    data=upstream_body(call, body, route) if body else None,
                     headers=UPSTREAM_HEADERS,
                 )
                 # close(), not release(): an unfinished response's connection is dropped, so
@@ -286,11 +348,7 @@ class OpenAIProxy:
         except BaseException:
             await cleanup.aclose()
             raise
-        rename = (
-            ModelRename(route.upstream_model, route.public_model).apply
-            if route.upstream_model != route.public_model
-            else None
-        )
+        rename = _renamer(call, route)
         observer = self.observer
 
         def inspect(event: bytes) -> None:
@@ -306,7 +364,7 @@ class OpenAIProxy:
         return SSEProxyResponse(
             _engine_bytes(response, client.base_url),
             cleanup,
-            events=ClientEvents(info, rename, StreamUsage(strip=strip_usage)),
+            events=ClientEvents(info, rename, usage),
             inspect=inspect,
             on_disconnect=disconnected,
             on_error=failed,

@@ -50,8 +50,11 @@ class PublicModel:
 
 
 class AdapterResolver(Protocol):
-    def lease(self, name: str) -> AbstractAsyncContextManager[Route]:
-        """Hold adapter ``name`` loaded for one request; ModelNotFoundError if not registered."""
+    def lease(self, name: str, *, engine: str | None = None) -> AbstractAsyncContextManager[Route]:
+        """Hold adapter ``name`` loaded for one request; ModelNotFoundError if not registered.
+
+        ``engine``: the request must run there (it continues a response that engine stored).
+        """
         ...
 
     def public_models(self) -> list[PublicModel]:
@@ -66,7 +69,7 @@ def unknown_model(name: str) -> ModelNotFoundError:
 class NoAdapters:
     """A resolver that knows no adapter: every name but the base model's is unknown."""
 
-    def lease(self, name: str) -> AbstractAsyncContextManager[Route]:
+    def lease(self, name: str, *, engine: str | None = None) -> AbstractAsyncContextManager[Route]:
         raise unknown_model(name)
 
     def public_models(self) -> list[PublicModel]:
@@ -110,21 +113,37 @@ class Router:
             raise EngineUnavailableError(f"no engine is ready ({reasons})")
         return ready[next(self._turn) % len(ready)]
 
+    def engine_named(self, name: str) -> Engine:
+        """The ready engine ``name``; EngineUnavailableError (503) when it is not ready."""
+        for engine in self._engines:
+            if engine.name == name:
+                if not engine.ready:
+                    raise EngineUnavailableError(
+                        f"engine {name} is not ready ({engine.status().reason})"
+                    )
+                return engine
+        raise EngineUnavailableError(f"no engine named {name}")
+
     @asynccontextmanager
-    async def route(self, model: str) -> AsyncIterator[Route]:
-        """Where to send a request for ``model``; held (adapter pinned) until the block exits."""
+    async def route(self, model: str, *, engine: str | None = None) -> AsyncIterator[Route]:
+        """Where to send a request for ``model``; held (adapter pinned) until the block exits.
+
+        ``engine``: run it on that engine (a continued response lives in its memory only).
+        """
         base_defaults = self._base_defaults.get(self.base_model) if self._base_defaults else None
         if model == self.base_model:
-            engine = self.pick_base_engine()
+            picked = self.engine_named(engine) if engine is not None else self.pick_base_engine()
             yield Route(
-                engine=engine,
-                upstream_model=engine.base_model,
+                engine=picked,
+                upstream_model=picked.base_model,
                 public_model=model,
                 adapter=None,
                 sampling_defaults=base_defaults,
             )
             return
-        async with self._adapters.lease(model) as route:
+        if engine is not None:
+            self.engine_named(engine)  # a clear 503 before any adapter work
+        async with self._adapters.lease(model, engine=engine) as route:
             if base_defaults:
                 defaults = layered((base_defaults, route.sampling_defaults))
                 route = replace(route, sampling_defaults=defaults)

@@ -4,7 +4,8 @@ One parser, one set of bounds: :func:`usage_from` reads a ``usage`` object (Open
 ``prompt_tokens`` / ``completion_tokens``, or the ``input_tokens`` / ``output_tokens`` of the
 Responses and Anthropic Messages APIs) and refuses absurd counts from a broken engine. Everything
 else here finds that object: :func:`usage_of_body` in a non-streamed body, :func:`usage_chunk` in
-the final usage chunk of a stream. So the same engine output is counted the same, streamed or not.
+the final usage chunk of a chat or completion stream, :class:`ResponsesStreamUsage` in the final
+event of a Responses stream. So the same engine output is counted the same, streamed or not.
 
 The OpenAI proxy (:mod:`gateway.inference.proxy`) calls :func:`ask_for_stream_usage` for each
 streamed chat or completion request: when the client did not ask for usage (decided on the
@@ -19,7 +20,7 @@ import json
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from gateway.errors import InvalidRequestError
 
@@ -202,3 +203,39 @@ class StreamUsage:
         """What is still held when the upstream ended or broke."""
         held, self._held = self._held, []
         return held
+
+
+class UsageFilter(Protocol):
+    """Finds a stream's usage as its events go by (and may hold or hide some of them)."""
+
+    usage: Usage | None
+
+    def feed(self, event: bytes) -> Sequence[bytes]: ...
+
+    def finish(self) -> Sequence[bytes]: ...
+
+
+#: The Responses API events that end a response; each carries the response with its usage.
+_FINAL_RESPONSE_EVENTS = (b'"response.completed"', b'"response.incomplete"', b'"response.failed"')
+
+
+class ResponsesStreamUsage:
+    """A Responses API stream's usage: the ``response.usage`` of its final event (vLLM sends
+    usage there whether or not the client asks). Every event passes unchanged."""
+
+    __slots__ = ("usage",)
+
+    def __init__(self) -> None:
+        self.usage: Usage | None = None
+
+    def feed(self, event: bytes) -> Sequence[bytes]:
+        if any(mark in event for mark in _FINAL_RESPONSE_EVENTS):
+            payload = event_json(event)
+            if isinstance(payload, dict) and isinstance(payload.get("response"), dict):
+                usage = usage_from(payload["response"].get("usage"))
+                if usage is not None:
+                    self.usage = usage
+        return (event,)
+
+    def finish(self) -> Sequence[bytes]:
+        return ()

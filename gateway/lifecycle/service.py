@@ -184,12 +184,13 @@ class AdapterLifecycle:
 
     # --- AdapterResolver -----------------------------------------------------------------------
     @asynccontextmanager
-    async def lease(self, name: str) -> AsyncIterator[Route]:
-        """Hold ``name``'s active version loaded (not evictable) while the block runs."""
-        slot, engine = await self._acquire(name)
+    async def lease(self, name: str, *, engine: str | None = None) -> AsyncIterator[Route]:
+        """Hold ``name``'s active version loaded (not evictable) while the block runs; on
+        ``engine`` when given (it must hold the adapter, loading it there if needed)."""
+        slot, picked = await self._acquire(name, engine)
         try:
             yield Route(
-                engine=engine,
+                engine=picked,
                 upstream_model=slot.upstream,
                 public_model=name,
                 adapter=name,
@@ -230,22 +231,25 @@ class AdapterLifecycle:
         """Engine name -> adapters loaded there (for the metrics' collector)."""
         return self._table.loaded_per_engine()
 
-    async def _acquire(self, name: str) -> tuple[Slot, Engine]:
+    async def _acquire(self, name: str, prefer: str | None = None) -> tuple[Slot, Engine]:
         record = self._records.get(name)
         if record is None:
             raise unknown_model(name)
         # Fast path, no lock and no await: the active version is loaded on a current engine.
         slot = self._table.get(record.active.upstream_name)
-        engine = self._table.pick_engine(slot) if slot is not None and slot.accepting else None
+        engine = (
+            self._table.pick_engine(slot, prefer) if slot is not None and slot.accepting else None
+        )
         if slot is None or engine is None:
             async with self._lock(name):
                 record = self._records.get(name)
                 if record is None:
                     raise unknown_model(name)
                 slot = await self._ensure_loaded(record.active)
-                engine = self._table.pick_engine(slot)
+                engine = self._table.pick_engine(slot, prefer)
                 if engine is None:
-                    raise EngineUnavailableError(f"no ready engine holds adapter {name!r}")
+                    where = f"engine {prefer}" if prefer is not None else "no ready engine"
+                    raise EngineUnavailableError(f"{where} does not hold adapter {name!r}")
         self._table.take(slot)
         return slot, engine
 

@@ -39,7 +39,7 @@ class EngineAdapters:
             if adapter.path is not None:
                 await self.engine.client.load_lora(adapter.upstream_name, str(adapter.path))
 
-    def lease(self, name: str) -> AbstractAsyncContextManager[Route]:
+    def lease(self, name: str, *, engine: str | None = None) -> AbstractAsyncContextManager[Route]:
         adapter = self.adapters.get(name)
         if adapter is None:
             raise unknown_model(name)
