@@ -77,6 +77,44 @@ def completion_body(model: str, text: str = "fake answer") -> dict[str, Any]:
     }
 
 
+def response_body(response_id: str, model: str, text: str) -> dict[str, Any]:
+    """A finished Responses API answer (the fields clients read)."""
+    return {
+        "id": response_id,
+        "object": "response",
+        "created_at": 1,
+        "model": model,
+        "status": "completed",
+        "output": [
+            {
+                "id": "msg_fake",
+                "type": "message",
+                "role": "assistant",
+                "status": "completed",
+                "content": [{"type": "output_text", "text": text, "annotations": []}],
+            }
+        ],
+        "usage": {
+            "input_tokens": 7,
+            "input_tokens_details": {"cached_tokens": 0},
+            "output_tokens": 2,
+            "output_tokens_details": {"reasoning_tokens": 0},
+            "total_tokens": 9,
+        },
+    }
+
+
+def response_event(kind: str, response: dict[str, Any]) -> bytes:
+    payload = json.dumps({"type": kind, "response": response}, separators=(",", ":"))
+    return f"event: {kind}\ndata: {payload}\n\n".encode()
+
+
+def response_delta(text: str) -> bytes:
+    kind = "response.output_text.delta"
+    payload = json.dumps({"type": kind, "delta": text, "item_id": "msg_fake"})
+    return f"event: {kind}\ndata: {payload}\n\n".encode()
+
+
 #: A step of a scripted stream: bytes to write, or an event to wait for before going on.
 Step = bytes | asyncio.Event
 Handler = Callable[[Recorded], Awaitable[Response]]
@@ -92,9 +130,12 @@ class FakeUpstream:
     handler: Handler | None = None
     #: Set when a streamed response's generator was closed before it finished (client gone).
     stream_cancelled: asyncio.Event = field(default_factory=asyncio.Event)
+    #: Responses API answers kept by id (``store``), as vLLM keeps them in memory.
+    stored_responses: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def reset(self) -> None:
         self.requests.clear()
+        self.stored_responses.clear()
         self.handler = None
         self.stream_cancelled = asyncio.Event()
 
@@ -126,12 +167,17 @@ class FakeUpstream:
                 Route("/v1/models", models),
                 Route("/v1/chat/completions", endpoint, methods=["POST"]),
                 Route("/v1/completions", endpoint, methods=["POST"]),
+                Route("/v1/responses", endpoint, methods=["POST"]),
+                Route("/v1/responses/{response_id}", endpoint, methods=["GET"]),
+                Route("/v1/responses/{response_id}/cancel", endpoint, methods=["POST"]),
                 Route("/tokenize", endpoint, methods=["POST"]),
                 Route("/detokenize", endpoint, methods=["POST"]),
             ]
         )
 
     def default_answer(self, recorded: Recorded) -> Response:
+        if recorded.path.startswith("/v1/responses"):
+            return self.responses_answer(recorded)
         body = recorded.json()
         if recorded.path == "/tokenize":  # one token per character: enough to route by
             text = body.get("prompt") or json.dumps(body.get("messages"))
@@ -147,6 +193,36 @@ class FakeUpstream:
                 events.append(usage_event(model, 7, 2))
             return self.stream([*events, DONE])
         return JSONResponse(completion_body(model))
+
+    def responses_answer(self, recorded: Recorded) -> Response:
+        """vLLM's Responses API in miniature: the id is the request's ``request_id``; a
+        response with ``store`` is kept here, as vLLM keeps it in its process."""
+        if recorded.request is not None and recorded.request.method == "GET":
+            stored = self.stored_responses.get(recorded.path.rsplit("/", 1)[-1])
+            if stored is None:
+                return JSONResponse({"error": {"message": "not found", "code": 404}}, 404)
+            return JSONResponse(stored)
+        if recorded.path.endswith("/cancel"):
+            return JSONResponse(
+                {"error": {"message": "Cannot cancel a synchronous response."}}, 400
+            )
+        body = recorded.json()
+        previous = body.get("previous_response_id")
+        if previous is not None and previous not in self.stored_responses:
+            message = f"Response with id '{previous}' not found."
+            return JSONResponse({"error": {"message": message, "code": 404}}, 404)
+        response = response_body(body["request_id"], body["model"], "fake answer")
+        if body.get("store", True):
+            self.stored_responses[response["id"]] = response
+        if not body.get("stream"):
+            return JSONResponse(response)
+        events = [
+            response_event("response.created", {**response, "status": "in_progress"}),
+            response_delta("fake"),
+            response_delta(" answer"),
+            response_event("response.completed", response),
+        ]
+        return self.stream(events)
 
     def stream(self, steps: Sequence[Step], *, fail_at_end: bool = False) -> StreamingResponse:
         """A 200 SSE response writing ``steps`` one by one (each bytes item is one write)."""

@@ -49,6 +49,11 @@ class _Open(BaseModel):
 
     model_config = ConfigDict(extra="allow")
 
+    @property
+    def sent_keys(self) -> frozenset[str]:
+        """Top-level keys the client sent with a value (``null`` means "the default")."""
+        return frozenset(key for key, value in self if value is not None)
+
 
 class StreamOptions(_Open):
     include_usage: bool | None = None
@@ -90,11 +95,6 @@ class _SamplingParams(_Open):
     user: Annotated[str, StringConstraints(max_length=MAX_USER_CHARS)] | None = None
 
     @property
-    def sent_keys(self) -> frozenset[str]:
-        """Top-level keys the client sent with a value (``null`` means "the default")."""
-        return frozenset(key for key, value in self if value is not None)
-
-    @property
     def asks_for_usage(self) -> bool:
         """The client asked for a stream's final usage chunk (decided on the parsed body)."""
         return self.stream_options is not None and self.stream_options.include_usage is True
@@ -131,6 +131,31 @@ class CompletionRequest(_SamplingParams):
     echo: bool | None = None
     suffix: Annotated[str, StringConstraints(max_length=MAX_STOP_CHARS)] | None = None
     best_of: Annotated[int, Field(ge=1, le=MAX_N)] | None = None
+
+
+MAX_RESPONSE_ID = 128
+MAX_METADATA = 16
+MAX_INSTRUCTIONS_CHARS = 1 << 20
+
+
+class ResponsesRequest(_Open):
+    """Body of ``POST /v1/responses`` (vLLM's fields pass through; these are bounded)."""
+
+    model: ModelName
+    input: str | Annotated[list[dict[str, Any]], Field(max_length=MAX_MESSAGES)] | None = None
+    instructions: Annotated[str, StringConstraints(max_length=MAX_INSTRUCTIONS_CHARS)] | None = None
+    stream: bool = False
+    store: bool | None = None
+    background: bool | None = None
+    previous_response_id: (
+        Annotated[str, StringConstraints(min_length=1, max_length=MAX_RESPONSE_ID)] | None
+    ) = None
+    temperature: Annotated[float, Field(ge=0.0, le=2.0)] | None = None
+    top_p: Annotated[float, Field(gt=0.0, le=1.0)] | None = None
+    max_output_tokens: TokenCount | None = None
+    tools: Annotated[list[dict[str, Any]], Field(max_length=MAX_TOOLS)] | None = None
+    metadata: Annotated[dict[str, str], Field(max_length=MAX_METADATA)] | None = None
+    user: Annotated[str, StringConstraints(max_length=MAX_USER_CHARS)] | None = None
 
 
 class TokenizeRequest(_Open):

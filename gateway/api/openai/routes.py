@@ -16,6 +16,7 @@ from gateway.api.deps import ProxyDep, RequestInfoDep
 from gateway.api.openai.body import parse_body
 from gateway.api.openai.models import build_models_router
 from gateway.api.openai.protocol import ChatCompletionRequest, CompletionRequest
+from gateway.api.openai.responses import build_responses_router
 from gateway.api.openai.tokenize import build_tokenize_router
 from gateway.inference.proxy import ProxyCall
 from gateway.inference.sampling import CHAT_DEFAULTS, COMPLETION_DEFAULTS
@@ -28,6 +29,7 @@ def build_openai_router() -> APIRouter:
     router = APIRouter(tags=["openai"])
     router.include_router(build_models_router())
     router.include_router(build_tokenize_router())
+    router.include_router(build_responses_router())
 
     @router.post(CHAT_COMPLETIONS)
     async def chat_completions(request: Request, proxy: ProxyDep, info: RequestInfoDep) -> Response:
