@@ -43,7 +43,7 @@ from gateway.inference.routing import Route, Router
 from gateway.inference.sampling import DefaultsTarget, add_fields, defaults_to_send
 from gateway.inference.streaming import SSEProxyResponse
 from gateway.inference.usage import (
-    ResponsesStreamUsage,
+    EventUsage,
     StreamUsage,
     UsageFilter,
     ask_for_stream_usage,
@@ -64,10 +64,12 @@ _JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
 
 class StreamKind(Enum):
     """Where a stream's usage is: the final usage chunk of a chat / completion stream (asked
-    for when the client did not, then hidden), or the final event of a Responses stream."""
+    for when the client did not, then hidden), the final event of a Responses stream, the
+    ``message_delta`` event of an Anthropic Messages stream."""
 
     CHAT = "chat"
     RESPONSES = "responses"
+    MESSAGES = "messages"
 
 
 @dataclass(frozen=True, slots=True)
@@ -326,8 +328,10 @@ class OpenAIProxy:
         if call.stream_kind is StreamKind.CHAT:
             body, strip = ask_for_stream_usage(body, client_asked=call.client_asked_usage)
             usage = StreamUsage(strip=strip)
+        elif call.stream_kind is StreamKind.RESPONSES:
+            usage = EventUsage.responses()
         else:
-            usage = ResponsesStreamUsage()
+            usage = EventUsage.messages()
         cleanup = AsyncExitStack()
         try:
             route = await cleanup.enter_async_context(self._route(call))

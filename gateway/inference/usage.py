@@ -4,8 +4,9 @@ One parser, one set of bounds: :func:`usage_from` reads a ``usage`` object (Open
 ``prompt_tokens`` / ``completion_tokens``, or the ``input_tokens`` / ``output_tokens`` of the
 Responses and Anthropic Messages APIs) and refuses absurd counts from a broken engine. Everything
 else here finds that object: :func:`usage_of_body` in a non-streamed body, :func:`usage_chunk` in
-the final usage chunk of a chat or completion stream, :class:`ResponsesStreamUsage` in the final
-event of a Responses stream. So the same engine output is counted the same, streamed or not.
+the final usage chunk of a chat or completion stream, :class:`EventUsage` in the final event of
+a Responses or an Anthropic Messages stream. So the same engine output is counted the same,
+streamed or not.
 
 The OpenAI proxy (:mod:`gateway.inference.proxy`) calls :func:`ask_for_stream_usage` for each
 streamed chat or completion request: when the client did not ask for usage (decided on the
@@ -18,7 +19,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -217,22 +218,45 @@ class UsageFilter(Protocol):
 
 #: The Responses API events that end a response; each carries the response with its usage.
 _FINAL_RESPONSE_EVENTS = (b'"response.completed"', b'"response.incomplete"', b'"response.failed"')
+#: Anthropic's Messages stream: the event after the last content, with the whole usage.
+_MESSAGE_DELTA = (b'"message_delta"',)
 
 
-class ResponsesStreamUsage:
-    """A Responses API stream's usage: the ``response.usage`` of its final event (vLLM sends
-    usage there whether or not the client asks). Every event passes unchanged."""
+def _response_usage(payload: dict[str, Any]) -> object:
+    response = payload.get("response")
+    return response.get("usage") if isinstance(response, dict) else None
 
-    __slots__ = ("usage",)
 
-    def __init__(self) -> None:
+def _top_level_usage(payload: dict[str, Any]) -> object:
+    return payload.get("usage")
+
+
+class EventUsage:
+    """A stream's usage read from the events that carry it (the last one wins); every event
+    passes unchanged. vLLM sends it there whether or not the client asks."""
+
+    __slots__ = ("_marks", "_where", "usage")
+
+    def __init__(self, marks: tuple[bytes, ...], where: Callable[[dict[str, Any]], object]) -> None:
         self.usage: Usage | None = None
+        self._marks = marks
+        self._where = where
+
+    @classmethod
+    def responses(cls) -> EventUsage:
+        """The Responses API: ``response.usage`` of its final event."""
+        return cls(_FINAL_RESPONSE_EVENTS, _response_usage)
+
+    @classmethod
+    def messages(cls) -> EventUsage:
+        """Anthropic's Messages API: ``usage`` of its ``message_delta`` event."""
+        return cls(_MESSAGE_DELTA, _top_level_usage)
 
     def feed(self, event: bytes) -> Sequence[bytes]:
-        if any(mark in event for mark in _FINAL_RESPONSE_EVENTS):
+        if any(mark in event for mark in self._marks):
             payload = event_json(event)
-            if isinstance(payload, dict) and isinstance(payload.get("response"), dict):
-                usage = usage_from(payload["response"].get("usage"))
+            if isinstance(payload, dict):
+                usage = usage_from(self._where(payload))
                 if usage is not None:
                     self.usage = usage
         return (event,)

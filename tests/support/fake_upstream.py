@@ -115,6 +115,25 @@ def response_delta(text: str) -> bytes:
     return f"event: {kind}\ndata: {payload}\n\n".encode()
 
 
+def message_body(model: str, text: str) -> dict[str, Any]:
+    """A finished Anthropic Messages API answer."""
+    return {
+        "id": "msg_fake",
+        "type": "message",
+        "role": "assistant",
+        "content": [{"type": "text", "text": text}],
+        "model": model,
+        "stop_reason": "end_turn",
+        "stop_sequence": None,
+        "usage": {"input_tokens": 7, "output_tokens": 2},
+    }
+
+
+def anthropic_event(kind: str, fields: dict[str, Any]) -> bytes:
+    payload = json.dumps({"type": kind, **fields}, separators=(",", ":"))
+    return f"event: {kind}\ndata: {payload}\n\n".encode()
+
+
 #: A step of a scripted stream: bytes to write, or an event to wait for before going on.
 Step = bytes | asyncio.Event
 Handler = Callable[[Recorded], Awaitable[Response]]
@@ -170,6 +189,8 @@ class FakeUpstream:
                 Route("/v1/responses", endpoint, methods=["POST"]),
                 Route("/v1/responses/{response_id}", endpoint, methods=["GET"]),
                 Route("/v1/responses/{response_id}/cancel", endpoint, methods=["POST"]),
+                Route("/v1/messages", endpoint, methods=["POST"]),
+                Route("/v1/messages/count_tokens", endpoint, methods=["POST"]),
                 Route("/tokenize", endpoint, methods=["POST"]),
                 Route("/detokenize", endpoint, methods=["POST"]),
             ]
@@ -178,6 +199,8 @@ class FakeUpstream:
     def default_answer(self, recorded: Recorded) -> Response:
         if recorded.path.startswith("/v1/responses"):
             return self.responses_answer(recorded)
+        if recorded.path.startswith("/v1/messages"):
+            return self.messages_answer(recorded)
         body = recorded.json()
         if recorded.path == "/tokenize":  # one token per character: enough to route by
             text = body.get("prompt") or json.dumps(body.get("messages"))
@@ -221,6 +244,39 @@ class FakeUpstream:
             response_delta("fake"),
             response_delta(" answer"),
             response_event("response.completed", response),
+        ]
+        return self.stream(events)
+
+    def messages_answer(self, recorded: Recorded) -> Response:
+        """Anthropic's Messages API as vLLM serves it (usage in ``message_delta``)."""
+        body = recorded.json()
+        if recorded.path.endswith("/count_tokens"):
+            return JSONResponse({"input_tokens": 7})
+        message = message_body(body["model"], "fake answer")
+        if not body.get("stream"):
+            return JSONResponse(message)
+        start = {**message, "content": [], "stop_reason": None}
+        start["usage"] = {"input_tokens": 7, "output_tokens": 0}
+        text_start = {"type": "text", "text": ""}
+        events = [
+            anthropic_event("message_start", {"message": start}),
+            anthropic_event("content_block_start", {"index": 0, "content_block": text_start}),
+            *(
+                anthropic_event(
+                    "content_block_delta",
+                    {"index": 0, "delta": {"type": "text_delta", "text": text}},
+                )
+                for text in ("fake", " answer")
+            ),
+            anthropic_event("content_block_stop", {"index": 0}),
+            anthropic_event(
+                "message_delta",
+                {
+                    "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+                    "usage": {"input_tokens": 7, "output_tokens": 2},
+                },
+            ),
+            anthropic_event("message_stop", {}),
         ]
         return self.stream(events)
 
