@@ -1,6 +1,7 @@
 """More of the OpenAI surface through the gateway to the session's real vLLM, with the official
-SDK: ``models.retrieve``, ``/tokenize`` and ``/detokenize``, and the Responses API (streamed and
-not, base and adapter, stored responses, ``previous_response_id``).
+SDKs: ``models.retrieve``, ``/tokenize`` and ``/detokenize``, the Responses API (streamed and
+not, base and adapter, stored responses, ``previous_response_id``) and, with ``anthropic``,
+the Messages API.
 
 The adapter is loaded straight onto the shared engine under a name in the lifecycle's format
 (``NAME@vN.<12 hex>``), so answers retrieved by id, not routed by model, prove the rename too.
@@ -11,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
+import anthropic
 import httpx
 import openai
 import pytest
@@ -123,3 +125,22 @@ def test_unknown_response_is_a_clear_404(client: openai.OpenAI) -> None:
     with pytest.raises(openai.NotFoundError) as caught:
         client.responses.retrieve("resp_0000000000_" + "0" * 32)
     assert caught.value.code == "response_not_found"
+
+
+@pytest.mark.parametrize("model", [BASE, ADAPTER])
+def test_anthropic_messages_streamed_equals_non_streamed(gateway_url: str, model: str) -> None:
+    with anthropic.Anthropic(base_url=gateway_url, api_key="unused", max_retries=0) as sdk:
+        message = sdk.messages.create(
+            model=model, max_tokens=MAX_TOKENS, temperature=0.0, messages=MESSAGES
+        )
+        assert message.model == model and message.usage.output_tokens > 0
+        text = "".join(block.text for block in message.content if block.type == "text")
+        assert text
+        with sdk.messages.stream(
+            model=model, max_tokens=MAX_TOKENS, temperature=0.0, messages=MESSAGES
+        ) as stream:
+            streamed = "".join(stream.text_stream)
+            final = stream.get_final_message()
+        assert streamed == text and final.model == model
+        with pytest.raises(anthropic.NotFoundError):
+            sdk.messages.create(model="no-such-model", max_tokens=4, messages=MESSAGES)

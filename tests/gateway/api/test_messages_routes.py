@@ -3,13 +3,17 @@ against a FAKE upstream that answers as vLLM 0.32 does."""
 
 from __future__ import annotations
 
+import asyncio
+
 import anthropic
 import pytest
+from starlette.responses import Response
 
 from tests.gateway.api.test_openai_routes import assert_openai_error
 from tests.gateway.conftest import Gateway, GatewayFactory
 from tests.gateway.openai_env import ADAPTER, ADAPTER_UPSTREAM, BASE, access_lines
 from tests.support.adapter_resolver import LoadedAdapter
+from tests.support.fake_upstream import Recorded, anthropic_event, message_body
 
 MESSAGES: list[anthropic.types.MessageParam] = [{"role": "user", "content": "hi"}]
 
@@ -98,3 +102,20 @@ async def test_the_sdk_s_x_api_key_is_accepted(make_gateway: GatewayFactory) -> 
             await wrong.messages.create(model=BASE, max_tokens=16, messages=MESSAGES)
         await right.close()
         await wrong.close()
+
+
+async def test_a_client_leaving_mid_stream_aborts_the_engine_request(gateway: Gateway) -> None:
+    never = asyncio.Event()
+
+    async def endless(recorded: Recorded) -> Response:
+        start = message_body(recorded.json()["model"], "")
+        return gateway.fake.stream([anthropic_event("message_start", {"message": start}), never])
+
+    gateway.fake.handler = endless
+    body = {"model": ADAPTER, "max_tokens": 16, "messages": MESSAGES, "stream": True}
+    async with gateway.http.stream("POST", "/v1/messages", json=body) as response:
+        async for chunk in response.aiter_raw():
+            assert b"message_start" in chunk and ADAPTER_UPSTREAM.encode() not in chunk
+            break
+    await asyncio.wait_for(gateway.fake.stream_cancelled.wait(), timeout=5)
+    assert gateway.adapters.active_leases == 0
