@@ -130,14 +130,16 @@ def test_unknown_response_is_a_clear_404(client: openai.OpenAI) -> None:
 @pytest.mark.parametrize("model", [BASE, ADAPTER])
 def test_anthropic_messages_streamed_equals_non_streamed(gateway_url: str, model: str) -> None:
     with anthropic.Anthropic(base_url=gateway_url, api_key="unused", max_retries=0) as sdk:
+        # This SDK has no temperature parameter any more; vLLM still takes one.
+        greedy = {"temperature": 0.0}
         message = sdk.messages.create(
-            model=model, max_tokens=MAX_TOKENS, temperature=0.0, messages=MESSAGES
+            model=model, max_tokens=MAX_TOKENS, messages=MESSAGES, extra_body=greedy
         )
         assert message.model == model and message.usage.output_tokens > 0
         text = "".join(block.text for block in message.content if block.type == "text")
         assert text
         with sdk.messages.stream(
-            model=model, max_tokens=MAX_TOKENS, temperature=0.0, messages=MESSAGES
+            model=model, max_tokens=MAX_TOKENS, messages=MESSAGES, extra_body=greedy
         ) as stream:
             streamed = "".join(stream.text_stream)
             final = stream.get_final_message()
