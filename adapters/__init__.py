@@ -1,5 +1,6 @@
 """Adapters: the on-disk contract, preflight validation and the persistent registry.
 
+    errors.py      AdapterError(kind, message): the one error type, no HTTP status
     layout.py      what an adapter directory (and a base model directory) contains, read
                    without torch: PEFT config, safetensors header, weights sha256, manifest
     validation.py  the checks an adapter must pass before it is registered (4xx errors)
@@ -7,6 +8,6 @@
     db.py          SQLAlchemy 2 schema and engine set-up (SQLite by default, PostgreSQL too)
     registry.py    the registry: versions, active pointer, pin, last settled state
 
-Used by the gateway's adapter lifecycle (:mod:`gateway.lifecycle`); nothing here talks to an
+Used by the gateway's adapter lifecycle ; nothing here imports the gateway, talks to an
 engine or imports torch.
 """

@@ -14,8 +14,8 @@ model directory (``config.json`` + safetensors, sharded or not) into the module 
 shapes that :mod:`adapters.validation` checks adapters against.
 
 Called by :mod:`adapters.validation` (preflight checks) and, through it, by the adapter
-lifecycle at registration. Raises :class:`LayoutError`; validation turns those into the
-project's 4xx errors.
+lifecycle at registration. Raises :class:`LayoutError`, an
+:class:`adapters.errors.AdapterError` of kind INVALID.
 """
 
 from __future__ import annotations
@@ -27,6 +27,8 @@ import struct
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
+
+from adapters.errors import AdapterError, AdapterErrorKind
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -57,13 +59,13 @@ _LORA_TENSOR = re.compile(
 )
 
 
-class LayoutError(Exception):
-    """A file of the contract is missing or unreadable; ``check`` names which rule failed."""
+class LayoutError(AdapterError):
+    """A file of the contract is missing or unreadable; ``check`` (the ``code``) names which
+    rule failed. Always of kind INVALID."""
 
     def __init__(self, check: str, message: str) -> None:
-        super().__init__(message)
+        super().__init__(AdapterErrorKind.INVALID, message, code=check)
         self.check = check
-        self.message = message
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,8 +8,8 @@ async extension keeps one code path for every database driver and needs no extra
 
 Per name: the active version and whether it is pinned. Per version: what was validated at
 registration (paths, rank, hashes, ...) and its last settled lifecycle state with its error.
-Called by :class:`gateway.lifecycle.AdapterLifecycle` only. SQLAlchemy errors become
-:mod:`gateway.errors` here.
+Called by the gateway's adapter lifecycle only. SQLAlchemy errors become
+:class:`adapters.errors.AdapterError` here (CONFLICT for a lost race, INTERNAL otherwise).
 """
 
 from __future__ import annotations
@@ -33,9 +33,9 @@ from adapters.db import (
     make_sessionmaker,
     utcnow,
 )
+from adapters.errors import AdapterError, AdapterErrorKind
 from adapters.layout import AdapterLayout
 from adapters.state import SETTLED, AdapterState
-from gateway.errors import AdapterNotFoundError, ConflictError, GatewayError
 
 T = TypeVar("T")
 
@@ -123,7 +123,8 @@ class AdapterRecord:
     def active(self) -> AdapterVersion:
         found = self.version(self.active_version)
         if found is None:  # guarded by set_active; a hand-edited database could break it
-            raise GatewayError(
+            raise AdapterError(
+                AdapterErrorKind.INTERNAL,
                 f"adapter {self.name!r} has no active version {self.active_version}",
                 code="registry_inconsistent",
             )
@@ -187,13 +188,16 @@ class Registry:
         try:
             yield
         except IntegrityError as exc:
-            raise ConflictError(
+            raise AdapterError(
+                AdapterErrorKind.CONFLICT,
                 f"registry {what} conflicts with a concurrent change: {exc.orig}",
                 code="registry_conflict",
             ) from exc
         except SQLAlchemyError as exc:
-            raise GatewayError(
-                f"registry database error during {what}: {exc}", code="registry_error"
+            raise AdapterError(
+                AdapterErrorKind.INTERNAL,
+                f"registry database error during {what}: {exc}",
+                code="registry_error",
             ) from exc
 
     def _run(self, what: str, work: Callable[[Session], T]) -> T:
@@ -204,7 +208,12 @@ class Registry:
     def _row(session: Session, name: str) -> AdapterRow:
         row = session.get(AdapterRow, name)
         if row is None:
-            raise AdapterNotFoundError(f"no adapter named {name!r} is registered", param="name")
+            raise AdapterError(
+                AdapterErrorKind.NOT_FOUND,
+                f"no adapter named {name!r} is registered",
+                code="adapter_not_found",
+                param="name",
+            )
         return row
 
     def list(self) -> list[AdapterRecord]:
@@ -268,8 +277,11 @@ class Registry:
         def work(session: Session) -> AdapterRecord:
             row = self._row(session, name)
             if not any(v.version == version for v in row.versions):
-                raise AdapterNotFoundError(
-                    f"adapter {name!r} has no version {version}", param="version"
+                raise AdapterError(
+                    AdapterErrorKind.NOT_FOUND,
+                    f"adapter {name!r} has no version {version}",
+                    code="adapter_not_found",
+                    param="version",
                 )
             row.active_version = version
             row.updated_at = utcnow()

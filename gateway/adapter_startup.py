@@ -19,6 +19,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from adapters.errors import AdapterError
 from adapters.layout import ADAPTER_CONFIG, MANIFEST, LayoutError, read_json
 from adapters.registry import Registry
 from adapters.validation import AdapterValidator, ValidationLimits
@@ -135,7 +136,7 @@ async def scan_adapters_dir(lifecycle: AdapterLifecycle, directory: Path) -> Sca
     for child, name in candidates[:MAX_SCANNED_ADAPTERS]:
         try:
             _, created = await lifecycle.register(name, child, new_version=True)
-        except GatewayError as exc:
+        except (GatewayError, AdapterError) as exc:
             report.skipped[str(child)] = f"{exc.code}: {exc.message}"
             logger.warning("adapters dir: %s not registered (%s): %s", child, exc.code, exc.message)
             continue

@@ -45,6 +45,7 @@ from collections.abc import AsyncIterator, Callable, KeysView, Mapping, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+from adapters.errors import AdapterError
 from adapters.registry import AdapterRecord, AdapterVersion, NewVersion, Registry
 from adapters.state import AdapterState
 from adapters.validation import AdapterValidator, validate_name
@@ -410,7 +411,7 @@ class AdapterLifecycle:
     ) -> None:
         try:
             await asyncio.to_thread(self.registry.set_state, name, version, state, error)
-        except GatewayError as exc:  # the live state is right; the record catches up later
+        except (GatewayError, AdapterError) as exc:  # live state is right; the record catches up
             logger.error(
                 "could not record adapter %s v%d as %s: %s", name, version, state, exc.message
             )
@@ -687,5 +688,5 @@ class AdapterLifecycle:
                     continue
                 try:
                     await self._ensure_loaded(record.active)
-                except GatewayError as exc:
+                except (GatewayError, AdapterError) as exc:
                     logger.warning("re-applying adapter %s failed: %s", name, exc.message)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from adapters.errors import AdapterError
 from adapters.registry import Registry
 from adapters.state import AdapterState
 from adapters.validation import AdapterValidator, ValidationLimits
@@ -22,7 +23,6 @@ from gateway.errors import (
     CapacityError,
     ConflictError,
     EngineUnavailableError,
-    GatewayError,
     ModelNotFoundError,
 )
 from gateway.lifecycle import AdapterLifecycle
@@ -373,9 +373,9 @@ async def test_delete_waits_for_requests_then_forgets(env: Env, make: MakeLifecy
 
 async def test_validation_errors_pass_through(env: Env, make: MakeLifecycle) -> None:
     lifecycle = await make(FakeEngine(FakeLoraUpstream()))
-    with pytest.raises(GatewayError) as caught:
+    with pytest.raises(AdapterError) as caught:
         await lifecycle.register(BASE, env.adapter("x"))
     assert caught.value.code == "name_is_base_model"
-    with pytest.raises(GatewayError) as caught:
+    with pytest.raises(AdapterError) as caught:
         await lifecycle.register("x", env.adapter("x", r=32))
     assert caught.value.code == "rank_exceeds_max"

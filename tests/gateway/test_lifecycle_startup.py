@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from adapters.errors import AdapterError
 from adapters.registry import Registry
 from gateway.adapter_startup import open_lifecycle, scan_adapters_dir
-from gateway.errors import GatewayError
 from gateway.settings import GatewaySettings
 from tests.adapters.builders import write_adapter, write_base_model
 from tests.gateway.lifecycle_fakes import FakeEngine, FakeLoraUpstream
@@ -70,7 +70,7 @@ async def test_validator_checks_against_the_settings_base_model(
         settings, [FakeEngine(FakeLoraUpstream(), base_model=BASE)]
     ) as lifecycle:
         path = write_adapter(roots / "wide", base_model=BASE, layers=3)
-        with pytest.raises(GatewayError) as caught:
+        with pytest.raises(AdapterError) as caught:
             await lifecycle.register("wide", path)
         assert caught.value.code == "target_modules_missing"
         assert lifecycle.capacity == 2  # the engine's lora_capacity by default
@@ -98,6 +98,6 @@ async def test_trainer_manifest_is_accepted(settings: GatewaySettings) -> None:
             manifest=tampered,
             seed=5,
         )
-        with pytest.raises(GatewayError) as caught:
+        with pytest.raises(AdapterError) as caught:
             await lifecycle.register("t2", other)
         assert caught.value.code == "base_model_mismatch"
