@@ -37,7 +37,9 @@ from sqlalchemy.orm import (
     sessionmaker,
 )
 
-NAME_LENGTH = 64
+from adapters.contract import MAX_NAME_LENGTH
+
+NAME_LENGTH = MAX_NAME_LENGTH
 PATH_LENGTH = 4096
 
 

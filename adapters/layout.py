@@ -1,17 +1,11 @@
-"""The on-disk contract of an adapter directory and of a base model directory, as code.
+"""Reading an adapter directory and a base model directory, without torch.
 
-An adapter is a PEFT LoRA directory::
-
-    NAME/
-      adapter_config.json         PEFT config: peft_type, r, lora_alpha, target_modules, ...
-      adapter_model.safetensors   the LoRA tensors (never pickle)
-      manifest.json               optional, written by the trainer (see MANIFEST_* keys)
-
-Reading one gives an :class:`AdapterLayout`, a frozen summary of what the files claim: the
-safetensors header is parsed with ``struct`` + ``json`` and the weights are hashed in a
-streaming pass, so nothing here imports torch or numpy. :func:`read_base_model` reads a base
-model directory (``config.json`` + safetensors, sharded or not) into the module names and
-shapes that :mod:`adapters.validation` checks adapters against.
+The names of the files and manifest keys are the contract, :mod:`adapters.contract`.
+Reading an adapter directory gives an :class:`AdapterLayout`, a frozen summary of what the
+files claim: the safetensors header is parsed with ``struct`` + ``json`` and the weights are
+hashed in a streaming pass, so nothing here imports torch or numpy. :func:`read_base_model`
+reads a base model directory (``config.json`` + safetensors, sharded or not) into the module
+names and shapes that :mod:`adapters.validation` checks adapters against.
 
 Called by :mod:`adapters.validation` (preflight checks) and, through it, by the adapter
 lifecycle at registration. Raises :class:`LayoutError`, an
@@ -28,21 +22,17 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from adapters.contract import (
+    ADAPTER_CONFIG,
+    ADAPTER_WEIGHTS,
+    MANIFEST,
+    MANIFEST_BASE_CONFIG_SHA256,
+    MANIFEST_BASE_MODEL,
+    MANIFEST_BASE_NAME,
+    PICKLE_WEIGHTS,
+    PICKLE_WEIGHTS_PT,
+)
 from adapters.errors import AdapterError, AdapterErrorKind
-
-ADAPTER_CONFIG = "adapter_config.json"
-ADAPTER_WEIGHTS = "adapter_model.safetensors"
-#: Pickle formats that vLLM would ``torch.load`` when no safetensors file is present.
-PICKLE_WEIGHTS = "adapter_model.bin"
-PICKLE_WEIGHTS_PT = "adapter_model.pt"
-MANIFEST = "manifest.json"
-
-#: Manifest keys this package reads (the trainer, ``trainer.manifest``, writes more):
-#: ``base_model`` is an object with the base directory's ``name`` and the ``config_sha256`` of
-#: its config.json (a plain string, the base's name or path, is accepted too).
-MANIFEST_BASE_MODEL = "base_model"
-MANIFEST_BASE_NAME = "name"
-MANIFEST_BASE_CONFIG_SHA256 = "config_sha256"
 
 BASE_CONFIG = "config.json"
 BASE_WEIGHTS = "model.safetensors"

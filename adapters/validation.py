@@ -29,6 +29,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+from adapters.contract import ADAPTER_CONFIG, NAME_RULE, VLLM_LORA_RANKS, is_valid_name
 from adapters.errors import AdapterError, AdapterErrorKind
 from adapters.layout import (
     BASE_CONFIG,
@@ -42,10 +43,6 @@ from adapters.layout import (
 
 logger = logging.getLogger(__name__)
 
-NAME_PATTERN = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9._-]{0,63}$")
-MAX_NAME_LENGTH = 64
-#: vLLM's accepted values of --max-lora-rank.
-VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 #: modules_to_save vLLM accepts (classification heads); anything else it refuses to load.
 _VLLM_MODULES_TO_SAVE = {"classifier", "score"}
 
@@ -56,11 +53,10 @@ def _fail(check: str, message: str, *, param: str | None = None) -> AdapterError
 
 def validate_name(name: str, *, base_model: str) -> None:
     """The name is the public model id and part of the upstream LoRA name ``NAME@vN``."""
-    if not NAME_PATTERN.match(name):
+    if not is_valid_name(name):
         raise _fail(
             "invalid_name",
-            f"invalid adapter name {name[:80]!r}: use 1 to {MAX_NAME_LENGTH} characters from "
-            "letters, digits, '.', '_' and '-', starting with a letter or digit",
+            f"invalid adapter name {name[:80]!r}: use {NAME_RULE}",
             param="name",
         )
     if name == base_model:
@@ -208,7 +204,7 @@ class AdapterValidator:
         if layout.peft_type.upper() != "LORA":
             raise _fail(
                 "not_lora",
-                f"adapter_config.json has peft_type={layout.peft_type!r}; "
+                f"{ADAPTER_CONFIG} has peft_type={layout.peft_type!r}; "
                 "only LoRA adapters (peft_type LORA) can be served",
             )
         config = layout.config
@@ -275,7 +271,7 @@ class AdapterValidator:
                 raise _fail(
                     "tensor_shape_mismatch",
                     f"module {module.module}: lora_A {module.a_shape} / lora_B "
-                    f"{module.b_shape} do not match rank r={rank} of adapter_config.json",
+                    f"{module.b_shape} do not match rank r={rank} of {ADAPTER_CONFIG}",
                 )
             if base_modules is None:
                 continue

@@ -19,8 +19,9 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from adapters.contract import ADAPTER_CONFIG, MANIFEST, MANIFEST_ADAPTER_NAME
 from adapters.errors import AdapterError
-from adapters.layout import ADAPTER_CONFIG, MANIFEST, LayoutError, read_json
+from adapters.layout import LayoutError, read_json
 from adapters.registry import Registry
 from adapters.validation import AdapterValidator, ValidationLimits
 from gateway.engines.base import Engine
@@ -109,7 +110,7 @@ def _adapter_name(directory: Path) -> str:
         manifest = read_json(directory / MANIFEST, check="invalid_manifest")
     except LayoutError:
         return directory.name
-    name = manifest.get("adapter_name")
+    name = manifest.get(MANIFEST_ADAPTER_NAME)
     return name if isinstance(name, str) and name else directory.name
 
 

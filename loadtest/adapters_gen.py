@@ -17,8 +17,8 @@ from typing import Any
 import numpy as np
 from safetensors.numpy import save_file
 
-ADAPTER_CONFIG = "adapter_config.json"
-ADAPTER_WEIGHTS = "adapter_model.safetensors"
+from adapters.contract import ADAPTER_CONFIG, ADAPTER_WEIGHTS
+
 MAX_GENERATED = 10_000
 
 

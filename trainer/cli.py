@@ -23,6 +23,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from adapters.contract import MANIFEST
 from trainer.config import ConfigError, Method, Optimizer, Scheduler, TrainConfig
 from trainer.data import DataError
 from trainer.models import ModelLoadError
@@ -118,7 +119,7 @@ def train(
     logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="%(message)s")
     adapter = _checked(lambda: run_training(cfg, progress=not quiet, overwrite=overwrite))
 
-    manifest = json.loads((adapter / "manifest.json").read_text())
+    manifest = json.loads((adapter / MANIFEST).read_text())
     figures, evals = manifest["train"], manifest["eval"]
     console.print(
         f"[green]adapter[/] {adapter}  steps {figures['steps']}  "

@@ -24,6 +24,7 @@ from pathlib import Path
 import httpx
 from openai import OpenAI
 
+from adapters.contract import ADAPTER_CONFIG
 from gateway.admin_token import read_token_file
 from gateway.settings import GatewaySettings
 from trainer.register import RegistrationError, register_adapter
@@ -46,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--question", default=QUESTION)
     parser.add_argument("--max-tokens", type=int, default=160)
     args = parser.parse_args(argv)
-    if not (args.adapter / "adapter_config.json").is_file():
+    if not (args.adapter / ADAPTER_CONFIG).is_file():
         print(f"no adapter in {args.adapter}: run `make demo` first", file=sys.stderr)
         return 2
 

@@ -14,6 +14,8 @@ import struct
 from pathlib import Path
 from typing import Any
 
+from adapters.contract import ADAPTER_CONFIG, ADAPTER_WEIGHTS, MANIFEST
+
 LLAMA_ATTENTION = ("q_proj", "k_proj", "v_proj", "o_proj")
 LLAMA_MLP = ("gate_proj", "up_proj", "down_proj")
 _DTYPE_BYTES = {"F32": 4, "F16": 2, "BF16": 2}
@@ -120,7 +122,7 @@ def write_adapter(
         "modules_to_save": None,
     }
     config.update(config_overrides or {})
-    (directory / "adapter_config.json").write_text(json.dumps(config))
+    (directory / ADAPTER_CONFIG).write_text(json.dumps(config))
     tensors: dict[str, tuple[int, ...]] = {}
     for layer in range(layers):
         for module, (out, inp) in llama_shapes(hidden, intermediate).items():
@@ -129,7 +131,7 @@ def write_adapter(
             prefix = f"base_model.model.model.layers.{layer}.{module}"
             tensors[f"{prefix}.lora_A.weight"] = (r, inp)
             tensors[f"{prefix}.lora_B.weight"] = (out, r)
-    write_safetensors(directory / "adapter_model.safetensors", tensors, seed=seed)
+    write_safetensors(directory / ADAPTER_WEIGHTS, tensors, seed=seed)
     if manifest is not None:
-        (directory / "manifest.json").write_text(json.dumps(manifest))
+        (directory / MANIFEST).write_text(json.dumps(manifest))
     return directory

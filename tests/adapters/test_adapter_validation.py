@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from adapters.contract import ADAPTER_CONFIG, ADAPTER_WEIGHTS, MANIFEST, PICKLE_WEIGHTS
 from adapters.errors import AdapterError, AdapterErrorKind
 from adapters.validation import (
     AdapterValidator,
@@ -60,7 +61,9 @@ def test_valid_adapter_passes_and_is_hashed(base_dir: Path, roots: Path) -> None
     assert layout.path == directory.resolve()
 
 
-@pytest.mark.parametrize("name", ["", "-lead", "has space", "a@v1", "x" * 65, "ünï", "a/b"])
+@pytest.mark.parametrize(
+    "name", ["", "-lead", "has space", "a@v1", "x" * 65, "ünï", "a/b", "a\n", "x" * 64 + "\n"]
+)
 def test_bad_names(name: str) -> None:
     error = failure(lambda: validate_name(name, base_model=BASE_ID))
     assert (error.kind, error.code, error.param) == (
@@ -104,14 +107,14 @@ def test_path_outside_roots_dotdot_and_symlinks(
 
 
 def _broken(kind: str, directory: Path) -> None:
-    config_path = directory / "adapter_config.json"
+    config_path = directory / ADAPTER_CONFIG
     config = json.loads(config_path.read_text())
     if kind == "missing_config":
         config_path.unlink()
     elif kind == "missing_weights":
-        (directory / "adapter_model.safetensors").unlink()
+        (directory / ADAPTER_WEIGHTS).unlink()
     elif kind == "pickle_weights":
-        (directory / "adapter_model.safetensors").rename(directory / "adapter_model.bin")
+        (directory / ADAPTER_WEIGHTS).rename(directory / PICKLE_WEIGHTS)
     elif kind == "invalid_config":
         config_path.write_text("{not json")
     elif kind == "not_lora":
@@ -119,14 +122,14 @@ def _broken(kind: str, directory: Path) -> None:
     elif kind == "unsupported_feature":
         config_path.write_text(json.dumps({**config, "use_dora": True}))
     elif kind == "invalid_manifest":
-        (directory / "manifest.json").write_text("[1, 2]")
+        (directory / MANIFEST).write_text("[1, 2]")
 
 
 @pytest.mark.parametrize(
     ("kind", "needle"),
     [
-        ("missing_config", "adapter_config.json"),
-        ("missing_weights", "adapter_model.safetensors"),
+        ("missing_config", ADAPTER_CONFIG),
+        ("missing_weights", ADAPTER_WEIGHTS),
         ("pickle_weights", "safe_serialization=True"),
         ("invalid_config", "not readable JSON"),
         ("not_lora", "'IA3'"),
@@ -159,7 +162,7 @@ def test_rank_above_max_names_the_setting(base_dir: Path, roots: Path) -> None:
 
 def test_oversize_is_413(base_dir: Path, roots: Path) -> None:
     directory = write_adapter(roots / "a", base_model=BASE_ID)
-    size = (directory / "adapter_model.safetensors").stat().st_size
+    size = (directory / ADAPTER_WEIGHTS).stat().st_size
     error = failure(
         lambda: make_validator(base_dir, roots, max_adapter_bytes=size - 1).validate("a", directory)
     )
@@ -169,7 +172,7 @@ def test_oversize_is_413(base_dir: Path, roots: Path) -> None:
 
 def test_target_module_absent_from_base(base_dir: Path, roots: Path) -> None:
     directory = write_adapter(roots / "a", base_model=BASE_ID)
-    config_path = directory / "adapter_config.json"
+    config_path = directory / ADAPTER_CONFIG
     config = json.loads(config_path.read_text())
     config_path.write_text(json.dumps({**config, "target_modules": ["q_proj", "qkv_proj"]}))
     error = failure(lambda: make_validator(base_dir, roots).validate("a", directory))
@@ -186,7 +189,7 @@ def test_weights_for_a_module_the_base_lacks(base_dir: Path, roots: Path) -> Non
 
 def test_shapes_inconsistent_with_rank(base_dir: Path, roots: Path) -> None:
     directory = write_adapter(roots / "a", base_model=BASE_ID, r=8)
-    config_path = directory / "adapter_config.json"
+    config_path = directory / ADAPTER_CONFIG
     config_path.write_text(json.dumps({**json.loads(config_path.read_text()), "r": 4}))
     error = failure(lambda: make_validator(base_dir, roots).validate("a", directory))
     assert (error.kind, error.code) == (AdapterErrorKind.INVALID, "tensor_shape_mismatch")
@@ -238,7 +241,7 @@ def test_base_model_identity_by_trainer_manifest(base_dir: Path, roots: Path) ->
 
 def test_unreadable_weights_file_reports_invalid_weights(base_dir: Path, roots: Path) -> None:
     directory = write_adapter(roots / "a", base_model=BASE_ID)
-    (directory / "adapter_model.safetensors").write_bytes(b"\x00" * 4)
+    (directory / ADAPTER_WEIGHTS).write_bytes(b"\x00" * 4)
     error = failure(lambda: make_validator(base_dir, roots).validate("a", directory))
     assert (error.kind, error.code) == (AdapterErrorKind.INVALID, "invalid_weights")
 
@@ -246,6 +249,6 @@ def test_unreadable_weights_file_reports_invalid_weights(base_dir: Path, roots: 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root reads unreadable files")
 def test_unreadable_config(base_dir: Path, roots: Path) -> None:
     directory = write_adapter(roots / "a", base_model=BASE_ID)
-    (directory / "adapter_config.json").chmod(0)
+    (directory / ADAPTER_CONFIG).chmod(0)
     error = failure(lambda: make_validator(base_dir, roots).validate("a", directory))
     assert (error.kind, error.code) == (AdapterErrorKind.INVALID, "invalid_config")

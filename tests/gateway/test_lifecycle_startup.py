@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from adapters.contract import MANIFEST, MANIFEST_ADAPTER_NAME
 from adapters.errors import AdapterError
 from adapters.registry import Registry
 from gateway.adapter_startup import open_lifecycle, scan_adapters_dir
@@ -33,7 +34,7 @@ async def test_scan_registers_valid_and_reports_invalid(settings: GatewaySetting
         scan / "out-7",
         base_model=BASE,
         seed=2,
-        manifest={"adapter_name": "legal-style", "base_model": {"name": BASE}},
+        manifest={MANIFEST_ADAPTER_NAME: "legal-style", "base_model": {"name": BASE}},
     )
     write_adapter(scan / "too-deep", base_model=BASE, r=64)
     write_adapter(scan / "bad name!", base_model=BASE)
@@ -82,7 +83,7 @@ async def test_trainer_manifest_is_accepted(settings: GatewaySettings) -> None:
 
     base_dir = Path(settings.base_model)
     identity = base_model_identity(base_dir)
-    manifest = {"adapter_name": "from-trainer", "base_model": identity}
+    manifest = {MANIFEST_ADAPTER_NAME: "from-trainer", "base_model": identity}
     path = write_adapter(
         settings.managed_adapters_dir / "t", base_model=str(base_dir), manifest=manifest
     )
@@ -90,7 +91,7 @@ async def test_trainer_manifest_is_accepted(settings: GatewaySettings) -> None:
         settings, [FakeEngine(FakeLoraUpstream(), base_model=BASE)]
     ) as lifecycle:
         view, _ = await lifecycle.register("from-trainer", path)
-        assert view.active.version.manifest == json.loads((path / "manifest.json").read_text())
+        assert view.active.version.manifest == json.loads((path / MANIFEST).read_text())
         tampered = {**manifest, "base_model": {**identity, "config_sha256": "f" * 64}}
         other = write_adapter(
             settings.managed_adapters_dir / "t2",

@@ -16,8 +16,7 @@ from pathlib import Path
 import numpy as np
 from safetensors.numpy import save_file
 
-ADAPTER_CONFIG = "adapter_config.json"
-ADAPTER_WEIGHTS = "adapter_model.safetensors"
+from adapters.contract import ADAPTER_CONFIG, ADAPTER_WEIGHTS
 
 _ATTENTION = ("q_proj", "k_proj", "v_proj", "o_proj")
 _MLP = ("gate_proj", "up_proj", "down_proj")
