@@ -93,6 +93,15 @@ class AdapterLayout:
     tensors: dict[str, TensorInfo]
     manifest: dict[str, Any] | None
     sha256: str = ""
+    #: For a copy in :mod:`adapters.store`: the directory it was copied from.
+    source_path: Path | None = None
+
+    def same_content(self, other: AdapterLayout) -> bool:
+        """Same weights and config bytes (both layouts hashed with :func:`with_sha256`)."""
+        return bool(self.sha256) and (self.sha256, self.config_sha256) == (
+            other.sha256,
+            other.config_sha256,
+        )
 
     @property
     def max_rank(self) -> int:

@@ -68,12 +68,16 @@ class NewVersion:
     config_sha256: str
     size_bytes: int
     manifest: dict[str, Any] | None = None
+    #: The validated read-only copy (:mod:`adapters.store`) the engine loads.
+    store_path: str | None = None
 
     @classmethod
     def from_layout(cls, layout: AdapterLayout, base_model: str) -> NewVersion:
+        """A stored copy's layout records both paths; a plain one is its own source."""
         return cls(
             base_model=base_model,
-            source_path=str(layout.path),
+            source_path=str(layout.source_path or layout.path),
+            store_path=str(layout.path) if layout.source_path is not None else None,
             rank=layout.max_rank,
             alpha=layout.lora_alpha,
             target_modules=layout.target_modules,
@@ -101,6 +105,13 @@ class AdapterVersion:
     last_error: str | None
     created_at: datetime
     updated_at: datetime
+    store_path: str | None = None
+
+    @property
+    def load_path(self) -> str:
+        """Where an engine loads this version from: the validated copy in the store. A version
+        recorded before the store existed has none and is loaded from its source."""
+        return self.store_path or self.source_path
 
     @property
     def upstream_name(self) -> str:
@@ -156,6 +167,7 @@ def _version_out(row: AdapterVersionRow) -> AdapterVersion:
         last_error=row.last_error,
         created_at=_aware(row.created_at),
         updated_at=_aware(row.updated_at),
+        store_path=row.store_path,
     )
 
 
@@ -264,6 +276,7 @@ class Registry:
                     config_sha256=new.config_sha256,
                     size_bytes=new.size_bytes,
                     manifest=new.manifest,
+                    store_path=new.store_path,
                     state=AdapterState.REGISTERED.value,
                 )
             )

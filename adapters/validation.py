@@ -157,7 +157,10 @@ class AdapterValidator:
     def validate(self, name: str, path: str | Path) -> AdapterLayout:
         """Every check; returns the adapter's layout with its weights sha256 filled in."""
         validate_name(name, base_model=self.served_name)
-        directory = self.check_path(path)
+        return self.validate_files(self.check_path(path))
+
+    def validate_files(self, directory: Path) -> AdapterLayout:
+        """The checks of an adapter directory's files (not of its name or where it lies)."""
         try:
             layout = read_adapter(directory)
         except LayoutError as exc:

@@ -23,6 +23,7 @@ from adapters.contract import ADAPTER_CONFIG, MANIFEST, MANIFEST_ADAPTER_NAME
 from adapters.errors import AdapterError
 from adapters.layout import LayoutError, read_json
 from adapters.registry import Registry
+from adapters.store import AdapterStore
 from adapters.validation import AdapterValidator, ValidationLimits
 from gateway.engines.base import Engine
 from gateway.errors import GatewayError
@@ -77,7 +78,7 @@ def build_lifecycle(
     return AdapterLifecycle(
         Registry(settings.resolved_database_url),
         engines,
-        validator,
+        AdapterStore(settings.adapter_store_dir, validator),
         capacity=capacity,
         observer=observer,
         drain_timeout_s=settings.drain_timeout_s,

@@ -140,6 +140,12 @@ class GatewaySettings(BaseSettings):
         return self.data_dir / "adapters"
 
     @property
+    def adapter_store_dir(self) -> Path:
+        """The validated read-only copies that engines load (:mod:`adapters.store`): inside the
+        managed adapters dir, the volume that remote engines share (deploy/compose, deploy/k8s)."""
+        return self.managed_adapters_dir / ".store"
+
+    @property
     def resolved_database_url(self) -> str:
         return self.database_url or f"sqlite:///{self.data_dir / 'registry.db'}"
 
