@@ -4,7 +4,7 @@ Written by :func:`trainer.train.train` next to the PEFT files (file names and th
 gateway reads are the contract, :mod:`adapters.contract`), read back by
 :mod:`trainer.evaluate` (to rebuild the same held-out split) and by people. It records the
 resolved config, the data (sha256, format, row counts), the base model's identity (path, a
-sha256 of its config.json, the recipe marker that ``gateway.basemodels`` leaves), eval loss
+sha256 of its config.json, the recipe marker that ``gateway.engines.basemodels`` leaves), eval loss
 before and after, library versions, wall time and tokens/s. No torch import here.
 """
 
@@ -29,7 +29,7 @@ from adapters.contract import (
 )
 
 MANIFEST_VERSION = 1
-# The recipe marker gateway.basemodels writes into a prepared model directory.
+# The recipe marker gateway.engines.basemodels writes into a prepared model directory.
 BASE_MODEL_MARKER = ".lora-gateway-model.json"
 LIBRARIES = ("torch", "transformers", "peft", "trl", "bitsandbytes", "accelerate", "datasets")
 

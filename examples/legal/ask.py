@@ -25,7 +25,7 @@ import httpx
 from openai import OpenAI
 
 from adapters.contract import ADAPTER_CONFIG
-from gateway.admin_token import read_token_file
+from gateway.auth.admin_token import read_token_file
 from gateway.settings import GatewaySettings
 from trainer.register import RegistrationError, register_adapter
 

@@ -25,7 +25,7 @@ from starlette.types import Scope
 
 from adapters.errors import AdapterError
 from gateway.errors import GatewayError, InvalidRequestError, from_adapter_error
-from gateway.request_log import request_info_of
+from gateway.inference.record import request_info_of
 
 MAX_ERROR_DETAILS = 5
 

@@ -8,7 +8,7 @@ pays for one closure, not a task). For each HTTP request it
 * enforces ``max_body_bytes``: a declared Content-Length over the limit is refused before the
   body is read, and a chunked body is counted while it is read (413 either way);
 * turns an unexpected exception into a 500 in the OpenAI shape, logged with its traceback;
-* creates the :class:`~gateway.request_log.RequestInfo` that routes fill in, and when the
+* creates the :class:`~gateway.inference.record.RequestInfo` that routes fill in, and when the
   response is complete writes the access-log line and calls the request observer.
 """
 
@@ -29,7 +29,8 @@ from gateway.errors import (
     PayloadTooLargeError,
     from_adapter_error,
 )
-from gateway.request_log import SCOPE_STATE_KEY, AccessLog, RequestInfo, RequestObserver
+from gateway.inference.record import SCOPE_STATE_KEY, RequestInfo, RequestObserver
+from gateway.observability.access_log import AccessLog
 
 logger = logging.getLogger(__name__)
 

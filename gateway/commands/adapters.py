@@ -1,8 +1,8 @@
 """``lora-gateway adapters ...``: manage a running gateway's adapters through its admin API.
 
-Talks HTTP to ``/admin`` (:mod:`gateway.api.admin_routes`) with the admin token from
+Talks HTTP to ``/admin`` (:mod:`gateway.api.admin.adapters`) with the admin token from
 ``--admin-token``, else ``LORA_GATEWAY_ADMIN_TOKEN``, else the token file in the data dir
-(:mod:`gateway.admin_token`). Errors are printed from the OpenAI error body and exit 1.
+(:mod:`gateway.auth.admin_token`). Errors are printed from the OpenAI error body and exit 1.
 Registered on the CLI by :func:`gateway.cli.build_cli`.
 """
 
@@ -50,7 +50,7 @@ def _fail(message: str) -> NoReturn:
 def _token(token: str | None, data_dir: Path | None) -> str:
     if token:
         return token
-    from gateway.admin_token import read_token_file, token_path
+    from gateway.auth.admin_token import read_token_file, token_path
     from gateway.settings import GatewaySettings
 
     directory = data_dir or GatewaySettings().data_dir

@@ -20,8 +20,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.app import create_app
 from gateway.engines.managed import ManagedVLLMEngine
+from gateway.inference.streaming import SSEEventSplitter
 from gateway.settings import GatewaySettings
-from gateway.streaming import SSEEventSplitter
 from tests.integration.conftest import TINY_SERVED_NAME
 from tests.support.adapter_resolver import EngineAdapters, LoadedAdapter
 from tests.support.gateway_server import serve_in_loop

@@ -85,7 +85,9 @@ async def test_engine_restart_gets_adapters_back(
             await gw.complete("rs-used")
         assert caught.value.status_code == 503
         await vllm_engine.wait_ready(300)
-        assert vllm_engine.restarts == restarts + 1
+        # At least one restart: on a loaded machine a start attempt can fail and the supervisor
+        # tries again; what matters is that the engine came back and got its adapters.
+        assert vllm_engine.restarts >= restarts + 1
         # The ready listener re-applies the registry's desired state; nobody calls the API.
         await _wait_for_adapters(vllm_engine, wanted, 60)
         detail = (await gw.admin.get("/admin/adapters/rs-used")).json()
