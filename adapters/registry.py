@@ -333,6 +333,21 @@ class Registry:
 
         self._run("set_state", work)
 
+    def set_store_path(self, name: str, version: int, store_path: str) -> None:
+        """Record the stored copy of a version registered before the store existed."""
+
+        def work(session: Session) -> None:
+            row = session.scalar(
+                select(AdapterVersionRow).where(
+                    AdapterVersionRow.name == name, AdapterVersionRow.version == version
+                )
+            )
+            if row is not None:
+                row.store_path = store_path
+                row.updated_at = utcnow()
+
+        self._run("set_store_path", work)
+
     def delete(self, name: str) -> bool:
         def work(session: Session) -> bool:
             row = session.get(AdapterRow, name)

@@ -43,7 +43,7 @@ from pathlib import Path
 from adapters.contract import ADAPTER_CONFIG, ADAPTER_FILES, ADAPTER_WEIGHTS, MANIFEST
 from adapters.errors import AdapterError, AdapterErrorKind
 from adapters.layout import MAX_JSON_FILE_BYTES, AdapterLayout
-from adapters.registry import AdapterVersion
+from adapters.registry import AdapterVersion, Registry
 from adapters.validation import AdapterValidator
 
 logger = logging.getLogger(__name__)
@@ -91,6 +91,33 @@ class AdapterStore:
             raise _changed(name, source.path, "its weights or config differ from the ones checked")
         logger.info("adapter %s stored from %s as %s", name, source.path, final.name)
         return replace(copy, source_path=source.path)
+
+    def adopt(self, registry: Registry) -> list[str]:
+        """Give each version recorded before the store existed its stored copy, when its source
+        still holds the registered content; the ``NAME vN`` adopted. One whose source changed
+        or vanished is logged and keeps its source (register its files again to fix it)."""
+        adopted = []
+        for record in registry.list():
+            for version in record.versions:
+                if version.store_path is not None:
+                    continue
+                try:
+                    layout = self.admit(version.name, version.source_path)
+                    if not version.same_content(layout.sha256, layout.config_sha256):
+                        raise _version_changed(version, "the source holds other files now")
+                except AdapterError as exc:
+                    logger.error(
+                        "adapter %s v%d has no stored copy and its source cannot give one: %s",
+                        version.name,
+                        version.version,
+                        exc.message,
+                    )
+                    continue
+                registry.set_store_path(version.name, version.version, str(layout.path))
+                adopted.append(f"{version.name} v{version.version}")
+        if adopted:
+            logger.info("adapter store: adopted %s", ", ".join(adopted))
+        return adopted
 
     def verify(self, version: AdapterVersion) -> None:
         """The files ``version`` loads from still hold the content recorded at registration

@@ -76,10 +76,13 @@ def build_lifecycle(
         ),
         base_dir=base_model_dir(settings),
     )
+    registry = Registry(settings.resolved_database_url)
+    store = AdapterStore(settings.adapter_store_dir, validator)
+    store.adopt(registry)  # versions registered before the store existed
     return AdapterLifecycle(
-        Registry(settings.resolved_database_url),
+        registry,
         engines,
-        AdapterStore(settings.adapter_store_dir, validator),
+        store,
         capacity=capacity,
         observer=observer,
         drain_timeout_s=settings.drain_timeout_s,

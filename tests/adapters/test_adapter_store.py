@@ -120,3 +120,25 @@ def test_a_registry_from_before_the_store_gains_the_column(tmp_path: Path) -> No
     version = registry.add("old", new, pinned=False).active
     assert (version.store_path, version.load_path) == (None, "/src")
     registry.close()
+
+
+def test_versions_from_before_the_store_are_adopted_when_their_source_is_intact(
+    store: AdapterStore, roots: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    registry = Registry(f"sqlite:///{tmp_path / 'legacy.db'}")
+    intact = write_adapter(roots / "intact", base_model=BASE, seed=1)
+    changed = write_adapter(roots / "changed", base_model=BASE, seed=2)
+    for name, path in (("intact", intact), ("changed", changed)):
+        layout = store.validator.validate(name, path)  # recorded the old way: no stored copy
+        registry.add(name, NewVersion.from_layout(layout, BASE), pinned=False)
+    write_adapter(changed, base_model=BASE, seed=3)
+
+    assert store.adopt(registry) == ["intact v1"]
+    adopted = registry.get("intact")
+    assert adopted is not None and adopted.active.store_path is not None
+    assert Path(adopted.active.load_path).parent == store.root
+    left = registry.get("changed")
+    assert left is not None and left.active.store_path is None
+    assert "changed v1 has no stored copy" in caplog.text
+    assert store.adopt(registry) == []  # nothing left to adopt
+    registry.close()
