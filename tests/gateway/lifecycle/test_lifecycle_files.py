@@ -141,3 +141,28 @@ async def test_overwrite_in_place_then_restore_serves_the_old_weights(
     assert (
         sha256_file(Path(engine.upstream.loaded[v1.upstream_name]) / ADAPTER_WEIGHTS) == v1.sha256
     )
+
+
+def stored(copy: Path) -> bool:
+    return copy.is_dir()
+
+
+async def test_delete_keeps_a_copy_another_adapter_still_uses(
+    make: Callable[[int], Awaitable[Setup]],
+) -> None:
+    lifecycle, engine, roots = await make(2)
+    lifecycle.store.collect_grace_s = 0
+    same = write_adapter(roots / "same", base_model=BASE, seed=1)
+    await lifecycle.register("first", same)
+    await lifecycle.register("second", same)
+    await lifecycle.register("third", write_adapter(roots / "third", base_model=BASE, seed=2))
+    shared = Path(lifecycle.view("second").active.version.load_path)
+    third = Path(lifecycle.view("third").active.version.load_path)
+    assert Path(lifecycle.view("first").active.version.load_path) == shared != third
+
+    await lifecycle.delete("first")
+    assert stored(shared)
+    await use(lifecycle, "second")
+    assert_engine_has_validated_files(lifecycle, engine)
+    await lifecycle.delete("third")
+    assert not stored(third) and stored(shared)
