@@ -133,7 +133,8 @@ class AdapterStore:
             raise _version_changed(version, "their content differs from the registered one")
 
     def collect(self, in_use: Iterable[str]) -> list[Path]:
-        """Remove every copy no version uses any more (and leftovers of interrupted copies)."""
+        """Remove every copy no version uses any more (and leftovers of interrupted copies);
+        the ones removed. Never raises for one it cannot remove (logged)."""
         if not self.root.is_dir():
             return []
         keep = {Path(p).resolve() for p in in_use}
@@ -143,10 +144,14 @@ class AdapterStore:
             for entry in self.root.iterdir():
                 if entry.is_symlink() or not entry.is_dir() or entry.resolve() in keep:
                     continue
-                info = entry.stat()
-                if max(info.st_mtime, info.st_ctime) > cutoff:
+                try:
+                    info = entry.stat()
+                    if max(info.st_mtime, info.st_ctime) > cutoff:
+                        continue
+                    _remove(entry)
+                except OSError as exc:  # collection is housekeeping: never fail the caller
+                    logger.warning("adapter store: cannot remove %s: %s", entry, exc)
                     continue
-                _remove(entry)
                 removed.append(entry)
         if removed:
             logger.info("adapter store: removed %d unused copies", len(removed))
