@@ -58,7 +58,7 @@ TARGET_PRESETS: dict[str, str | tuple[str, ...]] = {
     "all-linear": "all-linear",
 }
 
-_MODULE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
+_MODULE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
 MAX_TARGET_MODULES = 32
 
 
@@ -186,7 +186,7 @@ def _parse_targets(value: str | Sequence[str]) -> str | tuple[str, ...]:
     if len(names) > MAX_TARGET_MODULES:
         raise ConfigError(f"target_modules lists {len(names)} names, at most {MAX_TARGET_MODULES}")
     for name in names:
-        if not isinstance(name, str) or not _MODULE_NAME.match(name):
+        if not isinstance(name, str) or not _MODULE_NAME.fullmatch(name):
             raise ConfigError(
                 f"target_modules entry {name!r} is neither a preset {sorted(TARGET_PRESETS)} "
                 "nor a module name"

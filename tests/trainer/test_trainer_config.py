@@ -76,6 +76,7 @@ def test_resolved_is_json_ready() -> None:
         ({"target_modules": ""}, "target_modules"),
         ({"target_modules": "q_proj,v-proj!"}, "target_modules"),
         ({"target_modules": [f"m{i}" for i in range(40)]}, "target_modules"),
+        ({"target_modules": ["q_proj\n"]}, "target_modules"),
         ({"name": "bad name/../x"}, "name"),
         ({"name": "ends-in-newline\n"}, "name"),
     ],
