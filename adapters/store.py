@@ -4,9 +4,11 @@ Why: an adapter is validated once, at registration, but an engine reads its file
 load (first use, after an eviction, after an engine restart). Loading from the directory the
 operator named would let anyone who can write there (or swap it, or a parent, for a symlink)
 change what is served under a validated name; ``lora-trainer train --overwrite`` would do it
-by accident. So registration copies the files here and the engine only ever loads the copy::
+by accident. So registration copies the files here and the engine only ever loads the copy
+(the gateway puts the store in ``<data_dir>/adapters/.store``, on the volume its engines
+share)::
 
-    <data_dir>/store/
+    <store root>/
       <digest>/                  read-only; digest = sha256 over the copied files' names+hashes
         adapter_config.json
         adapter_model.safetensors
