@@ -23,7 +23,8 @@ then validates THE COPY and checks it hashes like the source did. The layout it 
 at the copy, with ``source_path`` naming where it came from.
 
 Called by the gateway's adapter lifecycle: ``admit`` at registration, ``verify`` before a
-restore, ``collect`` at start and after a delete (a copy still used by another version is
+restore, ``adopt`` at start (versions recorded before the store existed), ``collect`` at start
+and after a delete (a copy still used by another version is
 kept; so is one younger than ``collect_grace_s``: it may be admitted but not recorded yet).
 Raises :class:`adapters.errors.AdapterError`; imports nothing from the gateway.
 """
