@@ -41,7 +41,9 @@ def gateway_url(
 ) -> Iterator[str]:
     settings = engine_settings.model_copy(update={"data_dir": tmp_path_factory.mktemp("gw")})
     adapters = [LoadedAdapter(ADAPTER, UPSTREAM, tiny_adapters["a1"])]
-    with serve_gateway_in_thread(settings, vllm_engine.url, BASE, adapters) as url:
+    with serve_gateway_in_thread(
+        settings, vllm_engine.url, BASE, adapters, engine_api_key=vllm_engine.api_key
+    ) as url:
         yield url
 
 
