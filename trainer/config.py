@@ -94,9 +94,9 @@ class TrainConfig:
     extra: dict[str, Any] = field(default_factory=dict)  # free-form notes saved in the manifest
 
     def __post_init__(self) -> None:
-        self.base_model = Path(self.base_model)
-        self.data = Path(self.data)
-        self.output = Path(self.output)
+        self.base_model = _expand(self.base_model)
+        self.data = _expand(self.data)
+        self.output = _expand(self.output)  # trainer.output checks it before training
         self.method = _enum(Method, self.method, "method")
         self.scheduler = _enum(Scheduler, self.scheduler, "scheduler")
         if self.optimizer is None:
@@ -197,6 +197,14 @@ def _parse_targets(value: str | Sequence[str]) -> str | tuple[str, ...]:
                 "nor a module name"
             )
     return names
+
+
+def _expand(path: Path | str) -> Path:
+    """``~`` means the home directory in every path option (a literal ``~`` dir helps nobody)."""
+    try:
+        return Path(path).expanduser()
+    except RuntimeError:  # ~user naming no user: left as is, refused where it is used
+        return Path(path)
 
 
 def _enum(kind: type[E], value: object, name: str) -> E:
