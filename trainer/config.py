@@ -20,6 +20,8 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, TypeVar
 
+from adapters.sampling import SamplingDefaultsError, validate_sampling_defaults
+
 E = TypeVar("E", bound=StrEnum)
 
 
@@ -91,6 +93,8 @@ class TrainConfig:
     beta: float = 0.1  # DPO temperature; unused by the SFT methods
     logging_steps: int = 5
     name: str | None = None  # the adapter's name when registered; default: output dir name
+    # what the gateway uses when a request omits them (adapters.sampling); None or {}: none
+    sampling_defaults: dict[str, Any] | None = None
     extra: dict[str, Any] = field(default_factory=dict)  # free-form notes saved in the manifest
 
     def __post_init__(self) -> None:
@@ -132,6 +136,11 @@ class TrainConfig:
                 f"name must be 1-64 letters, digits, '.', '_' or '-' starting with a letter or "
                 f"digit, got {self.name!r}"
             )
+        if self.sampling_defaults is not None:
+            try:
+                self.sampling_defaults = validate_sampling_defaults(self.sampling_defaults) or None
+            except SamplingDefaultsError as exc:
+                raise ConfigError(str(exc)) from None
         if self.output.exists() and not self.output.is_dir():
             raise ConfigError(f"output {str(self.output)!r} exists and is not a directory")
 
