@@ -107,6 +107,8 @@ async def test_combined_adapter_serves_what_peft_computes(
             )
             mixed_text = mixed.choices[0].message.content or ""
             assert mixed.model == "combined-cat"
-            assert mixed_text == hf_answer, prompt
+            # vLLM holds back an incomplete UTF-8 sequence at the end of its output; HF decodes
+            # it as U+FFFD. Everything else must be the same text.
+            assert mixed_text == hf_answer.rstrip("\ufffd"), prompt
             differs |= mixed_text != (plain.choices[0].message.content or "")
         assert differs, "the combined adapter changed no answer of the base model"
