@@ -3,11 +3,12 @@
 Called by ``lora-gateway serve`` (:mod:`gateway.commands.serve`) and by tests; there is no
 module-level app. What it wires together:
 
-* metrics: one :class:`~gateway.metrics.GatewayMetrics` per app, fed by the request middleware
-  through :class:`~gateway.request_metrics.RequestMetricsObserver`, by the adapter lifecycle
-  (``metrics.adapter_events``) and, at scrape time, by the engines' per-adapter activity
-  (:class:`~gateway.engine_metrics.EngineAdapterActivity`); served at ``GET /metrics``;
-* the admin API (``/admin``, its own bearer token from :func:`gateway.admin_token.
+* metrics: one :class:`~gateway.observability.metrics.GatewayMetrics` per app, fed by the request
+  middleware through :class:`~gateway.observability.request_metrics.RequestMetricsObserver`, by the
+  adapter lifecycle (``metrics.adapter_events``) and, at scrape time, by the engines' per-adapter
+  activity (:class:`~gateway.observability.engine_activity.EngineAdapterActivity`); served at ``GET
+  /metrics``;
+* the admin API (``/admin``, its own bearer token from :func:`gateway.auth.admin_token.
   load_admin_token`, generated into the data dir on first start), never behind the ``/v1``
   API keys;
 * the lifespan, which builds one :class:`~gateway.api.deps.Services`:
@@ -17,10 +18,11 @@ module-level app. What it wires together:
     :func:`gateway.engines.factory.build_engines` and then owned: started on startup,
     stopped on shutdown, after the adapter lifecycle closed;
   - the adapter resolver, made in ONE place (:func:`open_adapter_resolver`: the
-    :class:`~gateway.lifecycle.AdapterLifecycle` over the registry, which also scans
+    :class:`~gateway.lifecycle.service.AdapterLifecycle` over the registry, which also scans
     ``--adapters-dir``) unless passed in; a lifecycle, built here or passed in, also serves
     the admin API (``app.state.lifecycle``);
-  - the :class:`~gateway.routing.Router` and :class:`~gateway.proxy.OpenAIProxy` over them.
+  - the :class:`~gateway.inference.routing.Router` and :class:`~gateway.inference.proxy.OpenAIProxy`
+    over them.
 
 Around every request sits :class:`~gateway.api.middleware.RequestContextMiddleware` (request id,
 body limit, last-resort 500, access log, observer); every error renders in the OpenAI shape
@@ -39,24 +41,24 @@ from contextlib import asynccontextmanager
 
 from fastapi import Depends, FastAPI
 
-from gateway.admin_token import load_admin_token
-from gateway.api.admin_routes import build_admin_router
+from gateway.api.admin.adapters import build_admin_router
 from gateway.api.deps import Services
 from gateway.api.error_handlers import install_error_handlers
 from gateway.api.health import build_health_router
-from gateway.api.metrics_route import build_metrics_router
+from gateway.api.metrics import build_metrics_router
 from gateway.api.middleware import RequestContextMiddleware
-from gateway.api.openai_routes import build_openai_router
-from gateway.auth import ApiKeyAuth
-from gateway.engine_metrics import EngineAdapterActivity, versioned_public_name
+from gateway.api.openai.routes import build_openai_router
+from gateway.auth.admin_token import load_admin_token
+from gateway.auth.client_keys import ApiKeyAuth
 from gateway.engines.base import Engine
-from gateway.lifecycle import AdapterLifecycle
-from gateway.lifecycle_types import LifecycleObserver
-from gateway.metrics import GatewayMetrics
-from gateway.proxy import OpenAIProxy
-from gateway.request_log import AccessLog
-from gateway.request_metrics import RequestMetricsObserver
-from gateway.routing import AdapterResolver, Router
+from gateway.inference.proxy import OpenAIProxy
+from gateway.inference.routing import AdapterResolver, Router
+from gateway.lifecycle.service import AdapterLifecycle
+from gateway.lifecycle.types import LifecycleObserver
+from gateway.observability.access_log import AccessLog
+from gateway.observability.engine_activity import EngineAdapterActivity, versioned_public_name
+from gateway.observability.metrics import GatewayMetrics
+from gateway.observability.request_metrics import RequestMetricsObserver
 from gateway.settings import GatewaySettings
 
 logger = logging.getLogger(__name__)
@@ -71,11 +73,11 @@ async def open_adapter_resolver(
 ) -> AsyncIterator[AdapterResolver]:
     """The app's adapter resolver, for as long as the app runs: THE one place it is built.
 
-    The :class:`~gateway.lifecycle.AdapterLifecycle` over the registry in the data dir (or
+    The :class:`~gateway.lifecycle.service.AdapterLifecycle` over the registry in the data dir (or
     ``settings.database_url``); it re-applies the registry's desired state on every ready
     engine and registers what ``settings.adapters_dir`` holds.
     """
-    from gateway.adapter_startup import open_lifecycle
+    from gateway.lifecycle.startup import open_lifecycle
 
     async with open_lifecycle(settings, engines, observer=observer) as lifecycle:
         yield lifecycle

@@ -72,7 +72,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--litellm-venv", type=Path, default=REPO / ".bench" / "litellm-venv")
     p.add_argument("--suites", default="fake,vllm", help="fake, vllm, or both")
     p.add_argument("--targets", default="direct,gateway,litellm")
-    p.add_argument("--base-model", default="tiny", help="a gateway.basemodels name or a dir")
+    p.add_argument(
+        "--base-model", default="tiny", help="a gateway.engines.basemodels name or a dir"
+    )
     p.add_argument("--rates", type=_floats, default=(50.0, 100.0, 200.0))
     p.add_argument("--modes", default="full,stream")
     p.add_argument("--duration", type=float, default=10.0, help="seconds per fixed-rate point")
@@ -140,7 +142,7 @@ def prepare_base(args: argparse.Namespace) -> Path:
         return candidate.resolve()
     out = (args.work_dir / "models" / args.base_model).resolve()
     result = subprocess.run(
-        [sys.executable, "-m", "gateway.basemodels", args.base_model, "--out", str(out)],
+        [sys.executable, "-m", "gateway.engines.basemodels", args.base_model, "--out", str(out)],
         capture_output=True,
         text=True,
         check=False,

@@ -1,7 +1,7 @@
 """Session-wide test set-up shared by every test package.
 
 * The whole suite runs offline: no model hub, no usage reports.
-* ``tiny_model_dir``: the deterministic tiny Llama of :mod:`gateway.basemodels`, built once
+* ``tiny_model_dir``: the deterministic tiny Llama of :mod:`gateway.engines.basemodels`, built once
   into pytest's cache (``.pytest_cache/d/lora-gateway-models/tiny``) by a subprocess, exactly as
   the gateway prepares it, and reused across sessions while its recipe version is unchanged.
   Trainer tests, registry tests and the integration engine all use it.
@@ -36,7 +36,7 @@ def models_cache_dir(
 @pytest.fixture(scope="session")
 def tiny_model_dir(models_cache_dir: Path) -> Path:
     """The tiny Llama model directory (config, float32 safetensors, ChatML tokenizer)."""
-    from gateway.basemodels import TINY, resolve_base_model
+    from gateway.engines.basemodels import TINY, resolve_base_model
 
     path, _ = resolve_base_model(TINY, models_cache_dir)
     return path
@@ -45,7 +45,7 @@ def tiny_model_dir(models_cache_dir: Path) -> Path:
 @pytest.fixture(scope="session")
 def smollm2_model_dir(models_cache_dir: Path) -> Path:
     """SmolLM2-135M-Instruct as a float32 safetensors model directory."""
-    from gateway.basemodels import SMOLLM2, resolve_base_model
+    from gateway.engines.basemodels import SMOLLM2, resolve_base_model
 
     path, _ = resolve_base_model(SMOLLM2, models_cache_dir)
     return path

@@ -10,8 +10,9 @@ Called by ``lora-trainer combine`` (:mod:`trainer.cli`) and tests. Two steps:
    rule, :class:`adapters.validation.BaseModelIdentity`) and adapting the same modules. One
    finite weight per parent. The result's rank is predicted (``linear``, ``ties``,
    ``dare_linear``: the parents' common rank, which PEFT requires; ``cat``: the sum of the
-   ranks; ``svd``: ``svd_rank`` or the largest rank) and refused unless vLLM serves it (one of
-   :data:`VLLM_LORA_RANKS`, at most ``max_rank``), before a minute is spent loading models.
+   ranks; ``svd``: ``svd_rank`` or the largest rank) and refused unless vLLM serves it (one
+   of :data:`adapters.contract.VLLM_LORA_RANKS`, at most ``max_rank``), before a minute is
+   spent loading models.
 2. :func:`combine`: the base (float32, CPU) with every parent loaded as a PEFT adapter,
    ``add_weighted_adapter`` into the adapter ``default``, saved as safetensors. The result is
    checked before it is published: its rank and adapted modules are the predicted ones and the
@@ -37,16 +38,11 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+from adapters.contract import NAME_RULE, VLLM_LORA_RANKS, is_valid_name
+from adapters.errors import AdapterError
 from adapters.layout import AdapterLayout, LayoutError, read_adapter, read_base_model, with_sha256
 from adapters.sampling import SamplingDefaultsError, validate_sampling_defaults
-from adapters.validation import (
-    NAME_PATTERN,
-    VLLM_LORA_RANKS,
-    AdapterValidator,
-    BaseModelIdentity,
-    ValidationLimits,
-)
-from gateway.errors import GatewayError
+from adapters.validation import AdapterValidator, BaseModelIdentity, ValidationLimits
 from trainer.config import ConfigError
 from trainer.manifest import (
     MANIFEST_VERSION,
@@ -140,11 +136,8 @@ def plan_combine(
     weights = _checked_weights(weights, len(adapters))
     out = checked_output(output, overwrite=overwrite)
     name = name or out.name
-    if not NAME_PATTERN.fullmatch(name):
-        raise CombineError(
-            f"name must be 1-64 letters, digits, '.', '_' or '-' starting with a letter or "
-            f"digit, got {name[:80]!r}"
-        )
+    if not is_valid_name(name):
+        raise CombineError(f"name must be {NAME_RULE}, got {name[:80]!r}")
     if max_rank not in VLLM_LORA_RANKS:
         raise CombineError(f"max rank must be one of {VLLM_LORA_RANKS}, got {max_rank}")
 
@@ -364,8 +357,10 @@ def _check_result(plan: CombinePlan, directory: Path) -> None:
     )
     try:
         validator.validate(plan.name, directory)
-    except GatewayError as exc:
-        raise CombineError(f"the gateway would refuse the combined adapter: {exc}") from None
+    except AdapterError as exc:
+        raise CombineError(
+            f"the gateway would refuse the combined adapter: {exc.message}"
+        ) from None
 
 
 def _manifest(plan: CombinePlan, wall_time_s: float) -> dict[str, Any]:

@@ -1,11 +1,11 @@
 """manifest.json: what an adapter directory says about how it was made.
 
-Written by :func:`trainer.train.train` next to the PEFT files (``adapter_config.json``,
-``adapter_model.safetensors``), read back by :mod:`trainer.evaluate` (to rebuild the same
-held-out split) and by people. It records the resolved config, the data (sha256, format, row
-counts), the base model's identity (path, a sha256 of its config.json, the recipe marker that
-``gateway.basemodels`` leaves), eval loss before and after, library versions, wall time and
-tokens/s. No torch import here.
+Written by :func:`trainer.train.train` next to the PEFT files (file names and the keys the
+gateway reads are the contract, :mod:`adapters.contract`), read back by
+:mod:`trainer.evaluate` (to rebuild the same held-out split) and by people. It records the
+resolved config, the data (sha256, format, row counts), the base model's identity (path, a
+sha256 of its config.json, the recipe marker that ``gateway.engines.basemodels`` leaves), eval loss
+before and after, library versions, wall time and tokens/s. No torch import here.
 
 Optional top-level key ``sampling_defaults`` (:data:`adapters.sampling.SAMPLING_DEFAULTS_KEY`):
 an object of default sampling parameters for requests to this adapter that omit them, written
@@ -29,11 +29,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from adapters.contract import (
+    MANIFEST,
+    MANIFEST_ADAPTER_NAME,
+    MANIFEST_BASE_CONFIG_SHA256,
+    MANIFEST_BASE_MODEL,
+    MANIFEST_BASE_NAME,
+)
 from adapters.sampling import SAMPLING_DEFAULTS_KEY, validate_sampling_defaults
 
-MANIFEST_FILE = "manifest.json"
 MANIFEST_VERSION = 1
-# The recipe marker gateway.basemodels writes into a prepared model directory.
+# The recipe marker gateway.engines.basemodels writes into a prepared model directory.
 BASE_MODEL_MARKER = ".lora-gateway-model.json"
 LIBRARIES = ("torch", "transformers", "peft", "trl", "bitsandbytes", "accelerate", "datasets")
 
@@ -65,9 +71,9 @@ def base_model_identity(path: Path) -> dict[str, Any]:
     config_bytes = (path / "config.json").read_bytes()
     config = json.loads(config_bytes)
     identity: dict[str, Any] = {
-        "name": path.name,
+        MANIFEST_BASE_NAME: path.name,
         "path": str(path),
-        "config_sha256": hashlib.sha256(config_bytes).hexdigest(),
+        MANIFEST_BASE_CONFIG_SHA256: hashlib.sha256(config_bytes).hexdigest(),
         "architectures": config.get("architectures"),
         "model_type": config.get("model_type"),
     }
@@ -97,12 +103,12 @@ def build_manifest(
     dpo = config["method"] == "dpo"
     manifest = {
         "manifest_version": MANIFEST_VERSION,
-        "adapter_name": config["adapter_name"],
+        MANIFEST_ADAPTER_NAME: config[MANIFEST_ADAPTER_NAME],
         "method": config["method"],
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "config": config,
         "data": data,
-        "base_model": base_model_identity(base_model),
+        MANIFEST_BASE_MODEL: base_model_identity(base_model),
         "eval": {
             # SFT: mean NLL of held-out completion tokens; DPO: the DPO loss (ln 2 at start).
             "metric": "dpo_loss" if dpo else "completion_nll",
@@ -139,14 +145,14 @@ def with_sampling_defaults(
 
 
 def write_manifest(directory: Path, manifest: dict[str, Any]) -> Path:
-    path = Path(directory) / MANIFEST_FILE
+    path = Path(directory) / MANIFEST
     path.write_text(json.dumps(manifest, indent=2, sort_keys=False) + "\n")
     return path
 
 
 def read_manifest(directory: Path) -> dict[str, Any] | None:
     """The manifest of an adapter directory, or None when it has none (a foreign adapter)."""
-    path = Path(directory) / MANIFEST_FILE
+    path = Path(directory) / MANIFEST
     if not path.is_file():
         return None
     manifest = json.loads(path.read_text())

@@ -17,6 +17,7 @@ import shutil
 from pathlib import Path
 from typing import Literal
 
+from adapters.contract import ADAPTER_CONFIG
 from trainer.manifest import base_model_identity, read_manifest
 from trainer.models import ModelLoadError, adapter_base_path, check_model_dir
 from trainer.output import checked_output, publish
@@ -52,8 +53,8 @@ def merge(
     from transformers import AutoModelForCausalLM
 
     adapter = Path(adapter).expanduser()
-    if not (adapter / "adapter_config.json").is_file():
-        raise ModelLoadError(f"{adapter} is not a PEFT adapter directory (no adapter_config.json)")
+    if not (adapter / ADAPTER_CONFIG).is_file():
+        raise ModelLoadError(f"{adapter} is not a PEFT adapter directory (no {ADAPTER_CONFIG})")
     output = checked_output(output, overwrite=overwrite)
     base = check_model_dir(base_model or adapter_base_path(adapter))
     torch_dtype = getattr(torch, dtype)

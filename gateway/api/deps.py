@@ -13,10 +13,10 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from gateway.engines.base import Engine
-from gateway.metrics import GatewayMetrics
-from gateway.proxy import OpenAIProxy
-from gateway.request_log import RequestInfo, RequestObserver, request_info_of
-from gateway.routing import AdapterResolver, Router
+from gateway.inference.proxy import OpenAIProxy
+from gateway.inference.record import RequestInfo, RequestObserver, request_info_of
+from gateway.inference.routing import AdapterResolver, Router
+from gateway.observability.metrics import GatewayMetrics
 from gateway.settings import GatewaySettings
 
 

@@ -8,7 +8,7 @@ pays for one closure, not a task). For each HTTP request it
 * enforces ``max_body_bytes``: a declared Content-Length over the limit is refused before the
   body is read, and a chunked body is counted while it is read (413 either way);
 * turns an unexpected exception into a 500 in the OpenAI shape, logged with its traceback;
-* creates the :class:`~gateway.request_log.RequestInfo` that routes fill in, and when the
+* creates the :class:`~gateway.inference.record.RequestInfo` that routes fill in, and when the
   response is complete writes the access-log line and calls the request observer.
 """
 
@@ -21,9 +21,16 @@ import uuid
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from adapters.errors import AdapterError
 from gateway.api.error_handlers import error_response, internal_error_response, record_error
-from gateway.errors import GatewayError, InvalidRequestError, PayloadTooLargeError
-from gateway.request_log import SCOPE_STATE_KEY, AccessLog, RequestInfo, RequestObserver
+from gateway.errors import (
+    GatewayError,
+    InvalidRequestError,
+    PayloadTooLargeError,
+    from_adapter_error,
+)
+from gateway.inference.record import SCOPE_STATE_KEY, RequestInfo, RequestObserver
+from gateway.observability.access_log import AccessLog
 
 logger = logging.getLogger(__name__)
 
@@ -104,6 +111,8 @@ class RequestContextMiddleware:
             if response_started:
                 logger.exception("request %s failed after its response started", info.request_id)
                 raise
+            if isinstance(exc, AdapterError):
+                exc = from_adapter_error(exc)
             if isinstance(exc, GatewayError):
                 record_error(scope, exc)
                 await error_response(exc)(scope, receive, send_with_id)

@@ -1,4 +1,4 @@
-"""``lora-gateway models``: prepare the offline base models (see :mod:`gateway.basemodels`).
+"""``lora-gateway models``: prepare the offline base models (see :mod:`gateway.engines.basemodels`).
 
 ``lora-gateway models prepare NAME [--out DIR]`` builds ``tiny`` or converts
 ``smollm2-135m-instruct`` once into DIR (default: the data dir's ``models/NAME``, where ``serve``
@@ -13,7 +13,7 @@ from typing import Annotated
 
 import typer
 
-from gateway.basemodels import PREPARERS, BaseModelError, is_complete
+from gateway.engines.basemodels import PREPARERS, BaseModelError, is_complete
 from gateway.settings import GatewaySettings
 
 app = typer.Typer(no_args_is_help=True, add_completion=False)

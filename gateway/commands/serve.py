@@ -7,10 +7,10 @@ tree. On SIGINT/SIGTERM uvicorn stops accepting connections, lets in-flight requ
 included) finish within ``settings.drain_timeout_s`` and cancels what is left, and only then
 runs the lifespan's exit: drain first, engine last.
 
-Logging: :func:`gateway.request_log.configure_logging` (JSON lines on stderr by default, one per
-request from the access log); uvicorn's own logging config and access log are off, so each
-request is logged once. While it runs, this command prints the engine log path, the gateway URL,
-where the admin token is (never the token) and, once the engine is READY, a copy-paste OpenAI
+Logging: :func:`gateway.observability.access_log.configure_logging` (JSON lines on stderr by
+default, one per request from the access log); uvicorn's own logging config and access log are off,
+so each request is logged once. While it runs, this command prints the engine log path, the gateway
+URL, where the admin token is (never the token) and, once the engine is READY, a copy-paste OpenAI
 SDK example. Registered on the CLI by :func:`register` (see :mod:`gateway.cli`).
 """
 
@@ -23,16 +23,17 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from pydantic import ValidationError
 
+from adapters.errors import AdapterError
 from gateway.engines.factory import build_engines
 from gateway.errors import GatewayError
-from gateway.request_log import configure_logging
+from gateway.observability.access_log import configure_logging
 from gateway.settings import GatewaySettings
 
 if TYPE_CHECKING:
     import uvicorn
     from fastapi import FastAPI
 
-    from gateway.admin_token import AdminToken
+    from gateway.auth.admin_token import AdminToken
     from gateway.engines.base import Engine
 
 NO_KEY = "not-needed"
@@ -91,7 +92,7 @@ def serve(
         # Fail fast on a bad base model or engine URL, before the server starts.
         build_engines(settings)
         asyncio.run(run_gateway(settings, key_from_flag=bool(api_key)))
-    except GatewayError as exc:
+    except (GatewayError, AdapterError) as exc:
         typer.echo(f"error: {exc.message}", err=True)
         raise typer.Exit(2) from exc
 

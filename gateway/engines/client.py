@@ -3,8 +3,8 @@
 Every byte the gateway sends to a vLLM server goes through an :class:`EngineClient`. Two pools:
 
 * the data plane, :meth:`EngineClient.openai_session` (aiohttp): the OpenAI proxy
-  (``gateway.proxy``) forwards client requests and streams answers through it. aiohttp, not
-  httpx, because this is the hot path: measured here, one pooled POST costs about 130 us of CPU
+  (``gateway.inference.proxy``) forwards client requests and streams answers through it. aiohttp,
+  not httpx, because this is the hot path: measured here, one pooled POST costs about 130 us of CPU
   with aiohttp and about 750 us with httpx (the gateway's whole budget is 1.5 ms);
 * the control plane, :attr:`EngineClient.http` (httpx): the adapter lifecycle uses
   :meth:`load_lora` / :meth:`unload_lora`, engine supervision :meth:`health` and

@@ -26,8 +26,8 @@ import sys
 import time
 from collections.abc import Mapping
 
-from gateway.basemodels import BaseModelSpec, locate_base_model, prepare_command
 from gateway.engines.base import Engine, EngineState, EngineStatus
+from gateway.engines.basemodels import BaseModelSpec, locate_base_model, prepare_command
 from gateway.engines.client import ClientLimits
 from gateway.engines.cpu_lora_fix import PLUGIN_NAME
 from gateway.engines.process_group import (

@@ -21,11 +21,11 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from gateway.engine_metrics import EngineAdapterActivity
 from gateway.engines.client import EngineClient
-from gateway.metrics import GatewayMetrics
-from gateway.request_log import RequestInfo
-from gateway.request_metrics import RequestMetricsObserver
+from gateway.inference.record import RequestInfo
+from gateway.observability.engine_activity import EngineAdapterActivity
+from gateway.observability.metrics import GatewayMetrics
+from gateway.observability.request_metrics import RequestMetricsObserver
 from tests.deploy.paths import DEPLOY, ROOT
 from tests.support.gateway_server import StaticEngine
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from gateway.request_log import ACCESS_LOGGER
+from gateway.observability.access_log import ACCESS_LOGGER
 
 BASE = "base-model"
 ADAPTER = "style"

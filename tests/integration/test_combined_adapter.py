@@ -21,8 +21,8 @@ from typer.testing import CliRunner
 
 from gateway.engines.managed import ManagedVLLMEngine
 from gateway.settings import GatewaySettings
+from loadtest.adapters_gen import write_random_lora
 from tests.integration.registry_gateway import ADMIN_TOKEN, registry_gateway
-from tests.support.adapters import write_lora_adapter
 from trainer.cli import app
 
 pytestmark = pytest.mark.integration
@@ -76,7 +76,7 @@ async def test_combined_adapter_serves_what_peft_computes(
     monkeypatch.setenv("LORA_GATEWAY_ADMIN_TOKEN", ADMIN_TOKEN)
     root = tmp_path / "adapters"
     parents = [
-        write_lora_adapter(root / f"combine-parent-{seed}", tiny_model_dir, seed=seed)
+        write_random_lora(root / f"combine-parent-{seed}", tiny_model_dir, seed=seed)
         for seed in (11, 12)
     ]
     combined = root / "combined-cat"

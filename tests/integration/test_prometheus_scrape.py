@@ -39,11 +39,11 @@ from pydantic import SecretStr
 from starlette.types import ASGIApp
 
 import gateway.app as gateway_app
-from gateway.api.metrics_route import build_metrics_router
+from gateway.api.metrics import build_metrics_router
 from gateway.engines.managed import ManagedVLLMEngine
-from gateway.metrics import GatewayMetrics
-from gateway.request_log import RequestInfo
-from gateway.request_metrics import RequestMetricsObserver
+from gateway.inference.record import RequestInfo
+from gateway.observability.metrics import GatewayMetrics
+from gateway.observability.request_metrics import RequestMetricsObserver
 from gateway.settings import GatewaySettings
 from tests.support.adapter_resolver import EngineAdapters, LoadedAdapter
 from tests.support.gateway_server import StaticEngine, serve_in_loop, serve_in_thread

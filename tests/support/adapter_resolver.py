@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gateway.engines.base import Engine
-from gateway.routing import PublicModel, Route, unknown_model
+from gateway.inference.routing import PublicModel, Route, unknown_model
 
 
 @dataclass(frozen=True)

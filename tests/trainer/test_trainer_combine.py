@@ -1,6 +1,6 @@
 """``lora-trainer combine``: PEFT's add_weighted_adapter on real adapters of the tiny base.
 
-The parents are real PEFT adapters written from code (``tests.support.adapters``: seeded A and
+The parents are real PEFT adapters written from code (``loadtest.adapters_gen``: seeded A and
 B, rank 8, alpha 16, so each parent's scale is 2). ``cat`` and full-rank ``svd`` must give
 exactly the weighted sum of the parents' deltas, checked tensor by tensor with numpy; the other
 methods keep the rank; every refusal happens before a model is loaded.
@@ -17,7 +17,7 @@ import pytest
 from safetensors.numpy import load_file
 from typer.testing import CliRunner
 
-from tests.support.adapters import write_lora_adapter
+from loadtest.adapters_gen import write_random_lora
 from trainer.cli import app
 from trainer.combine import CombineError, combine, plan_combine
 
@@ -29,15 +29,13 @@ TARGETS = ("q_proj", "v_proj")
 def parents(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("parents")
     return {
-        "p1": write_lora_adapter(root / "p1", tiny_model_dir, seed=1, target_modules=TARGETS),
-        "p2": write_lora_adapter(root / "p2", tiny_model_dir, seed=2, target_modules=TARGETS),
-        "p3": write_lora_adapter(root / "p3", tiny_model_dir, seed=3, target_modules=TARGETS),
-        "r16": write_lora_adapter(
-            root / "r16", tiny_model_dir, rank=16, alpha=32, seed=4, target_modules=TARGETS
+        "p1": write_random_lora(root / "p1", tiny_model_dir, seed=1, targets=TARGETS),
+        "p2": write_random_lora(root / "p2", tiny_model_dir, seed=2, targets=TARGETS),
+        "p3": write_random_lora(root / "p3", tiny_model_dir, seed=3, targets=TARGETS),
+        "r16": write_random_lora(
+            root / "r16", tiny_model_dir, rank=16, alpha=32, seed=4, targets=TARGETS
         ),
-        "qk": write_lora_adapter(
-            root / "qk", tiny_model_dir, seed=5, target_modules=("q_proj", "k_proj")
-        ),
+        "qk": write_random_lora(root / "qk", tiny_model_dir, seed=5, targets=("q_proj", "k_proj")),
     }
 
 
@@ -174,7 +172,7 @@ def dora_adapter(parents: dict[str, Path], tmp_path: Path) -> Path:
         ("qk", [0.5, 0.5], "cat", {}, "adapt different modules"),
         ("other", [0.5, 0.5], "cat", {}, "was trained on 'another-model with config.json"),
         ("dora", [0.5, 0.5], "cat", {}, "it is a DoRA adapter"),
-        ("p2", [0.5, 0.5], "cat", {"name": "bad name"}, "name must be 1-64 letters"),
+        ("p2", [0.5, 0.5], "cat", {"name": "bad name"}, "name must be 1 to 64 characters"),
         ("p2", [0.5, 0.5], "cat", {"sampling_defaults": {"top_p": 2}}, "sampling_defaults.top_p"),
     ],
 )

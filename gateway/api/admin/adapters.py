@@ -1,0 +1,116 @@
+"""The admin API under ``/admin``: thin routes over
+:class:`gateway.lifecycle.service.AdapterLifecycle`.
+
+Every route needs ``Authorization: Bearer <admin token>`` (401 when missing, 403 when wrong,
+both in the OpenAI error shape). The app keeps the lifecycle on ``app.state.lifecycle`` and the
+token (:class:`gateway.auth.admin_token.AdminToken`) on ``app.state.admin_token``;
+:func:`build_admin_router` is included by :func:`gateway.app.create_app`.
+
+    POST   /admin/adapters                   register {name, path, pinned?, load?, new_version?}
+    GET    /admin/adapters                   list
+    GET    /admin/adapters/{name}            one, with its versions
+    PATCH  /admin/adapters/{name}            {pinned}
+    POST   /admin/adapters/{name}/load       load now (retries a failed load)
+    POST   /admin/adapters/{name}/unload     unload once in-flight requests drain
+    POST   /admin/adapters/{name}/restore    {version}: make an earlier version active
+    DELETE /admin/adapters/{name}            unload every version, then forget it
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Path, Request, Response
+
+from adapters.db import NAME_LENGTH
+from gateway.api.admin.protocol import (
+    AdapterDeletedOut,
+    AdapterListOut,
+    AdapterOut,
+    RegisterAdapterRequest,
+    RestoreAdapterRequest,
+    UpdateAdapterRequest,
+    adapter_out,
+)
+from gateway.auth.admin_token import AdminToken
+from gateway.errors import AuthenticationError, GatewayError, PermissionDeniedError
+from gateway.lifecycle.service import AdapterLifecycle
+
+_BEARER = "bearer "
+
+
+def get_lifecycle(request: Request) -> AdapterLifecycle:
+    lifecycle = getattr(request.app.state, "lifecycle", None)
+    if not isinstance(lifecycle, AdapterLifecycle):
+        raise GatewayError(
+            "the adapter registry is not running on this gateway", code="registry_unavailable"
+        )
+    return lifecycle
+
+
+def require_admin(request: Request) -> None:
+    token = getattr(request.app.state, "admin_token", None)
+    if not isinstance(token, AdminToken):
+        raise GatewayError("the admin token is not configured", code="admin_token_missing")
+    header = request.headers.get("authorization", "")
+    if not header.lower().startswith(_BEARER) or not header[len(_BEARER) :].strip():
+        raise AuthenticationError(
+            "the admin API needs 'Authorization: Bearer <admin token>' (LORA_GATEWAY_ADMIN_TOKEN"
+            ", or the admin_token file in the gateway's data dir)",
+            code="missing_admin_token",
+        )
+    if not token.verify(header[len(_BEARER) :].strip()):
+        raise PermissionDeniedError("the admin token is not valid", code="invalid_admin_token")
+
+
+LifecycleDep = Annotated[AdapterLifecycle, Depends(get_lifecycle)]
+AdapterName = Annotated[str, Path(min_length=1, max_length=NAME_LENGTH)]
+
+
+def build_admin_router() -> APIRouter:
+    router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[Depends(require_admin)])
+
+    @router.post("/adapters", status_code=201)
+    async def register_adapter(
+        body: RegisterAdapterRequest, lifecycle: LifecycleDep, response: Response
+    ) -> AdapterOut:
+        view, created = await lifecycle.register(
+            body.name, body.path, pinned=body.pinned, load=body.load, new_version=body.new_version
+        )
+        response.status_code = 201 if created else 200
+        return adapter_out(view)
+
+    @router.get("/adapters")
+    async def list_adapters(lifecycle: LifecycleDep) -> AdapterListOut:
+        return AdapterListOut(data=[adapter_out(v, with_versions=False) for v in lifecycle.views()])
+
+    @router.get("/adapters/{name}")
+    async def get_adapter(name: AdapterName, lifecycle: LifecycleDep) -> AdapterOut:
+        return adapter_out(lifecycle.view(name))
+
+    @router.patch("/adapters/{name}")
+    async def update_adapter(
+        name: AdapterName, body: UpdateAdapterRequest, lifecycle: LifecycleDep
+    ) -> AdapterOut:
+        return adapter_out(await lifecycle.set_pinned(name, body.pinned))
+
+    @router.post("/adapters/{name}/load")
+    async def load_adapter(name: AdapterName, lifecycle: LifecycleDep) -> AdapterOut:
+        return adapter_out(await lifecycle.load(name))
+
+    @router.post("/adapters/{name}/unload")
+    async def unload_adapter(name: AdapterName, lifecycle: LifecycleDep) -> AdapterOut:
+        return adapter_out(await lifecycle.unload(name))
+
+    @router.post("/adapters/{name}/restore")
+    async def restore_adapter(
+        name: AdapterName, body: RestoreAdapterRequest, lifecycle: LifecycleDep
+    ) -> AdapterOut:
+        return adapter_out(await lifecycle.restore(name, body.version))
+
+    @router.delete("/adapters/{name}")
+    async def delete_adapter(name: AdapterName, lifecycle: LifecycleDep) -> AdapterDeletedOut:
+        await lifecycle.delete(name)
+        return AdapterDeletedOut(name=name)
+
+    return router

@@ -1,0 +1,142 @@
+"""Pydantic schemas of the admin API (``/admin``): request bodies with limits, and responses.
+
+Responses are built from the lifecycle's plain dataclasses (:class:`gateway.lifecycle.service.
+AdapterView`) by :func:`adapter_out`. Used by :mod:`gateway.api.admin.adapters` and, on the
+client side, read as JSON by ``lora-gateway adapters``.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from adapters.db import NAME_LENGTH, PATH_LENGTH
+from adapters.state import AdapterState
+from gateway.lifecycle.types import AdapterView, VersionView
+
+MAX_VERSION = 1_000_000
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class RegisterAdapterRequest(_Strict):
+    name: str = Field(
+        min_length=1,
+        max_length=NAME_LENGTH,
+        description="Public model id clients use; letters, digits, '.', '_', '-'.",
+    )
+    path: str = Field(
+        min_length=1,
+        max_length=PATH_LENGTH,
+        description="Absolute path of the PEFT directory, under an allowed root.",
+    )
+    pinned: bool | None = Field(default=None, description="Keep loaded; never evicted.")
+    load: bool = Field(default=False, description="Load now instead of on first request.")
+    new_version: bool = Field(
+        default=False, description="Same name, different content: register version N+1."
+    )
+
+
+class UpdateAdapterRequest(_Strict):
+    pinned: bool
+
+
+class RestoreAdapterRequest(_Strict):
+    version: int = Field(ge=1, le=MAX_VERSION)
+
+
+class AdapterVersionOut(BaseModel):
+    version: int
+    active: bool
+    state: AdapterState
+    upstream_name: str
+    base_model: str
+    source_path: str
+    rank: int
+    alpha: float
+    target_modules: list[str] | str
+    sha256: str
+    size_bytes: int
+    in_flight: int
+    engines: list[str]
+    last_error: str | None
+    created_at: datetime
+    updated_at: datetime
+
+
+class AdapterOut(BaseModel):
+    object: Literal["adapter"] = "adapter"
+    name: str
+    pinned: bool
+    active_version: int
+    state: AdapterState
+    upstream_name: str
+    in_flight: int
+    engines: list[str]
+    last_error: str | None
+    created_at: datetime
+    updated_at: datetime
+    #: Every version, oldest first (only in the single-adapter responses).
+    versions: list[AdapterVersionOut] | None = None
+
+
+class AdapterListOut(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[AdapterOut]
+
+
+class AdapterDeletedOut(BaseModel):
+    object: Literal["adapter.deleted"] = "adapter.deleted"
+    name: str
+    deleted: bool = True
+
+
+def _version_out(view: VersionView, active: int) -> AdapterVersionOut:
+    version = view.version
+    return AdapterVersionOut(
+        version=version.version,
+        active=version.version == active,
+        state=view.state,
+        upstream_name=version.upstream_name,
+        base_model=version.base_model,
+        source_path=version.source_path,
+        rank=version.rank,
+        alpha=version.alpha,
+        target_modules=(
+            version.target_modules
+            if isinstance(version.target_modules, str)
+            else list(version.target_modules)
+        ),
+        sha256=version.sha256,
+        size_bytes=version.size_bytes,
+        in_flight=view.leases,
+        engines=list(view.engines),
+        last_error=view.last_error,
+        created_at=version.created_at,
+        updated_at=version.updated_at,
+    )
+
+
+def adapter_out(view: AdapterView, *, with_versions: bool = True) -> AdapterOut:
+    record, active = view.record, view.active
+    return AdapterOut(
+        name=record.name,
+        pinned=record.pinned,
+        active_version=record.active_version,
+        state=active.state,
+        upstream_name=active.version.upstream_name,
+        in_flight=sum(v.leases for v in view.versions),
+        engines=list(active.engines),
+        last_error=active.last_error,
+        created_at=record.created_at,
+        updated_at=record.updated_at,
+        versions=(
+            [_version_out(v, record.active_version) for v in view.versions]
+            if with_versions
+            else None
+        ),
+    )

@@ -1,0 +1,321 @@
+"""The OpenAI proxy: send a validated client call to its routed engine, render the answer.
+
+:class:`OpenAIProxy` is what the OpenAI routes (:mod:`gateway.api.openai.routes`) call once a
+body has been validated. It routes ``model`` (holding the adapter lease for the whole request,
+streams included), forwards the client's own JSON with only ``model`` replaced by the engine's
+name for it (:func:`body_for_upstream`), and renders the engine's answer: a non-streamed body is
+passed through with ``model`` renamed back to the public name; a stream goes to
+:class:`gateway.inference.streaming.SSEProxyResponse`. Engine error statuses become
+:class:`~gateway.errors.UpstreamHTTPError` with the engine's message; transport failures are
+translated by :func:`gateway.engines.client.translate_session_errors`.
+
+Token usage goes on the request's record (and so into the access log and the metrics): from the
+body's ``usage``, or, for a stream, from the engine's final usage chunk. A streaming client that
+did not ask for usage gets it asked for anyway
+(:func:`gateway.inference.usage.prepare_stream_bytes`), and that chunk is dropped before it reaches
+the client, so the client sees exactly the events vLLM would have sent it. Only events holding
+``"choices":[]`` (the usage chunk's mark) are parsed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+from collections.abc import AsyncGenerator, Callable, Sequence
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
+
+import aiohttp
+import anyio
+from starlette.responses import Response
+from starlette.types import Receive
+
+from gateway.engines.client import translate_session_errors, upstream_error_from
+from gateway.errors import GatewayError
+from gateway.inference.record import NullObserver, RequestInfo, RequestObserver
+from gateway.inference.routing import Route, Router
+from gateway.inference.streaming import SSEProxyResponse
+from gateway.inference.usage import StreamUsage, prepare_stream_bytes
+
+#: nginx's status for "the client closed the connection before the answer": logged, never seen.
+CLIENT_CLOSED_REQUEST = 499
+UPSTREAM_HEADERS = {"content-type": "application/json", "accept-encoding": "identity"}
+
+# In valid JSON every quote inside a string is escaped, so an unescaped quote, model, quote,
+# colon is always an object key. The letters of "model" escaped all begin with \u006.
+_MODEL_KEY_START = b'"model"'
+_MODEL_KEY = re.compile(rb'"model"[ \t\r\n]*:[ \t\r\n]*')
+_MODEL_LETTER_ESCAPE = b"\\u006"
+_JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
+_USAGE_KEYS = (b'"usage":{', b'"usage": {')
+_DECODER = json.JSONDecoder()
+
+
+@dataclass(frozen=True, slots=True)
+class ProxyCall:
+    """One validated client request, as the client sent it."""
+
+    #: Engine path, e.g. ``/v1/chat/completions``.
+    endpoint: str
+    model: str
+    stream: bool
+    #: The client's JSON body, byte for byte.
+    body: bytes
+
+
+def _escaped(body: bytes, quote_at: int) -> bool:
+    backslashes = 0
+    at = quote_at - 1
+    while at >= 0 and body[at] == 0x5C:
+        backslashes += 1
+        at -= 1
+    return backslashes % 2 == 1
+
+
+def _model_value_span(body: bytes) -> tuple[int, int] | None:
+    """Where the value of the only ``"model"`` key is, when that is certain; else None.
+
+    The top-level key exists (the body was validated). With no escaped letter of "model"
+    anywhere it is spelled plainly, so a single plain ``"model":`` key is that one. Several
+    (a tool's JSON schema with a "model" property) or a possible escaped spelling: None.
+    """
+    if _MODEL_LETTER_ESCAPE in body:
+        return None
+    span = None
+    at = body.find(_MODEL_KEY_START)
+    while at >= 0:
+        key = _MODEL_KEY.match(body, at)
+        if key is not None and not _escaped(body, at):
+            value = _JSON_STRING.match(body, key.end())
+            if span is not None or value is None:
+                return None
+            span = (value.start(), value.end())
+        at = body.find(_MODEL_KEY_START, at + len(_MODEL_KEY_START))
+    return span
+
+
+def body_for_upstream(body: bytes, public_model: str, upstream_model: str) -> bytes:
+    """The client's JSON with only the top-level ``model`` value replaced.
+
+    The client's bytes are kept as they are (no re-serialisation that could drop or change a
+    field); only when the body holds several ``"model"`` keys (nested ones, duplicates) or may
+    spell the key with escapes is it parsed and written again, which keeps every field but not
+    the formatting.
+    """
+    if upstream_model == public_model:
+        return body
+    span = _model_value_span(body)
+    if span is not None:
+        start, end = span
+        if json.loads(body[start:end]) == public_model:
+            return body[:start] + json.dumps(upstream_model).encode() + body[end:]
+    payload = json.loads(body)
+    payload["model"] = upstream_model
+    return json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+class ModelRename:
+    """Rewrite ``"model":"<upstream>"`` to the public name in engine output (bytes only)."""
+
+    def __init__(self, upstream_model: str, public_model: str) -> None:
+        pairs: dict[bytes, bytes] = {}
+        for ascii_only in (False, True):
+            old = json.dumps(upstream_model, ensure_ascii=ascii_only).encode()
+            new = json.dumps(public_model, ensure_ascii=ascii_only).encode()
+            for separator in (b":", b": "):
+                pairs[b'"model"' + separator + old] = b'"model"' + separator + new
+        self._pairs = list(pairs.items())
+        self._public_model = public_model
+
+    def apply(self, data: bytes) -> bytes:
+        for old, new in self._pairs:
+            if old in data:
+                return data.replace(old, new)
+        return data
+
+    def apply_to_body(self, body: bytes) -> bytes:
+        """For a whole JSON body: falls back to parsing when no needle matched."""
+        renamed = self.apply(body)
+        if renamed is not body:
+            return renamed
+        try:
+            payload = json.loads(body)
+        except ValueError:
+            return body
+        if isinstance(payload, dict) and "model" in payload:
+            payload["model"] = self._public_model
+            return json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode()
+        return body
+
+
+def read_usage(data: bytes) -> tuple[int | None, int | None] | None:
+    """(prompt_tokens, completion_tokens) of the last ``usage`` object in ``data``, if any."""
+    for key in _USAGE_KEYS:
+        at = data.rfind(key)
+        if at >= 0:
+            start = at + len(key) - 1
+            try:
+                usage, _ = _DECODER.raw_decode(data[start:].decode("utf-8", "replace"))
+            except ValueError:
+                return None
+            if not isinstance(usage, dict):
+                return None
+            prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
+            return (
+                prompt if isinstance(prompt, int) else None,
+                completion if isinstance(completion, int) else None,
+            )
+    return None
+
+
+def _note_usage(info: RequestInfo, data: bytes) -> None:
+    usage = read_usage(data)
+    if usage is not None:
+        info.prompt_tokens, info.completion_tokens = usage
+
+
+async def _engine_bytes(
+    response: aiohttp.ClientResponse, engine_url: str
+) -> AsyncGenerator[bytes, None]:
+    with translate_session_errors(engine_url):
+        async for chunk in response.content.iter_any():
+            yield chunk
+
+
+async def _cancel_on_disconnect(
+    receive: Receive, scope: anyio.CancelScope, info: RequestInfo
+) -> None:
+    """Once the body is read, ``receive`` only answers when the client disconnects."""
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            info.client_disconnected = True
+            scope.cancel()
+            return
+
+
+class ClientEvents:
+    """The engine's events as the client gets them: ``model`` renamed to the public name, and
+    the usage chunk counted onto the request's record (and hidden when only the gateway asked
+    for it: :class:`gateway.inference.usage.StreamUsage`)."""
+
+    __slots__ = ("_info", "_rename", "_usage")
+
+    def __init__(
+        self, info: RequestInfo, rename: Callable[[bytes], bytes] | None, usage: StreamUsage
+    ) -> None:
+        self._info = info
+        self._rename = rename
+        self._usage = usage
+
+    def feed(self, event: bytes) -> Sequence[bytes]:
+        if self._rename is not None:
+            event = self._rename(event)
+        out = self._usage.feed(event)
+        usage = self._usage.usage
+        if usage is not None:
+            self._info.prompt_tokens = usage.prompt_tokens
+            self._info.completion_tokens = usage.completion_tokens
+        return out
+
+    def finish(self) -> Sequence[bytes]:
+        return self._usage.finish()
+
+
+class OpenAIProxy:
+    """Forwards validated OpenAI calls to the engine ``model`` routes to."""
+
+    def __init__(self, router: Router, observer: RequestObserver | None = None) -> None:
+        self.router = router
+        self.observer: RequestObserver = observer or NullObserver()
+
+    async def forward(self, call: ProxyCall, info: RequestInfo, receive: Receive) -> Response:
+        """Answer ``call``; ``receive`` is the client's ASGI channel, watched for a disconnect."""
+        info.model = call.model
+        info.stream = call.stream
+        if call.stream:
+            return await self._stream(call, info)
+        answer: Response | None = None
+        # A client that leaves (a timeout, say) cancels the engine request with it, so an
+        # abandoned generation does not keep the engine busy.
+        with anyio.CancelScope() as scope:
+            watcher = asyncio.create_task(_cancel_on_disconnect(receive, scope, info))
+            try:
+                answer = await self._unary(call, info)
+            finally:
+                watcher.cancel()
+        if answer is None:
+            return Response(status_code=CLIENT_CLOSED_REQUEST)
+        return answer
+
+    async def _unary(self, call: ProxyCall, info: RequestInfo) -> Response:
+        async with self.router.route(call.model) as route:
+            self._note_route(info, route)
+            client = route.engine.client
+            with translate_session_errors(client.base_url):
+                async with client.openai_session().post(
+                    client.base_url + call.endpoint,
+                    data=body_for_upstream(call.body, call.model, route.upstream_model),
+                    headers=UPSTREAM_HEADERS,
+                ) as response:
+                    status, content = response.status, await response.read()
+            if status != 200:
+                raise upstream_error_from(status, content)
+            if route.upstream_model != route.public_model:
+                rename = ModelRename(route.upstream_model, route.public_model)
+                content = rename.apply_to_body(content)
+        _note_usage(info, content)
+        return Response(content=content, media_type="application/json")
+
+    async def _stream(self, call: ProxyCall, info: RequestInfo) -> Response:
+        body, strip_usage = prepare_stream_bytes(call.body)
+        cleanup = AsyncExitStack()
+        try:
+            route = await cleanup.enter_async_context(self.router.route(call.model))
+            self._note_route(info, route)
+            client = route.engine.client
+            with translate_session_errors(client.base_url):
+                response = await client.openai_session().post(
+                    client.base_url + call.endpoint,
+                    data=body_for_upstream(body, call.model, route.upstream_model),
+                    headers=UPSTREAM_HEADERS,
+                )
+                # close(), not release(): an unfinished response's connection is dropped, so
+                # the engine sees the client leave and aborts the generation.
+                cleanup.callback(response.close)
+                if response.status != 200:
+                    raise upstream_error_from(response.status, await response.read())
+        except BaseException:
+            await cleanup.aclose()
+            raise
+        rename = (
+            ModelRename(route.upstream_model, route.public_model).apply
+            if route.upstream_model != route.public_model
+            else None
+        )
+        observer = self.observer
+
+        def inspect(event: bytes) -> None:
+            observer.stream_event(info, event)
+
+        def disconnected() -> None:
+            info.client_disconnected = True
+
+        def failed(error: GatewayError) -> None:
+            info.error = str(error.code or error.error_type)
+            info.failure = error
+
+        return SSEProxyResponse(
+            _engine_bytes(response, client.base_url),
+            cleanup,
+            events=ClientEvents(info, rename, StreamUsage(strip=strip_usage)),
+            inspect=inspect,
+            on_disconnect=disconnected,
+            on_error=failed,
+        )
+
+    @staticmethod
+    def _note_route(info: RequestInfo, route: Route) -> None:
+        info.adapter = route.adapter
+        info.engine = route.engine.name

@@ -1,0 +1,123 @@
+"""Routing: turn the ``model`` of a client request into (engine, upstream model, adapter).
+
+Knows nothing of HTTP. The base model's id routes to a ready engine directly (round-robin over
+the ready ones); any other id must be a registered adapter name, resolved through an
+:class:`AdapterResolver` (the adapter lifecycle in :mod:`gateway.lifecycle.service`), which makes
+sure the adapter is loaded on an engine and holds it there (no eviction, no unload) until the
+request's lease is released. Never a raw path. Used by :mod:`gateway.inference.proxy` (``route``)
+and the ``/v1/models`` route (``public_models``); :class:`NoAdapters` is the resolver of an app that
+has no adapter registry wired in.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections.abc import AsyncIterator, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import dataclass
+from typing import Protocol
+
+from gateway.engines.base import Engine
+from gateway.errors import EngineUnavailableError, ModelNotFoundError
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    engine: Engine
+    #: The model name the engine knows: the base's served name, or the adapter's versioned
+    #: upstream LoRA name.
+    upstream_model: str
+    #: What the client asked for (and sees back in responses).
+    public_model: str
+    #: Registered adapter name, or None for the base model.
+    adapter: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class PublicModel:
+    """One entry of ``GET /v1/models``."""
+
+    id: str
+    created: int
+    owned_by: str
+    #: For an adapter: its base model's id. None for a base model.
+    parent: str | None
+    root: str | None = None
+
+
+class AdapterResolver(Protocol):
+    def lease(self, name: str) -> AbstractAsyncContextManager[Route]:
+        """Hold adapter ``name`` loaded for one request; ModelNotFoundError if not registered."""
+        ...
+
+    def public_models(self) -> list[PublicModel]:
+        """Every servable registered adapter."""
+        ...
+
+
+def unknown_model(name: str) -> ModelNotFoundError:
+    return ModelNotFoundError(f"The model `{name}` does not exist.", param="model")
+
+
+class NoAdapters:
+    """A resolver that knows no adapter: every name but the base model's is unknown."""
+
+    def lease(self, name: str) -> AbstractAsyncContextManager[Route]:
+        raise unknown_model(name)
+
+    def public_models(self) -> list[PublicModel]:
+        return []
+
+
+class Router:
+    def __init__(
+        self, engines: Sequence[Engine], adapters: AdapterResolver, *, created: int | None = None
+    ) -> None:
+        if not engines:
+            raise ValueError("the router needs at least one engine")
+        bases = {engine.base_model for engine in engines}
+        if len(bases) != 1:
+            raise ValueError(f"all engines must serve one base model, got {sorted(bases)}")
+        self._engines = list(engines)
+        self._adapters = adapters
+        self._turn = itertools.count()
+        self._created = int(time.time()) if created is None else created
+
+    @property
+    def base_model(self) -> str:
+        return self._engines[0].base_model
+
+    @property
+    def engines(self) -> list[Engine]:
+        return list(self._engines)
+
+    def pick_base_engine(self) -> Engine:
+        """A ready engine, round-robin; EngineUnavailableError (503) when none is ready."""
+        ready = [engine for engine in self._engines if engine.ready]
+        if not ready:
+            reasons = "; ".join(f"{e.name}: {e.status().reason}" for e in self._engines)
+            raise EngineUnavailableError(f"no engine is ready ({reasons})")
+        return ready[next(self._turn) % len(ready)]
+
+    @asynccontextmanager
+    async def route(self, model: str) -> AsyncIterator[Route]:
+        """Where to send a request for ``model``; held (adapter pinned) until the block exits."""
+        if model == self.base_model:
+            engine = self.pick_base_engine()
+            yield Route(
+                engine=engine, upstream_model=engine.base_model, public_model=model, adapter=None
+            )
+            return
+        async with self._adapters.lease(model) as route:
+            yield route
+
+    def public_models(self) -> list[PublicModel]:
+        base = PublicModel(
+            id=self.base_model,
+            created=self._created,
+            owned_by="lora-gateway",
+            parent=None,
+            root=self.base_model,
+        )
+        return [base, *self._adapters.public_models()]

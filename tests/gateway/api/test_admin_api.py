@@ -1,0 +1,205 @@
+"""The admin API over HTTP (in-process ASGI): auth, every route, errors in the OpenAI shape.
+
+The app is the real ``create_app`` (which serves the admin API) with the lifecycle as its
+adapter resolver; the engine is the FAKE of lifecycle_fakes.py.
+"""
+
+from __future__ import annotations
+
+import logging
+import stat
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from gateway.app import create_app
+from gateway.auth.admin_token import TOKEN_FILE, load_admin_token
+from gateway.lifecycle.service import AdapterLifecycle
+from gateway.settings import GatewaySettings
+from tests.adapters.builders import write_adapter, write_base_model
+from tests.gateway.lifecycle_fakes import FakeEngine, FakeLoraUpstream
+
+BASE = "tinybase"
+TOKEN = "test-admin-token-0123456789"
+
+
+@dataclass
+class Admin:
+    http: httpx.AsyncClient
+    roots: Path
+    upstream: FakeLoraUpstream
+    lifecycle: AdapterLifecycle
+
+    def adapter(self, name: str, seed: int = 0, **kwargs: Any) -> str:
+        return str(
+            write_adapter(
+                self.roots / f"{name}-{seed}", base_model=BASE, seed=seed, **kwargs
+            ).resolve()
+        )
+
+
+@pytest.fixture
+async def admin(tmp_path: Path) -> AsyncIterator[Admin]:
+    from gateway.lifecycle.startup import build_lifecycle
+
+    base_dir = write_base_model(tmp_path / "models" / BASE)
+    roots = tmp_path / "data" / "adapters"
+    settings = GatewaySettings(
+        data_dir=tmp_path / "data",
+        base_model=str(base_dir),
+        admin_token=TOKEN,
+        max_adapter_bytes=50_000,
+    )  # type: ignore[arg-type]
+    upstream = FakeLoraUpstream()
+    engine = FakeEngine(upstream, base_model=BASE)
+    lifecycle = build_lifecycle(settings, [engine], capacity=2)
+    await lifecycle.start()
+    app = create_app(settings, engines=[engine], adapter_resolver=lifecycle)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(
+            transport=transport, base_url="http://gw", headers={"Authorization": f"Bearer {TOKEN}"}
+        ) as http:
+            yield Admin(http=http, roots=roots, upstream=upstream, lifecycle=lifecycle)
+    await lifecycle.close()
+
+
+def error_of(response: httpx.Response, status: int) -> dict[str, Any]:
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert set(body) == {"error"}
+    assert set(body["error"]) == {"message", "type", "param", "code"}
+    return body["error"]  # type: ignore[no-any-return]
+
+
+async def test_auth_missing_and_wrong_token(admin: Admin) -> None:
+    response = await admin.http.get("/admin/adapters", headers={"Authorization": ""})
+    error = error_of(response, 401)
+    assert error["code"] == "missing_admin_token" and "Bearer" in error["message"]
+    response = await admin.http.get("/admin/adapters", headers={"Authorization": "Bearer nope"})
+    assert error_of(response, 403)["code"] == "invalid_admin_token"
+    response = await admin.http.post(
+        "/admin/adapters", json={"name": "a", "path": "/x"}, headers={"Authorization": "Basic abc"}
+    )
+    error_of(response, 401)
+
+
+async def test_register_list_get_load_unload_delete(admin: Admin) -> None:
+    path = admin.adapter("a1")
+    response = await admin.http.post("/admin/adapters", json={"name": "a1", "path": path})
+    assert response.status_code == 201, response.text
+    created = response.json()
+    assert created["object"] == "adapter" and created["state"] == "registered"
+    assert created["active_version"] == 1 and created["upstream_name"].startswith("a1@v1.")
+    assert created["versions"][0]["source_path"] == path
+    again = await admin.http.post("/admin/adapters", json={"name": "a1", "path": path})
+    assert again.status_code == 200
+
+    listing = (await admin.http.get("/admin/adapters")).json()
+    assert listing["object"] == "list" and [a["name"] for a in listing["data"]] == ["a1"]
+    assert listing["data"][0]["versions"] is None
+    models = (await admin.http.get("/v1/models")).json()
+    assert [m["id"] for m in models["data"]] == [BASE, "a1"]
+
+    loaded = (await admin.http.post("/admin/adapters/a1/load")).json()
+    assert loaded["state"] == "loaded" and loaded["engines"] == ["fake"]
+    assert set(admin.upstream.loaded) == {created["upstream_name"]}
+    unloaded = (await admin.http.post("/admin/adapters/a1/unload")).json()
+    assert unloaded["state"] == "registered" and admin.upstream.loaded == {}
+
+    deleted = await admin.http.delete("/admin/adapters/a1")
+    assert deleted.json() == {"object": "adapter.deleted", "name": "a1", "deleted": True}
+    error = error_of(await admin.http.get("/admin/adapters/a1"), 404)
+    assert error["code"] == "adapter_not_found"
+    error_of(await admin.http.delete("/admin/adapters/a1"), 404)
+    assert [m["id"] for m in (await admin.http.get("/v1/models")).json()["data"]] == [BASE]
+
+
+async def test_versions_conflict_restore_and_pin(admin: Admin) -> None:
+    v1, v2 = admin.adapter("a", seed=1), admin.adapter("a", seed=2)
+    await admin.http.post("/admin/adapters", json={"name": "a", "path": v1, "load": True})
+    error = error_of(await admin.http.post("/admin/adapters", json={"name": "a", "path": v2}), 409)
+    assert error["code"] == "adapter_conflict" and "new_version" in error["message"]
+    swapped = await admin.http.post(
+        "/admin/adapters", json={"name": "a", "path": v2, "new_version": True}
+    )
+    assert swapped.status_code == 201 and swapped.json()["active_version"] == 2
+    detail = (await admin.http.get("/admin/adapters/a")).json()
+    assert [(v["version"], v["active"]) for v in detail["versions"]] == [(1, False), (2, True)]
+
+    restored = await admin.http.post("/admin/adapters/a/restore", json={"version": 1})
+    assert restored.json()["active_version"] == 1
+    error_of(await admin.http.post("/admin/adapters/a/restore", json={"version": 5}), 404)
+    error_of(await admin.http.post("/admin/adapters/a/restore", json={"version": 0}), 400)
+
+    pinned = await admin.http.patch("/admin/adapters/a", json={"pinned": True})
+    assert pinned.json()["pinned"] is True and pinned.json()["state"] == "loaded"
+    error = error_of(await admin.http.post("/admin/adapters/a/unload"), 409)
+    assert "PATCH" in error["message"]
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "code"),
+    [
+        ({"name": "bad name", "path": "/x"}, 400, "invalid_name"),
+        ({"name": BASE, "path": "/x"}, 400, "name_is_base_model"),
+        ({"name": "a", "path": "relative/dir"}, 400, "path_not_absolute"),
+        ({"name": "a", "path": "/etc"}, 403, "path_outside_roots"),
+        ({"name": "a" * 65, "path": "/x"}, 400, None),
+        ({"name": "a", "path": "/x", "surprise": 1}, 400, None),
+        ({"name": "a"}, 400, None),
+    ],
+)
+async def test_bad_registrations(
+    admin: Admin, body: dict[str, Any], status: int, code: str | None
+) -> None:
+    error = error_of(await admin.http.post("/admin/adapters", json=body), status)
+    if code is not None:
+        assert error["code"] == code
+
+
+async def test_file_level_validation_failures_over_http(admin: Admin) -> None:
+    missing = error_of(
+        await admin.http.post(
+            "/admin/adapters", json={"name": "m", "path": str(admin.roots / "nope")}
+        ),
+        400,
+    )
+    assert missing["code"] == "missing_directory"
+    big = admin.adapter("big", r=16, targets=("q_proj", "k_proj", "v_proj", "o_proj", "up_proj"))
+    error = error_of(
+        await admin.http.post("/admin/adapters", json={"name": "big", "path": big}), 413
+    )
+    assert (
+        error["code"] == "adapter_too_large"
+        and "LORA_GATEWAY_MAX_ADAPTER_BYTES" in error["message"]
+    )
+    deep = admin.adapter("deep", r=32)
+    error = error_of(
+        await admin.http.post("/admin/adapters", json={"name": "deep", "path": deep}), 400
+    )
+    assert error["code"] == "rank_exceeds_max"
+
+
+def test_generated_admin_token_file(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    settings = GatewaySettings(data_dir=tmp_path / "data", admin_token=None)
+    with caplog.at_level(logging.INFO):
+        first = load_admin_token(settings)
+    path = tmp_path / "data" / TOKEN_FILE
+    assert first.path == path
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    secret = first.value.get_secret_value()
+    assert len(secret) >= 32 and secret not in caplog.text and str(path) in caplog.text
+    second = load_admin_token(settings)
+    assert second.value.get_secret_value() == secret
+    assert second.verify(secret) and not second.verify(secret + "x")
+    path.chmod(0o644)
+    load_admin_token(settings)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    from_env = load_admin_token(GatewaySettings(data_dir=tmp_path / "other", admin_token="abc"))  # type: ignore[arg-type]
+    assert from_env.path is None and from_env.verify("abc")
+    assert not (tmp_path / "other" / TOKEN_FILE).exists()
