@@ -166,7 +166,7 @@ async def test_engine_500_on_load_is_an_engine_error_not_a_failed_adapter(env: E
     assert "EngineCore is busy" in (view.last_error or "")
     record = lifecycle.registry.get("a")
     assert record is not None and record.active.state is AdapterState.REGISTERED
-    assert env.events.failed == ["a"] and lifecycle.stats.load_failures == 1
+    assert env.events.failed == ["a"]
 
     # A short cool-down: no load storm from a burst of requests.
     with pytest.raises(EngineUnavailableError) as caught:
