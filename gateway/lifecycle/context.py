@@ -5,7 +5,7 @@ and handed to the lease path (:mod:`~gateway.lifecycle.lease`), the engine loade
 (:mod:`~gateway.lifecycle.loader`) and the restart recovery (:mod:`~gateway.lifecycle.recovery`).
 It holds what is registered (``records``, a cache of the registry), what is loaded (the slot
 table of :mod:`gateway.placement.slots`), failed loads (:mod:`~gateway.lifecycle.cooldown`) and
-what should be loaded again after an engine restart (``wanted``).
+what should be loaded again after an engine restart (``wanted``), and renders the admin view of it.
 
 The rules:
 
@@ -28,7 +28,7 @@ from adapters.state import AdapterState
 from gateway.engines.base import Engine
 from gateway.errors import AdapterNotFoundError, GatewayError
 from gateway.lifecycle.cooldown import LoadFailures
-from gateway.lifecycle.types import LifecycleObserver
+from gateway.lifecycle.types import AdapterView, LifecycleObserver, VersionView
 from gateway.placement.slots import Slot, SlotTable
 
 logger = logging.getLogger(__name__)
@@ -115,6 +115,25 @@ class LifecycleContext:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    def view(self, name: str) -> AdapterView:
+        """``name``'s registry record with the live state of each version."""
+        record = self.get(name)
+        versions = []
+        for version in record.versions:
+            slot = self.table.get(version.upstream_name)
+            failure = self.failures.get(version.upstream_name)
+            versions.append(
+                VersionView.of(
+                    version,
+                    slot.state if slot is not None else None,
+                    failure.reason if failure is not None else None,
+                    refused=failure is not None and failure.refused,
+                    leases=slot.leases if slot is not None else 0,
+                    engines=tuple(self.table.current_engines(slot)) if slot is not None else (),
+                )
+            )
+        return AdapterView(record=record, versions=tuple(versions))
 
     # --- the registry ----------------------------------------------------------------------
     async def persist(

@@ -17,12 +17,9 @@ engine knows a version as ``NAME@vN.<content tag>``; a new version loads beside 
 active pointer swaps, and the old version unloads once its requests drain, so no request fails.
 
 Admin operations run in a task of their own (:meth:`LifecycleContext.shielded`): an admin client
-that hangs up does not leave one half done. ``unload`` and ``delete`` wait for the requests in
-flight on the versions they remove (up to ``drain_timeout_s``) holding no lock, so other
-adapters, other versions and other admin calls go on meanwhile; those versions take no new
-request while they drain (new requests for them wait for the outcome: after an unload they load
-it again, after a delete they get 404). If the drain does not finish in time the call answers
-409 ``adapter_busy`` and nothing changed.
+that hangs up does not leave one half done. ``unload`` and ``delete`` wait for requests in flight
+(:mod:`gateway.lifecycle.drain`), then succeed, or answer 409 with nothing changed; new requests
+for the versions they remove wait for the outcome (after a delete: 404).
 
 Built by :func:`gateway.lifecycle.startup.open_lifecycle` in the app's lifespan; the router
 (:mod:`gateway.inference.routing`) calls ``lease`` / ``public_models``, the admin routes
@@ -52,6 +49,7 @@ from gateway.errors import (
 from gateway.inference.routing import PublicModel, Route
 from gateway.lifecycle.context import LifecycleContext
 from gateway.lifecycle.cooldown import LoadFailures
+from gateway.lifecycle.drain import drain, start_drain
 from gateway.lifecycle.lease import LeaseBroker
 from gateway.lifecycle.loader import EngineLoader
 from gateway.lifecycle.recovery import Recovery
@@ -60,7 +58,6 @@ from gateway.lifecycle.types import (
     LifecycleObserver,
     NullLifecycleObserver,
     UnloadCause,
-    VersionView,
 )
 from gateway.placement.slots import Slot, SlotTable
 
@@ -322,39 +319,12 @@ class AdapterLifecycle:
             ctx.wanted.pop(name, None)
             if slot is None or not ctx.table.holds(slot) or slot.draining:
                 return self.view(name)
-            self._start_drain([slot])
-        await self._drain([slot], what="unload", name=name)
+            start_drain([slot])
+        await drain(ctx, [slot], what="unload", name=name)
         async with ctx.lock(name):
             if ctx.table.evictable(slot, lambda _: False) and not slot.busy:
                 await self._loader.unload(slot, UnloadCause.REQUESTED)
             return self.view(name)
-
-    def _start_drain(self, slots: list[Slot]) -> None:
-        for slot in slots:
-            slot.draining = True
-            slot.accepting = False
-
-    async def _drain(self, slots: list[Slot], *, what: str, name: str) -> None:
-        """Wait, holding no lock, for the requests in flight on ``slots``; on time out give
-        the slots back as they were and answer 409."""
-        try:
-            async with asyncio.timeout(self._ctx.drain_timeout_s):
-                for slot in slots:
-                    await slot.drained.wait()
-            for slot in slots:
-                slot.draining = False
-        except TimeoutError as exc:
-            in_flight = sum(slot.leases for slot in slots)
-            for slot in slots:
-                slot.draining = False
-                slot.accepting = not slot.retiring
-            raise ConflictError(
-                f"cannot {what} adapter {name!r}: {in_flight} requests still in flight after "
-                f"{self._ctx.drain_timeout_s:.0f} s; nothing changed, retry later",
-                code="adapter_busy",
-            ) from exc
-        finally:
-            self._ctx.table.notify()
 
     async def restore(self, name: str, version: int) -> AdapterView:
         """Make an earlier (or any registered) version active again, with the swap's care."""
@@ -428,9 +398,9 @@ class AdapterLifecycle:
                 await self._loader.settle(slot)
             slots = [s for s in ctx.table if s.name == name]
             ctx.deleting.add(name)
-            self._start_drain(slots)
+            start_drain(slots)
         try:
-            await self._drain(slots, what="delete", name=name)
+            await drain(ctx, slots, what="delete", name=name)
             async with ctx.lock(name):
                 record = ctx.records.pop(name)
                 for slot in [s for s in ctx.table if s.name == name]:
@@ -449,23 +419,7 @@ class AdapterLifecycle:
 
     # --- views -----------------------------------------------------------------------------
     def view(self, name: str) -> AdapterView:
-        ctx = self._ctx
-        record = ctx.get(name)
-        versions = []
-        for version in record.versions:
-            slot = ctx.table.get(version.upstream_name)
-            failure = ctx.failures.get(version.upstream_name)
-            versions.append(
-                VersionView.of(
-                    version,
-                    slot.state if slot is not None else None,
-                    failure.reason if failure is not None else None,
-                    refused=failure is not None and failure.refused,
-                    leases=slot.leases if slot is not None else 0,
-                    engines=tuple(ctx.table.current_engines(slot)) if slot is not None else (),
-                )
-            )
-        return AdapterView(record=record, versions=tuple(versions))
+        return self._ctx.view(name)
 
     def views(self) -> list[AdapterView]:
-        return [self.view(name) for name in sorted(self._ctx.records)]
+        return [self._ctx.view(name) for name in sorted(self._ctx.records)]
