@@ -24,12 +24,19 @@ both share one vocabulary.
 
 Lower libraries' exceptions (httpx, SQLAlchemy, OS errors) are translated into these with
 ``raise ... from exc`` at the module that talks to that library.
+
+A client sees ``message``: public names and a short reason. What only an operator should see
+(versioned upstream names, slot states, file paths, an engine's own words) goes in ``detail``,
+which is never rendered: :func:`log_detail` writes it to the log at WARNING with the request id.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from typing import Any, ClassVar
+
+logger = logging.getLogger(__name__)
 
 
 class GatewayError(Exception):
@@ -46,12 +53,15 @@ class GatewayError(Exception):
         param: str | None = None,
         code: str | int | None = None,
         headers: dict[str, str] | None = None,
+        detail: str | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message
         self.param = param
         self.code = code if code is not None else self.default_code
         self.headers = dict(headers or {})
+        #: For the log only, never for the client (see the module docstring).
+        self.detail = detail
 
     @property
     def status(self) -> int:
@@ -175,3 +185,15 @@ class UpstreamHTTPError(EngineError):
 class AdapterLoadError(GatewayError):
     status_code = 502
     error_type = "adapter_load_error"
+
+
+def log_detail(error: GatewayError, request_id: str | None) -> None:
+    """Log what a client was not shown of ``error``, under its request id (if it has detail)."""
+    if error.detail:
+        logger.warning(
+            "request %s: %s (%s): %s",
+            request_id or "-",
+            error.message,
+            error.code or error.error_type,
+            error.detail,
+        )

@@ -21,7 +21,7 @@ from starlette.exceptions import HTTPException
 from starlette.responses import Response
 from starlette.types import Scope
 
-from gateway.errors import GatewayError, InvalidRequestError
+from gateway.errors import GatewayError, InvalidRequestError, log_detail
 from gateway.inference.record import request_info_of
 
 MAX_ERROR_DETAILS = 5
@@ -38,8 +38,10 @@ def error_response(error: GatewayError) -> Response:
 
 def record_error(scope: Scope, error: GatewayError) -> None:
     """Note the error on the request's record (set up by the request middleware): its code for
-    the access log, the error itself for metrics (engine failures are counted by kind)."""
+    the access log, the error itself for metrics (engine failures are counted by kind); its
+    ``detail``, which the client does not see, goes to the log with the request id."""
     info = request_info_of(scope)
+    log_detail(error, info.request_id if info is not None else None)
     if info is not None:
         info.error = str(error.code or error.error_type)
         info.failure = error

@@ -66,18 +66,19 @@ class LoadFailures:
 
 
 def still_failed(version: AdapterVersion, failure: LoadFailure, wait_s: float) -> GatewayError:
-    """The answer to a request for an adapter whose last load failed, within its cool-down."""
+    """The answer to a request for an adapter whose last load failed, within its cool-down:
+    the public name for the client, the engine's reason for the log."""
     retry_after = max(1, math.ceil(wait_s))
     if failure.refused:
         return AdapterLoadError(
-            f"adapter {version.name!r} v{version.version} failed to load: {failure.reason}; "
-            f"a request after {retry_after} s tries again "
-            f"(POST /admin/adapters/{version.name}/load to retry now)",
+            f"adapter {version.name!r} failed to load; a request after {retry_after} s tries "
+            f"again (POST /admin/adapters/{version.name}/load to retry now)",
             code="adapter_load_failed",
             headers={"Retry-After": str(retry_after)},
+            detail=f"{version.upstream_name}: {failure.reason}",
         )
     return EngineUnavailableError(
-        f"adapter {version.name!r} could not be loaded just now ({failure.reason}); "
-        f"retry in {retry_after} s",
+        f"adapter {version.name!r} could not be loaded just now; retry in {retry_after} s",
         retry_after_s=retry_after,
+        detail=f"{version.upstream_name}: {failure.reason}",
     )

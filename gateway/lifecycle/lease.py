@@ -101,7 +101,7 @@ class LeaseBroker:
                 "retry shortly",
                 headers={"Retry-After": "1"},
             )
-        return self.capacity_error()
+        return self.capacity_error(name)
 
     # --- under the name's lock -------------------------------------------------------------
     async def ensure_loaded(self, version: AdapterVersion) -> Slot | None:
@@ -140,7 +140,7 @@ class LeaseBroker:
         ctx = self._ctx
         while ctx.table.full:
             if all(ctx.pinned(s) for s in ctx.table):
-                raise self.capacity_error()
+                raise self.capacity_error(version.name)
             victim = ctx.table.pick_victim(version.name, ctx.pinned, ctx.locked)
             if victim is None:
                 return None
@@ -154,14 +154,15 @@ class LeaseBroker:
             version.name, version.version, version.upstream_name, version.source_path
         )
 
-    def capacity_error(self) -> CapacityError:
+    def capacity_error(self, name: str) -> CapacityError:
         ctx = self._ctx
         busy = ", ".join(
             f"{s.upstream} ({'pinned' if ctx.pinned(s) else s.state}, {s.leases} in flight)"
             for s in ctx.table
         )
         return CapacityError(
-            f"all {ctx.table.capacity} adapter slots are pinned or busy ({busy}); retry shortly, "
-            "unpin an adapter or raise LORA_GATEWAY_MAX_CPU_LORAS",
+            f"no adapter slot is free for {name!r}: all {ctx.table.capacity} are in use; "
+            "retry shortly",
             headers={"Retry-After": "1"},
+            detail=f"slots: {busy}; unpin an adapter or raise LORA_GATEWAY_MAX_CPU_LORAS",
         )

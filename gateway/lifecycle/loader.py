@@ -5,6 +5,7 @@ the slot (``slot.job``) and awaited through :func:`asyncio.shield`: a request wh
 up (its task cancelled) stops waiting, while the engine call finishes and leaves the slot in a
 consistent state: LOADED, or gone from the table (REGISTERED or FAILED). Whoever finds a slot
 with a job still running waits for it (:meth:`EngineLoader.settle`) instead of starting another.
+The errors it raises name the public adapter; the engine's words go to their ``detail``.
 
 Called with the adapter name's lock held, by the lease path (:mod:`gateway.lifecycle.lease`:
 loads, evictions), the admin operations (:mod:`gateway.lifecycle.service`: unloads, swaps,
@@ -105,7 +106,11 @@ class EngineLoader:
             ctx.observer.on_load_failed(slot.name)
             logger.warning("adapter %s failed to load: %s", slot.upstream, refused)
             await ctx.persist(slot.name, slot.version, AdapterState.FAILED, refused)
-            raise AdapterLoadError(refused, code="engine_load_failed")
+            raise AdapterLoadError(
+                f"the engine refused to load adapter {slot.name!r}",
+                code="engine_load_failed",
+                detail=f"{slot.upstream}: {refused}",
+            )
         slot.transition(AdapterState.REGISTERED)
         if engine_failed is not None:
             # Not marked failed for good: the engine may be busy or restarting. A short
@@ -116,7 +121,8 @@ class EngineLoader:
                 "adapter %s: the engine failed to load it: %s", slot.upstream, engine_failed
             )
         raise EngineUnavailableError(
-            f"no engine could load adapter {slot.name!r}: {'; '.join(unavailable)}"
+            f"no engine could load adapter {slot.name!r} just now; retry shortly",
+            detail=f"{slot.upstream}: {'; '.join(unavailable)}",
         )
 
     async def _unload_job(self, slot: Slot, cause: UnloadCause) -> None:

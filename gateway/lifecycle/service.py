@@ -344,9 +344,10 @@ class AdapterLifecycle:
             layout = await asyncio.to_thread(self.validator.validate, name, target.source_path)
             if not target.same_content(layout.sha256, layout.config_sha256):
                 raise ConflictError(
-                    f"the files of {name!r} v{version} in {target.source_path} changed since "
-                    "it was registered; register them as a new version instead",
+                    f"the files of {name!r} v{version} changed since it was registered; "
+                    "register them as a new version instead",
                     code="adapter_files_changed",
+                    detail=f"files changed in {target.source_path}",
                 )
             self._ctx.failures.clear(target.upstream_name)
             await self._activate(record, version, load=False)
