@@ -24,20 +24,24 @@ def start_drain(slots: list[Slot]) -> None:
         slot.accepting = False
 
 
+def give_back(slots: list[Slot]) -> None:
+    """Undo :func:`start_drain`: the slots take leases again (the caller holds the lock)."""
+    for slot in slots:
+        slot.draining = False
+        slot.accepting = not slot.retiring
+
+
 async def drain(ctx: LifecycleContext, slots: list[Slot], *, what: str, name: str) -> None:
     """Wait, holding no lock, until ``slots`` have no request in flight; on time out give
-    them back as they were and raise 409."""
+    them back as they were and raise 409. Drained, they stay draining (no new lease) until
+    the caller, under the lock again, removes them or gives them back."""
     try:
         async with asyncio.timeout(ctx.drain_timeout_s):
             for slot in slots:
                 await slot.drained.wait()
-        for slot in slots:
-            slot.draining = False
     except TimeoutError as exc:
         in_flight = sum(slot.leases for slot in slots)
-        for slot in slots:
-            slot.draining = False
-            slot.accepting = not slot.retiring
+        give_back(slots)
         raise ConflictError(
             f"cannot {what} adapter {name!r}: {in_flight} requests still in flight after "
             f"{ctx.drain_timeout_s:.0f} s; nothing changed, retry later",

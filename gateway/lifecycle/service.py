@@ -49,7 +49,7 @@ from gateway.errors import (
 from gateway.inference.routing import PublicModel, Route
 from gateway.lifecycle.context import LifecycleContext
 from gateway.lifecycle.cooldown import LoadFailures
-from gateway.lifecycle.drain import drain, start_drain
+from gateway.lifecycle.drain import drain, give_back, start_drain
 from gateway.lifecycle.lease import LeaseBroker
 from gateway.lifecycle.loader import EngineLoader
 from gateway.lifecycle.recovery import Recovery
@@ -281,9 +281,9 @@ class AdapterLifecycle:
         while True:
             await slot.drained.wait()
             async with ctx.lock(slot.name):
-                if not slot.retiring or not ctx.table.holds(slot) or slot.draining:
+                if not slot.retiring or not ctx.table.holds(slot):
                     return
-                if slot.leases == 0 and not slot.busy:
+                if slot.leases == 0 and not slot.busy and not slot.draining:
                     await self._loader.unload(slot, UnloadCause.REPLACED)
                     return
             await asyncio.sleep(_RETIRE_RECHECK_S)
@@ -324,6 +324,8 @@ class AdapterLifecycle:
         async with ctx.lock(name):
             if ctx.table.evictable(slot, lambda _: False) and not slot.busy:
                 await self._loader.unload(slot, UnloadCause.REQUESTED)
+            else:  # evicted meanwhile, or dropped by an engine restart
+                give_back([slot])
             return self.view(name)
 
     async def restore(self, name: str, version: int) -> AdapterView:
@@ -403,12 +405,16 @@ class AdapterLifecycle:
         try:
             await drain(ctx, slots, what="delete", name=name)
             async with ctx.lock(name):
+                try:
+                    await asyncio.to_thread(self.registry.delete, name)
+                except BaseException:
+                    give_back(slots)
+                    raise
                 record = ctx.records.pop(name)
                 for slot in [s for s in ctx.table if s.name == name]:
                     await self._loader.settle(slot)
                     if ctx.table.holds(slot):
                         await self._loader.unload(slot, UnloadCause.DELETED)
-                await asyncio.to_thread(self.registry.delete, name)
                 for version in record.versions:
                     ctx.failures.clear(version.upstream_name)
                 ctx.wanted.pop(name, None)
