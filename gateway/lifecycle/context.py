@@ -23,6 +23,7 @@ import logging
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, TypeVar
 
+from adapters.errors import AdapterError
 from adapters.registry import AdapterRecord, Registry
 from adapters.state import AdapterState
 from gateway.engines.base import Engine
@@ -141,7 +142,7 @@ class LifecycleContext:
     ) -> None:
         try:
             await asyncio.to_thread(self.registry.set_state, name, version, state, error)
-        except GatewayError as exc:  # the live state is right; the record catches up later
+        except (GatewayError, AdapterError) as exc:  # live state is right; the record catches up
             logger.error(
                 "could not record adapter %s v%d as %s: %s", name, version, state, exc.message
             )

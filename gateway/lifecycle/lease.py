@@ -151,7 +151,7 @@ class LeaseBroker:
                     if ctx.table.evictable(victim, ctx.pinned):
                         await self._loader.unload(victim, UnloadCause.EVICTED)
         return ctx.table.open(
-            version.name, version.version, version.upstream_name, version.source_path
+            version.name, version.version, version.upstream_name, version.load_path
         )
 
     def capacity_error(self, name: str) -> CapacityError:

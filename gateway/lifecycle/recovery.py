@@ -18,6 +18,7 @@ import asyncio
 import logging
 import time
 
+from adapters.errors import AdapterError
 from adapters.state import AdapterState
 from gateway.engines.base import Engine
 from gateway.errors import GatewayError
@@ -32,8 +33,8 @@ class Recovery:
         self._ctx = ctx
         self._broker = broker
 
-    async def start(self) -> None:
-        """Read the registry, then watch the engines: each (re)start re-applies desired state."""
+    async def read_registry(self) -> None:
+        """What is registered, what failed before, what is wanted (pinned or loaded before)."""
         ctx = self._ctx
         for record in await asyncio.to_thread(ctx.registry.list):
             ctx.records[record.name] = record
@@ -49,6 +50,10 @@ class Recovery:
             active = record.active
             if record.pinned or active.state is AdapterState.LOADED:
                 ctx.wanted[record.name] = active.updated_at.timestamp()
+
+    async def watch(self) -> None:
+        """Re-apply the desired state now (if an engine is up) and after each (re)start."""
+        ctx = self._ctx
         for engine in ctx.engines:
             engine.add_ready_listener(self.on_engine_ready)
         if any(engine.ready for engine in ctx.engines):
@@ -99,5 +104,5 @@ class Recovery:
                     continue
                 try:
                     await self._broker.ensure_loaded(record.active)
-                except GatewayError as exc:
+                except (GatewayError, AdapterError) as exc:
                     logger.warning("re-applying adapter %s failed: %s", name, exc.message)

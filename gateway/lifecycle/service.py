@@ -15,6 +15,10 @@ Capacity: at most ``capacity`` adapter versions are loaded (default: the smalles
 request, evicting the least recently used idle one; pinned adapters stay loaded. Versions: the
 engine knows a version as ``NAME@vN.<content tag>``; a new version loads beside the old one, the
 active pointer swaps, and the old version unloads once its requests drain, so no request fails.
+Files: registration copies an adapter's files into the content-addressed, read-only
+:class:`~adapters.store.AdapterStore` and validates the copy; engines only ever load that copy,
+so the source directory may change (or be retrained in place) without changing what a
+registered version serves.
 
 Admin operations run in a task of their own (:meth:`LifecycleContext.shielded`): an admin client
 that hangs up does not leave one half done. ``unload`` and ``delete`` wait for requests in flight
@@ -37,7 +41,8 @@ from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 
 from adapters.registry import AdapterRecord, AdapterVersion, NewVersion, Registry
-from adapters.validation import AdapterValidator, validate_name
+from adapters.store import AdapterStore
+from adapters.validation import validate_name
 from gateway.engines.base import Engine
 from gateway.errors import (
     AdapterLoadError,
@@ -71,7 +76,7 @@ class AdapterLifecycle:
         self,
         registry: Registry,
         engines: Sequence[Engine],
-        validator: AdapterValidator,
+        store: AdapterStore,
         *,
         capacity: int | None = None,
         observer: LifecycleObserver | None = None,
@@ -84,7 +89,7 @@ class AdapterLifecycle:
         if not engines:
             raise ValueError("the adapter lifecycle needs at least one engine")
         self.registry = registry
-        self.validator = validator
+        self.store = store
         self.engines = list(engines)
         self.observer: LifecycleObserver = observer or NullLifecycleObserver()
         self._ctx = ctx = LifecycleContext(
@@ -126,8 +131,11 @@ class AdapterLifecycle:
 
     # --- start and stop --------------------------------------------------------------------
     async def start(self) -> None:
-        """Read the registry, then watch the engines: each (re)start re-applies desired state."""
-        await self._recovery.start()
+        """Read the registry, collect unused stored copies, then watch the engines: each
+        (re)start re-applies desired state."""
+        await self._recovery.read_registry()
+        await asyncio.to_thread(self.store.collect, self._store_paths_in_use())
+        await self._recovery.watch()
 
     async def close(self) -> None:
         """Stop background work. Loaded adapters stay loaded (the engine may outlive us)."""
@@ -177,7 +185,7 @@ class AdapterLifecycle:
     ) -> tuple[AdapterView, bool]:
         """Validate and record an adapter; (view, created). Same name and content: no-op."""
         validate_name(name, base_model=self.engines[0].base_model)
-        layout = await asyncio.to_thread(self.validator.validate, name, path)
+        layout = await asyncio.to_thread(self.store.admit, name, path)
         new = NewVersion.from_layout(layout, base_model=self.engines[0].base_model)
         return await self._ctx.shielded(self._register(name, new, pinned, load, new_version))
 
@@ -343,14 +351,7 @@ class AdapterLifecycle:
                 )
             if version == record.active_version:
                 return self.view(name)
-            layout = await asyncio.to_thread(self.validator.validate, name, target.source_path)
-            if not target.same_content(layout.sha256, layout.config_sha256):
-                raise ConflictError(
-                    f"the files of {name!r} v{version} changed since it was registered; "
-                    "register them as a new version instead",
-                    code="adapter_files_changed",
-                    detail=f"files changed in {target.source_path}",
-                )
+            await asyncio.to_thread(self.store.verify, target)
             self._ctx.failures.clear(target.upstream_name)
             await self._activate(record, version, load=False)
             return self.view(name)
@@ -411,6 +412,7 @@ class AdapterLifecycle:
                     give_back(slots)
                     raise
                 record = ctx.records.pop(name)
+                await asyncio.to_thread(self.store.collect, self._store_paths_in_use())
                 for slot in [s for s in ctx.table if s.name == name]:
                     await self._loader.settle(slot)
                     if ctx.table.holds(slot):
@@ -423,6 +425,9 @@ class AdapterLifecycle:
         finally:
             ctx.deleting.discard(name)
             ctx.table.notify()
+
+    def _store_paths_in_use(self) -> list[str]:
+        return [v.load_path for record in self._ctx.records.values() for v in record.versions]
 
     # --- views -----------------------------------------------------------------------------
     def view(self, name: str) -> AdapterView:

@@ -23,6 +23,7 @@ import pytest
 
 from adapters.registry import Registry
 from adapters.state import AdapterState
+from adapters.store import AdapterStore
 from adapters.validation import AdapterValidator, ValidationLimits
 from gateway.errors import CapacityError, ConflictError, ModelNotFoundError
 from gateway.lifecycle.service import AdapterLifecycle
@@ -54,10 +55,13 @@ async def make(
     lifecycle = AdapterLifecycle(
         Registry(f"sqlite:///{tmp_path / 'registry.db'}"),
         [FakeEngine(upstream)],
-        AdapterValidator(
-            BASE,
-            ValidationLimits(16, 1 << 30, (roots,)),
-            base_dir=write_base_model(tmp_path / BASE),
+        AdapterStore(
+            tmp_path / "store",
+            AdapterValidator(
+                BASE,
+                ValidationLimits(16, 1 << 30, (roots,)),
+                base_dir=write_base_model(tmp_path / BASE),
+            ),
         ),
         capacity=capacity,
         slot_wait_s=slot_wait_s,
