@@ -7,6 +7,8 @@ lifecycle bugs 1, 5 and 6.
 6. An unload or delete that waits for a request in flight stalls nothing else, and answers
    either success (after the drain) or 409 with nothing changed.
 
+And an admin client that hangs up does not leave its operation half done.
+
 The engine is the FAKE of tests/gateway/lifecycle_fakes.py (the real EngineClient over a mock
 transport, with slow loads and unloads); registry and validator are real.
 """
@@ -292,3 +294,31 @@ async def test_unload_with_a_request_in_flight_waits_then_succeeds_or_changes_no
     assert v1 not in upstream.loaded and v2 in upstream.loaded
     assert lifecycle.view("a").active.state is AdapterState.LOADED
     assert upstream.violations == []
+
+
+async def test_admin_client_hanging_up_leaves_no_operation_half_done(
+    tmp_path: Path, built: list[AdapterLifecycle]
+) -> None:
+    upstream = FakeLoraUpstream()
+    lifecycle = await make(tmp_path, built, upstream, capacity=2, slot_wait_s=0.5)
+    await register(lifecycle, tmp_path, "a")
+    release = asyncio.Event()
+
+    async def in_flight() -> None:
+        async with lifecycle.lease("a"):
+            await release.wait()
+
+    holder = asyncio.create_task(in_flight())
+    await asyncio.sleep(0.01)
+    deleting = asyncio.create_task(lifecycle.delete("a"))
+    await asyncio.sleep(0.05)  # the delete waits for the request in flight
+    deleting.cancel()  # its admin client hangs up
+    await asyncio.gather(deleting, return_exceptions=True)
+    release.set()
+    await holder
+    await asyncio.sleep(0.1)
+    # The delete finished without its caller: memory, database and engine agree.
+    assert lifecycle.registry.get("a") is None and lifecycle.public_models() == []
+    assert upstream.loaded == {}
+    with pytest.raises(ModelNotFoundError):
+        await request(lifecycle, "a")
