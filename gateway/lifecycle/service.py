@@ -8,6 +8,7 @@ API (register, load, unload, restore, pin, delete); the other jobs live beside i
 * :mod:`gateway.lifecycle.loader`: engine load/unload I/O, shielded from whoever asked;
 * :mod:`gateway.lifecycle.cooldown`: failed loads and when each may be tried again;
 * :mod:`gateway.lifecycle.recovery`: re-applying the desired state after an engine restart;
+* :mod:`gateway.lifecycle.swap`: making a version active, retiring the old one once drained;
 * :mod:`gateway.lifecycle.context`: the state they share, and the locking rules.
 
 Capacity: at most ``capacity`` adapter versions are loaded (default: the smallest
@@ -58,17 +59,16 @@ from gateway.lifecycle.drain import drain, give_back, start_drain
 from gateway.lifecycle.lease import LeaseBroker
 from gateway.lifecycle.loader import EngineLoader
 from gateway.lifecycle.recovery import Recovery
+from gateway.lifecycle.swap import VersionSwap
 from gateway.lifecycle.types import (
     AdapterView,
     LifecycleObserver,
     NullLifecycleObserver,
     UnloadCause,
 )
-from gateway.placement.slots import Slot, SlotTable
+from gateway.placement.slots import SlotTable
 
 logger = logging.getLogger(__name__)
-
-_RETIRE_RECHECK_S = 0.05
 
 
 class AdapterLifecycle:
@@ -105,6 +105,7 @@ class AdapterLifecycle:
         self._loader = EngineLoader(ctx)
         self._broker = LeaseBroker(ctx, self._loader)
         self._recovery = Recovery(ctx, self._broker)
+        self._swap = VersionSwap(ctx, self._broker, self._loader)
 
     @property
     def capacity(self) -> int:
@@ -203,7 +204,7 @@ class AdapterLifecycle:
                 )
                 if same is not None and same.version != record.active_version and new_version:
                     ctx.failures.clear(same.upstream_name)
-                    await self._activate(record, same.version, load=load)
+                    await self._swap.activate(record, same.version, load=load)
                     return self.view(name), False
                 if same is not None and same.version == record.active_version:
                     if pinned is not None and pinned != record.pinned:
@@ -224,7 +225,7 @@ class AdapterLifecycle:
                     self.registry.add, name, new, pinned=record.pinned, activate=False
                 )
                 ctx.records[name] = record
-                await self._activate(record, record.latest_version, load=load)
+                await self._swap.activate(record, record.latest_version, load=load)
                 if pinned is not None and pinned != record.pinned:
                     await self._set_pinned_locked(ctx.records[name], pinned)
                 return self.view(name), True
@@ -256,45 +257,6 @@ class AdapterLifecycle:
         if slot is None:
             self._ctx.wanted[version.name] = time.time()
             logger.info("adapter %s will load later: %s", version.name, reason)
-
-    async def _activate(self, record: AdapterRecord, number: int, *, load: bool) -> None:
-        """Make version ``number`` active; the old one serves its leases, then unloads."""
-        ctx = self._ctx
-        old = record.active
-        target = record.version(number)
-        if target is None:
-            raise AdapterNotFoundError(
-                f"adapter {record.name!r} has no version {number}", param="version"
-            )
-        old_slot = ctx.table.get(old.upstream_name)
-        if load or record.pinned or (old_slot is not None and old_slot.accepting):
-            try:
-                if await self._broker.ensure_loaded(target) is None:
-                    logger.info("adapter %s v%d will load on first use", record.name, number)
-            except (CapacityError, EngineUnavailableError) as exc:
-                logger.info(
-                    "adapter %s v%d will load on first use (%s)", record.name, number, exc.message
-                )
-        ctx.records[record.name] = await asyncio.to_thread(
-            self.registry.set_active, record.name, number
-        )
-        if old_slot is not None and old.version != number:
-            old_slot.retiring = True
-            old_slot.accepting = False
-            ctx.spawn(self._retire(old_slot))
-        logger.info("adapter %s: version %d active (was %d)", record.name, number, old.version)
-
-    async def _retire(self, slot: Slot) -> None:
-        ctx = self._ctx
-        while True:
-            await slot.drained.wait()
-            async with ctx.lock(slot.name):
-                if not slot.retiring or not ctx.table.holds(slot):
-                    return
-                if slot.leases == 0 and not slot.busy and not slot.draining:
-                    await self._loader.unload(slot, UnloadCause.REPLACED)
-                    return
-            await asyncio.sleep(_RETIRE_RECHECK_S)
 
     async def load(self, name: str) -> AdapterView:
         """Load the active version now (retrying a failed load); a no-op when loaded."""
@@ -353,7 +315,7 @@ class AdapterLifecycle:
                 return self.view(name)
             await asyncio.to_thread(self.store.verify, target)
             self._ctx.failures.clear(target.upstream_name)
-            await self._activate(record, version, load=False)
+            await self._swap.activate(record, version, load=False)
             return self.view(name)
 
     async def set_pinned(self, name: str, pinned: bool) -> AdapterView:
