@@ -17,7 +17,9 @@ An adapter's ``manifest.json`` may hold, at top level::
 Every key is optional; an unknown key, a wrong type or a value out of bounds is refused. They
 are the values the gateway uses for a request to that adapter that omits the parameter: what
 the client sends always wins. Written by the trainer (``lora-trainer train --default-...``,
-:mod:`trainer.manifest`) and read by the gateway. Pure Python, no I/O: both import it for free.
+:mod:`trainer.manifest`) and read by the gateway; a refusal is an
+:class:`~adapters.errors.AdapterError` of kind INVALID (code ``invalid_sampling_defaults``).
+Pure Python, no I/O: both import it for free.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from typing import Any
+
+from adapters.errors import AdapterError, AdapterErrorKind
 
 SAMPLING_DEFAULTS_KEY = "sampling_defaults"
 
@@ -45,8 +49,16 @@ _NUMBERS: dict[str, tuple[float, float, bool]] = {
 SAMPLING_KEYS = (*_NUMBERS, "top_k", "max_tokens", "stop")
 
 
-class SamplingDefaultsError(ValueError):
+class SamplingDefaultsError(AdapterError):
     """A ``sampling_defaults`` value is refused; the message names the key and the value."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(
+            AdapterErrorKind.INVALID,
+            message,
+            code="invalid_sampling_defaults",
+            param=SAMPLING_DEFAULTS_KEY,
+        )
 
 
 def validate_sampling_defaults(value: object) -> dict[str, Any]:
