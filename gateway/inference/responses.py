@@ -21,17 +21,13 @@ from collections.abc import Sequence
 
 from adapters.registry import UPSTREAM_NAME_PATTERN
 from gateway.engines.base import Engine
-from gateway.errors import NotFoundError
+from gateway.errors import ResponseNotFoundError
 
 RESPONSE_ID_PREFIX = "resp_"
 _TAG_CHARS = 10
 #: Longest response id accepted from a client (ours are 48 characters).
 MAX_RESPONSE_ID = 128
 _RESPONSE_ID = re.compile(r"resp_([0-9a-f]{10})_[0-9a-f]{32}")
-
-
-class ResponseNotFoundError(NotFoundError):
-    default_code = "response_not_found"
 
 
 def engine_tag(engine: Engine) -> str:

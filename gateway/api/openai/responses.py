@@ -22,7 +22,7 @@ from starlette.responses import Response
 from gateway.api.deps import ProxyDep, RequestInfoDep, RouterDep
 from gateway.api.openai.body import parse_body
 from gateway.api.openai.protocol import MAX_RESPONSE_ID, ResponsesRequest
-from gateway.errors import GatewayError
+from gateway.errors import NotSupportedError
 from gateway.inference.proxy import ProxyCall, StreamKind
 from gateway.inference.responses import engine_of_response
 from gateway.inference.sampling import RESPONSES_DEFAULTS
@@ -30,12 +30,6 @@ from gateway.inference.sampling import RESPONSES_DEFAULTS
 RESPONSES = "/v1/responses"
 
 ResponseId = Annotated[str, Path(min_length=1, max_length=MAX_RESPONSE_ID)]
-
-
-class NotImplementedByEngineError(GatewayError):
-    status_code = 501
-    error_type = "not_implemented"
-    default_code = "not_implemented"
 
 
 def build_responses_router() -> APIRouter:
@@ -106,7 +100,7 @@ def build_responses_router() -> APIRouter:
     @router.delete(RESPONSES + "/{response_id}")
     async def delete_response(response_id: ResponseId, routing: RouterDep) -> Response:
         engine_of_response(response_id, routing.engines, param="response_id")
-        raise NotImplementedByEngineError(
+        raise NotSupportedError(
             "vLLM 0.32 cannot delete a stored response: it keeps it in the engine's memory "
             "until the engine restarts.",
             param="response_id",
