@@ -1,8 +1,9 @@
 """Fixtures for in-process gateway tests: the real app and a real server, a fake upstream.
 
-``gateway`` serves ``create_app`` with uvicorn on a free port, in front of a
-:class:`~tests.support.fake_upstream.FakeUpstream` (a scripted stand-in for vLLM, for fault
-injection) reached through a :class:`~tests.support.gateway_server.StaticEngine`. One adapter,
+``gateway`` serves ``create_app`` with uvicorn on a free port, in front of the project's one
+:class:`~loadtest.fake_vllm.FakeVLLM` (no model; scripted by tests for fault injection, every
+request it receives recorded) reached through a
+:class:`~tests.support.gateway_server.StaticEngine`. One adapter,
 ``style``, maps to the versioned upstream name ``style@v2`` so the model rename is exercised.
 Tests that need other settings (API keys, a small body limit) build their own with
 ``make_gateway``.
@@ -23,9 +24,9 @@ from gateway.app import create_app
 from gateway.engines.base import EngineState
 from gateway.engines.client import ClientLimits
 from gateway.settings import GatewaySettings
+from loadtest.fake_vllm import FakeBehaviour, FakeVLLM, serving
 from tests.gateway.openai_env import ADAPTER, ADAPTER_UPSTREAM, BASE
 from tests.support.adapter_resolver import EngineAdapters, LoadedAdapter
-from tests.support.fake_upstream import FakeUpstream
 from tests.support.gateway_server import StaticEngine, serve_in_loop
 
 
@@ -33,7 +34,7 @@ from tests.support.gateway_server import StaticEngine, serve_in_loop
 class Gateway:
     url: str
     http: httpx.AsyncClient
-    fake: FakeUpstream
+    fake: FakeVLLM
     engine: StaticEngine
     adapters: EngineAdapters
     settings: GatewaySettings
@@ -50,8 +51,8 @@ def make_gateway(tmp_path_factory: pytest.TempPathFactory) -> GatewayFactory:
     ) -> AsyncIterator[Gateway]:
         data_dir = tmp_path_factory.mktemp("gateway-data")
         settings = GatewaySettings(data_dir=data_dir, **settings_fields)
-        fake = FakeUpstream()
-        async with serve_in_loop(fake.app()) as upstream_url:
+        fake = FakeVLLM(FakeBehaviour(model=BASE, chunks=2, record_requests=True))
+        async with serving(fake) as upstream_url:
             engine = StaticEngine(
                 upstream_url,
                 BASE,

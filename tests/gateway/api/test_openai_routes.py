@@ -8,9 +8,9 @@ from typing import Any
 import httpx
 import openai
 import pytest
-from starlette.responses import JSONResponse, Response
 
 from gateway.engines.base import EngineState
+from loadtest.fake_vllm import Recorded, Reply, completion_body, json_reply
 from tests.gateway.conftest import Gateway, GatewayFactory
 from tests.gateway.openai_env import (
     ADAPTER,
@@ -20,7 +20,6 @@ from tests.gateway.openai_env import (
     chat,
     completion,
 )
-from tests.support.fake_upstream import Recorded, completion_body
 from tests.support.gateway_server import unused_url
 
 
@@ -162,10 +161,10 @@ async def test_malformed_bodies_are_400(gateway: Gateway, raw: bytes) -> None:
 async def test_engine_4xx_is_passed_through_with_its_message(gateway: Gateway) -> None:
     message = "This model's maximum context length is 2048 tokens."
 
-    async def refuse(recorded: Recorded) -> Response:
-        return JSONResponse(
+    async def refuse(recorded: Recorded) -> Reply:
+        return json_reply(
             {"error": {"message": message, "type": "BadRequestError", "param": None, "code": 400}},
-            status_code=400,
+            400,
         )
 
     gateway.fake.handler = refuse
@@ -204,9 +203,9 @@ async def test_engine_down_is_503_then_recovers(gateway: Gateway) -> None:
 async def test_upstream_timeout_is_504(make_gateway: GatewayFactory) -> None:
     async with make_gateway(read_timeout_s=0.2) as gw:
 
-        async def stall(recorded: Recorded) -> Response:
+        async def stall(recorded: Recorded) -> Reply:
             await asyncio.sleep(0.6)
-            return JSONResponse(completion_body(BASE))
+            return json_reply(completion_body(BASE))
 
         gw.fake.handler = stall
         response = await gw.http.post("/v1/chat/completions", json=chat())
@@ -226,7 +225,7 @@ async def test_non_stream_usage_is_logged(
         (line,) = await access_lines(caplog, response.headers["x-request-id"])
     assert response.status_code == 200
     assert line["model"] == ADAPTER and line["adapter"] == ADAPTER
-    assert line["prompt_tokens"] == 7 and line["completion_tokens"] == 2
+    assert line["prompt_tokens"] == 1 and line["completion_tokens"] == 2  # the fake counts words
     assert line["status"] == 200 and line["stream"] is False
 
 
@@ -235,14 +234,13 @@ async def test_client_leaving_a_non_stream_request_cancels_it_upstream(
 ) -> None:
     upstream_saw_disconnect = asyncio.Event()
 
-    async def slow(recorded: Recorded) -> Response:
-        assert recorded.request is not None
-        for _ in range(500):
-            if await recorded.request.is_disconnected():
-                upstream_saw_disconnect.set()
-                break
-            await asyncio.sleep(0.01)
-        return JSONResponse(completion_body(ADAPTER_UPSTREAM))
+    async def slow(recorded: Recorded) -> Reply:
+        try:
+            await asyncio.wait_for(recorded.disconnected.wait(), timeout=5)
+            upstream_saw_disconnect.set()
+        except TimeoutError:
+            pass
+        return json_reply(completion_body(ADAPTER_UPSTREAM))
 
     gateway.fake.handler = slow
     with caplog.at_level("INFO", logger="gateway.access"):
