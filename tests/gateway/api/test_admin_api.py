@@ -59,7 +59,7 @@ async def admin(tmp_path: Path) -> AsyncIterator[Admin]:
     engine = FakeEngine(upstream, base_model=BASE)
     lifecycle = build_lifecycle(settings, [engine], capacity=2)
     await lifecycle.start()
-    app = create_app(settings, engines=[engine], adapter_resolver=lifecycle)
+    app = create_app(settings, engines=[engine], lifecycle=lifecycle)
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(

@@ -50,7 +50,7 @@ def served(tmp_path: Path) -> Iterator[Served]:
     engine = FakeEngine(upstream, base_model=BASE)
     lifecycle = build_lifecycle(settings, [engine])
     asyncio.run(lifecycle.start())
-    app = create_app(settings, engines=[engine], adapter_resolver=lifecycle)
+    app = create_app(settings, engines=[engine], lifecycle=lifecycle)
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

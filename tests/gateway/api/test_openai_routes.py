@@ -14,7 +14,6 @@ from loadtest.fake_vllm import Recorded, Reply, completion_body, json_reply
 from tests.gateway.conftest import Gateway, GatewayFactory
 from tests.gateway.openai_env import (
     ADAPTER,
-    ADAPTER_UPSTREAM,
     BASE,
     access_lines,
     chat,
@@ -46,7 +45,7 @@ async def test_models_lists_base_and_adapters_with_lineage(gateway: Gateway) -> 
     assert set(by_id) == {BASE, ADAPTER}
     assert by_id[BASE]["parent"] is None and by_id[BASE]["object"] == "model"
     assert by_id[ADAPTER]["parent"] == BASE
-    assert by_id[ADAPTER]["root"] == ADAPTER_UPSTREAM
+    assert by_id[ADAPTER]["root"] == ADAPTER  # the public name, never the versioned one
 
 
 async def test_base_request_is_forwarded_byte_for_byte(gateway: Gateway) -> None:
@@ -68,7 +67,9 @@ async def test_adapter_request_replaces_only_the_model(gateway: Gateway) -> None
     response = await gateway.http.post("/v1/chat/completions", content=raw)
     assert response.status_code == 200, response.text
     forwarded = gateway.fake.requests[-1].body
-    assert forwarded == raw.replace(b'"style", "rep', b'"%s", "rep' % ADAPTER_UPSTREAM.encode())
+    assert forwarded == raw.replace(
+        b'"style", "rep', b'"%s", "rep' % gateway.adapter_upstream.encode()
+    )
     # The engine answers with its own name for the adapter; the client sees the public one.
     assert response.json()["model"] == ADAPTER
 
@@ -78,7 +79,7 @@ async def test_completions_route_forwards_to_completions(gateway: Gateway) -> No
     assert response.status_code == 200
     recorded = gateway.fake.requests[-1]
     assert recorded.path == "/v1/completions"
-    assert recorded.json() == completion(ADAPTER_UPSTREAM, echo=True)
+    assert recorded.json() == completion(gateway.adapter_upstream, echo=True)
 
 
 async def test_unknown_model_is_404_model_not_found_for_the_sdk(gateway: Gateway) -> None:
@@ -240,7 +241,7 @@ async def test_client_leaving_a_non_stream_request_cancels_it_upstream(
             upstream_saw_disconnect.set()
         except TimeoutError:
             pass
-        return json_reply(completion_body(ADAPTER_UPSTREAM))
+        return json_reply(completion_body(gateway.adapter_upstream))
 
     gateway.fake.handler = slow
     with caplog.at_level("INFO", logger="gateway.access"):
@@ -254,4 +255,4 @@ async def test_client_leaving_a_non_stream_request_cancels_it_upstream(
         await asyncio.wait_for(upstream_saw_disconnect.wait(), timeout=3)
         (line,) = await access_lines(caplog, "impatient")
     assert line["status"] == 499 and line["client_disconnected"] is True
-    assert gateway.adapters.active_leases == 0
+    assert gateway.leases() == 0
