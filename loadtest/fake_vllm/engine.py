@@ -9,7 +9,7 @@ Two transports serve the same object: :mod:`loadtest.fake_vllm.server` (a real s
 benchmark and for in-process gateway tests) and :meth:`FakeVLLM.transport` (an
 ``httpx.MockTransport``, so a real :class:`~gateway.engines.client.EngineClient` talks to it
 without a socket, for the lifecycle tests). Tests steer it with the fault-injection knobs below:
-a scripted :attr:`FakeVLLM.handler`, refused paths, failing or slow loads, an unhealthy or
+a scripted :attr:`FakeVLLM.handler`, refused adapters, failing or slow loads, an unhealthy or
 unreachable server, a cap on loaded adapters whose breach is recorded as a violation.
 """
 
@@ -128,8 +128,9 @@ class FakeVLLM:
     def reset(self) -> None:
         """Back to default behaviour (scripts and faults off, request log and events fresh)."""
         self.handler: Handler | None = None
-        #: Loads of these paths answer vLLM's 404 "No adapter found".
-        self.refuse_paths: set[str] = set()
+        #: Public adapter names (before the ``@`` of a versioned LoRA name) whose loads answer
+        #: vLLM's 404 "No adapter found" (a bad path, as vLLM reports it).
+        self.refuse_names: set[str] = set()
         #: While set, every load answers vLLM's 500 (an exception inside the engine).
         self.fail_loads_with: str | None = None
         #: Seconds a load takes; the load completes even if its caller gives up (like vLLM).
@@ -249,7 +250,7 @@ class FakeVLLM:
             return _error(400, "lora_name and lora_path are required strings")
         if self.fail_loads_with is not None:
             return _error(500, self.fail_loads_with)
-        if path in self.refuse_paths:
+        if name.split("@")[0] in self.refuse_names:
             return _error(404, f"Loading lora {name} failed: No adapter found for {path}")
         if name in self.loaded and not payload.get("load_inplace"):
             return _error(

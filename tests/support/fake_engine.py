@@ -2,7 +2,7 @@
 
 For the lifecycle's and the admin API's in-process tests. Its real
 :class:`~gateway.engines.client.EngineClient` talks to a :class:`~loadtest.fake_vllm.FakeVLLM`
-through that fake's in-process transport (no socket), so the fake's knobs (refused paths,
+through that fake's in-process transport (no socket), so the fake's knobs (refused adapters,
 failing or slow loads, an unreachable server, a cap on loaded adapters recorded as violations)
 apply; the test drives the engine's state: :meth:`FakeEngine.crash` (the process died and forgot
 every adapter) and :meth:`FakeEngine.come_back`. Behaviour against a real vLLM is covered by
