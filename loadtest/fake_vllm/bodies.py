@@ -247,7 +247,7 @@ def models_body(state: FakeVLLM) -> bytes:
 def metrics_text(state: FakeVLLM) -> bytes:
     """A minimal vLLM-like exposition (same family names), plus the fake's own counters."""
     m = f'model_name="{state.behaviour.model}"'
-    running = ",".join(sorted(state.loaded))
+    running = ",".join(state.running_adapters())
     lines = [
         "# TYPE vllm:num_requests_running gauge",
         f"vllm:num_requests_running{{{m}}} {state.running}",

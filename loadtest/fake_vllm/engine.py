@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -69,6 +70,8 @@ class Full:
     status: int
     body: bytes
     content_type: bytes = JSON
+    #: The model a completion ran for (counted as running while the answer is written).
+    model: str | None = None
 
 
 #: A step of a streamed answer: bytes to write, or an event to wait for before going on.
@@ -82,6 +85,7 @@ class Stream:
     steps: Sequence[Step]
     #: Break the connection after the last step instead of ending the body (a crashed engine).
     fail_at_end: bool = False
+    model: str | None = None
 
 
 Reply = Full | Stream
@@ -112,7 +116,9 @@ class FakeVLLM:
         self.stream_chunks_total = 0
         self.prompt_tokens_total = 0
         self.generation_tokens_total = 0
+        #: Completions being answered (only a delayed or scripted answer is ever "running").
         self.running = 0
+        self.running_models: Counter[str] = Counter()
         self.lora_loads_total = 0
         self.lora_unloads_total = 0
         self._ids = itertools.count()
@@ -156,6 +162,21 @@ class FakeVLLM:
         """What vLLM checks first for a completion naming an adapter: it must be loaded."""
         if upstream_model not in self.loaded:
             self.violations.append(f"request for {upstream_model} while not loaded")
+
+    def started(self, reply: Reply) -> None:
+        if reply.model is not None:
+            self.running += 1
+            self.running_models[reply.model] += 1
+
+    def finished(self, reply: Reply) -> None:
+        if reply.model is not None:
+            self.running -= 1
+            self.running_models[reply.model] -= 1
+
+    def running_adapters(self) -> list[str]:
+        """Adapters with a completion running now (vLLM's ``running_lora_adapters``)."""
+        base = self.behaviour.model
+        return sorted(m for m, n in self.running_models.items() if n > 0 and m != base)
 
     def stats(self) -> dict[str, Any]:
         return {
@@ -281,10 +302,10 @@ class FakeVLLM:
         self.prompt_tokens_total += job.prompt_tokens
         self.generation_tokens_total += job.tokens
         if not job.stream:
-            return Full(200, bodies.full_response(self, job))
+            return Full(200, bodies.full_response(self, job), model=job.model)
         events = bodies.stream_events(self, job)
         self.stream_chunks_total += len(events) - 1  # [DONE] is not a chunk
-        return Stream(events)
+        return Stream(events, model=job.model)
 
     def _health(self, body: bytes) -> Full:
         return Full(503 if self.unhealthy else 200, b"", TEXT)

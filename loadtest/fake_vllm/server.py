@@ -209,7 +209,7 @@ class _Connection(asyncio.Protocol):
             if previous is not None:
                 await previous
             behaviour = fake.behaviour
-            fake.running += 1
+            fake.started(reply)
             try:
                 if behaviour.delay_ms > 0:
                     await asyncio.sleep(behaviour.delay_ms / 1000)
@@ -218,7 +218,7 @@ class _Connection(asyncio.Protocol):
                     return
                 await self._write_stream(reply, keep_alive, behaviour.chunk_delay_ms / 1000)
             finally:
-                fake.running -= 1
+                fake.finished(reply)
         finally:
             if recorded is not None:
                 self._open.remove(recorded)

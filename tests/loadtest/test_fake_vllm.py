@@ -197,3 +197,27 @@ async def test_faults_on_a_socket_scripted_stream_breaks_and_unhealthy() -> None
         assert (await http.get("/health")).status_code == 503
         fake.reset()
         assert (await http.get("/health")).status_code == 200
+
+
+async def test_metrics_name_only_adapters_with_a_request_running() -> None:
+    """Like vLLM's ``lora_requests_info``: a loaded adapter is not "running" while idle."""
+    fake = FakeVLLM(FakeBehaviour(delay_ms=400))
+    fake.loaded["legal"] = "/adapters/legal"
+    async with serving(fake) as url, httpx.AsyncClient(base_url=url) as http:
+
+        async def running_adapters() -> str:
+            text = (await http.get("/metrics")).text
+            (info,) = [f for f in text_string_to_metric_families(text) if f.name.endswith("info")]
+            return str(info.samples[0].labels["running_lora_adapters"])
+
+        assert await running_adapters() == ""
+        body = {"model": "legal", "prompt": "a", "max_tokens": 1}
+        answer = asyncio.create_task(http.post("/v1/completions", json=body))
+        async with asyncio.timeout(5):
+            while fake.running == 0:  # noqa: ASYNC110 (the fake has no event for this)
+                await asyncio.sleep(0.01)
+        async with httpx.AsyncClient(base_url=url) as other:  # its own connection
+            text = (await other.get("/metrics")).text
+        assert 'running_lora_adapters="legal"' in text
+        assert (await answer).status_code == 200
+        assert await running_adapters() == ""
