@@ -139,8 +139,9 @@ class FakeVLLM:
         self.refuse_names: set[str] = set()
         #: While set, every load answers vLLM's 500 (an exception inside the engine).
         self.fail_loads_with: str | None = None
-        #: Seconds a load takes; the load completes even if its caller gives up (like vLLM).
+        #: Seconds a load (an unload) takes; it completes even if its caller gives up (like vLLM).
         self.load_delay_s = 0.0
+        self.unload_delay_s = 0.0
         #: ``/health`` answers 503.
         self.unhealthy = False
         #: Connections are refused (in-process) or dropped without an answer (socket).
@@ -199,6 +200,7 @@ class FakeVLLM:
         return (
             self.handler is None
             and self.load_delay_s <= 0
+            and self.unload_delay_s <= 0
             and not self.unreachable
             and not self.behaviour.record_requests
         )
@@ -216,7 +218,7 @@ class FakeVLLM:
             return Full(exc.status, exc.body())
 
     async def handle(self, request: Recorded) -> Reply:
-        """Any answer: the test's script first, then slow loads, then :meth:`dispatch`."""
+        """Any answer: the test's script first, then slow LoRA changes, then :meth:`dispatch`."""
         if self.behaviour.record_requests:
             self.requests.append(request)
         if self.handler is not None:
@@ -224,17 +226,25 @@ class FakeVLLM:
             if scripted is not None:
                 self.requests_total += 1
                 return scripted
-        if request.path == "/v1/load_lora_adapter" and self.load_delay_s > 0:
-            # Like vLLM, the load goes on when the caller hangs up: its own task, shielded.
+        delays = {
+            "/v1/load_lora_adapter": self.load_delay_s,
+            "/v1/unload_lora_adapter": self.unload_delay_s,
+        }
+        if request.method == "POST" and delays.get(request.path, 0.0) > 0:
+            # Like vLLM, the change goes on when the caller hangs up: its own task, shielded.
             self.requests_total += 1
-            return await asyncio.shield(asyncio.ensure_future(self._slow_load(request.body)))
+            return await asyncio.shield(asyncio.ensure_future(self._slow_lora(request)))
         return self.dispatch(request.method, request.path, request.body)
 
-    async def _slow_load(self, body: bytes) -> Reply:
-        payload = _lora_payload(body)
-        self.calls.append(("load", str(payload.get("lora_name"))))
-        await asyncio.sleep(self.load_delay_s)
-        return self._apply_load(payload)
+    async def _slow_lora(self, request: Recorded) -> Reply:
+        payload = _lora_payload(request.body)
+        if request.path == "/v1/load_lora_adapter":
+            self.calls.append(("load", str(payload.get("lora_name"))))
+            await asyncio.sleep(self.load_delay_s)
+            return self._apply_load(payload)
+        self.calls.append(("unload", str(payload.get("lora_name"))))
+        await asyncio.sleep(self.unload_delay_s)
+        return self._apply_unload(payload)
 
     def transport(self) -> httpx.AsyncBaseTransport:
         """An in-process transport for ``httpx.AsyncClient`` that this fake answers."""
@@ -287,8 +297,12 @@ class FakeVLLM:
         return Full(200, f"Success: LoRA adapter '{name}' added successfully.".encode(), TEXT)
 
     def _unload(self, body: bytes) -> Full:
-        name = _lora_payload(body).get("lora_name")
-        self.calls.append(("unload", str(name)))
+        payload = _lora_payload(body)
+        self.calls.append(("unload", str(payload.get("lora_name"))))
+        return self._apply_unload(payload)
+
+    def _apply_unload(self, payload: dict[str, Any]) -> Full:
+        name = payload.get("lora_name")
         if not isinstance(name, str) or self.loaded.pop(name, None) is None:
             return _error(404, f"The lora adapter '{name}' cannot be found.", "lora_name")
         self.lora_unloads_total += 1
