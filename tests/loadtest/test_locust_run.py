@@ -1,4 +1,7 @@
-"""The locustfile runs headless in a real locust process against the FAKE upstream."""
+"""The locustfile runs headless in a real locust process against the FAKE upstream.
+
+Runs last a few seconds: locust needs a moment to spawn its users, and on a busy machine a
+2-second run could end before the first request (no rows, nothing to check)."""
 
 from __future__ import annotations
 
@@ -82,7 +85,7 @@ def test_full_answers_mixed_api_per_model_stats(fake_vllm: Service, tmp_path: Pa
             "-u",
             "2",
             "-t",
-            "2",
+            "6",
             "--results-dir",
             str(tmp_path),
             "--api",
@@ -112,7 +115,7 @@ def test_failures_are_counted(fake_vllm: Service, tmp_path: Path) -> None:
             "-u",
             "1",
             "-t",
-            "2",
+            "6",
             "--results-dir",
             str(tmp_path),
             "--model",
