@@ -3,8 +3,9 @@ SDKs: ``models.retrieve``, ``/tokenize`` and ``/detokenize``, the Responses API 
 not, base and adapter, stored responses, ``previous_response_id``) and, with ``anthropic``,
 the Messages API.
 
-The adapter is loaded straight onto the shared engine under a name in the lifecycle's format
-(``NAME@vN.<12 hex>``), so answers retrieved by id, not routed by model, prove the rename too.
+The adapter is registered the production way (``--adapters-dir``) and served by the lifecycle
+under its versioned name (``NAME@vN.<12 hex>``), so answers retrieved by id, not routed by
+model, prove the rename too.
 """
 
 from __future__ import annotations
@@ -20,14 +21,12 @@ import pytest
 from gateway.engines.managed import ManagedVLLMEngine
 from gateway.settings import GatewaySettings
 from tests.integration.conftest import TINY_SERVED_NAME
-from tests.support.adapter_resolver import LoadedAdapter
 from tests.support.gateway_server import serve_gateway_in_thread
 
 pytestmark = pytest.mark.integration
 
 BASE = TINY_SERVED_NAME
 ADAPTER = "surf-a1"
-UPSTREAM = f"{ADAPTER}@v1.0123456789ab"
 MESSAGES = [{"role": "user", "content": "Tell me a story about a fox."}]
 MAX_TOKENS = 16
 
@@ -40,7 +39,7 @@ def gateway_url(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[str]:
     settings = engine_settings.model_copy(update={"data_dir": tmp_path_factory.mktemp("gw")})
-    adapters = [LoadedAdapter(ADAPTER, UPSTREAM, tiny_adapters["a1"])]
+    adapters = {ADAPTER: tiny_adapters["a1"]}
     with serve_gateway_in_thread(
         settings, vllm_engine.url, BASE, adapters, engine_api_key=vllm_engine.api_key
     ) as url:

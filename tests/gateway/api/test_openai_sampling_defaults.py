@@ -1,44 +1,30 @@
 """Sampling defaults on the wire: the base model's model card, an adapter's own, the client's.
 
 The gateway's base model is a prepared SmolLM2 directory (its recipe's marker, no weights: the
-engine is the fake upstream), served as ``base-model``; what the fake receives is what vLLM
-would have sampled with.
+engine is the FAKE vLLM), served as ``base-model``; what the fake receives is what vLLM would
+have sampled with. The adapter's defaults are set the admin API's way (the lifecycle).
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 import pytest_asyncio
 
-from gateway.engines.basemodels import MARKER_FILE, RECIPE_VERSIONS, SMOLLM2
+from gateway.engines.basemodels import SMOLLM2
 from tests.gateway.conftest import Gateway, GatewayFactory
-from tests.gateway.openai_env import ADAPTER, ADAPTER_UPSTREAM, BASE, chat, completion
-from tests.support.adapter_resolver import LoadedAdapter
+from tests.gateway.openai_env import ADAPTER, BASE, chat, completion
 
 CARD = {"temperature": 0.2, "top_p": 0.9}
 ADAPTER_DEFAULTS = {"temperature": 0.7, "max_tokens": 5, "stop": ["###"]}
 
 
-def prepared_smollm2(directory: Path) -> Path:
-    directory.mkdir(parents=True)
-    (directory / "config.json").write_text("{}")
-    marker = {"recipe": SMOLLM2, "version": RECIPE_VERSIONS[SMOLLM2]}
-    (directory / MARKER_FILE).write_text(json.dumps(marker))
-    return directory
-
-
 @pytest_asyncio.fixture(loop_scope="session")
-async def carded(make_gateway: GatewayFactory, tmp_path: Path) -> AsyncIterator[Gateway]:
-    model = prepared_smollm2(tmp_path / "smollm2")
-    async with make_gateway(base_model=str(model), served_model_name=BASE) as gw:
-        gw.adapters.adapters[ADAPTER] = LoadedAdapter(
-            ADAPTER, ADAPTER_UPSTREAM, sampling_defaults=ADAPTER_DEFAULTS
-        )
+async def carded(make_gateway: GatewayFactory) -> AsyncIterator[Gateway]:
+    async with make_gateway(recipe=SMOLLM2, served_model_name=BASE) as gw:
+        await gw.lifecycle.set_sampling_defaults(ADAPTER, ADAPTER_DEFAULTS)
         yield gw
 
 
@@ -74,7 +60,7 @@ async def test_what_the_client_sends_always_wins(carded: Gateway) -> None:
 
 async def test_an_adapter_s_defaults_win_over_the_base_model_s(carded: Gateway) -> None:
     body = await forwarded(carded, "/v1/chat/completions", chat(ADAPTER))
-    assert body["model"] == ADAPTER_UPSTREAM
+    assert body["model"] == carded.adapter_upstream
     assert sampling_of(body) == {"temperature": 0.7, "top_p": 0.9, "max_tokens": 5, "stop": ["###"]}
     # max_completion_tokens is chat's max_tokens: the client chose it.
     body = await forwarded(

@@ -1,7 +1,8 @@
 """The Responses API through the gateway, driven by the official ``openai`` SDK.
 
-The engines are FAKE upstreams that keep stored responses in their own memory, as vLLM does;
-the conversation tests run two engines behind two gateway replicas.
+The engine is the FAKE vLLM answering through :class:`~tests.gateway.api.engine_scripts.VLLMScript`,
+which keeps stored responses in its own memory, as vLLM does; the conversation test runs two
+engines behind two gateway replicas.
 """
 
 from __future__ import annotations
@@ -13,28 +14,37 @@ from pathlib import Path
 
 import openai
 import pytest
-from starlette.responses import Response
 
 from gateway.app import create_app
 from gateway.settings import GatewaySettings
+from loadtest.fake_vllm import FakeBehaviour, FakeVLLM, serving
+from loadtest.fake_vllm.engine import Recorded, Reply, Stream
+from tests.adapters.builders import write_base_model
+from tests.gateway.api.engine_scripts import VLLMScript, response_body, sse
 from tests.gateway.api.test_openai_routes import assert_openai_error
 from tests.gateway.conftest import Gateway
-from tests.gateway.openai_env import ADAPTER, ADAPTER_UPSTREAM, BASE, access_lines
-from tests.support.adapter_resolver import EngineAdapters, LoadedAdapter
-from tests.support.fake_upstream import FakeUpstream, Recorded, response_body, response_event
+from tests.gateway.openai_env import ADAPTER, BASE, access_lines
 from tests.support.gateway_server import StaticEngine, serve_in_loop
 
 OUR_ID = re.compile(r"resp_[0-9a-f]{10}_[0-9a-f]{32}")
+
+
+@pytest.fixture
+def script(gateway: Gateway) -> VLLMScript:
+    script = VLLMScript()
+    gateway.fake.handler = script.handle
+    return script
 
 
 def sdk(url: str) -> openai.AsyncOpenAI:
     return openai.AsyncOpenAI(base_url=f"{url}/v1", api_key="x", max_retries=0)
 
 
-@pytest.mark.parametrize(("model", "upstream"), [(BASE, BASE), (ADAPTER, ADAPTER_UPSTREAM)])
+@pytest.mark.parametrize("model", [BASE, ADAPTER])
 async def test_create_routes_renames_and_counts(
-    gateway: Gateway, caplog: pytest.LogCaptureFixture, model: str, upstream: str
+    gateway: Gateway, script: VLLMScript, caplog: pytest.LogCaptureFixture, model: str
 ) -> None:
+    upstream = BASE if model == BASE else gateway.adapter_upstream
     client = sdk(gateway.url)
     with caplog.at_level("INFO", logger="gateway.access"):
         response = await client.responses.with_raw_response.create(model=model, input="hi")
@@ -51,7 +61,7 @@ async def test_create_routes_renames_and_counts(
 
 
 async def test_stream_renames_every_event_and_counts_usage(
-    gateway: Gateway, caplog: pytest.LogCaptureFixture
+    gateway: Gateway, script: VLLMScript, caplog: pytest.LogCaptureFixture
 ) -> None:
     client = sdk(gateway.url)
     with caplog.at_level("INFO", logger="gateway.access"):
@@ -76,17 +86,16 @@ async def test_stream_renames_every_event_and_counts_usage(
     assert line["stream"] is True
 
 
-async def test_retrieve_and_continue_on_the_engine_that_stored_it(gateway: Gateway) -> None:
-    # The lifecycle's name for a version (adapters.registry.upstream_name).
-    versioned = LoadedAdapter(ADAPTER, "style@v2.0123456789ab")
-    gateway.adapters.adapters[ADAPTER] = versioned
+async def test_retrieve_and_continue_on_the_engine_that_stored_it(
+    gateway: Gateway, script: VLLMScript
+) -> None:
     client = sdk(gateway.url)
     try:
         first = await client.responses.create(model=ADAPTER, input="hi")
         again = await client.responses.retrieve(first.id)
         # Retrieved by id, not routed by model: the version's name is still the public one.
         assert again.id == first.id and again.model == ADAPTER
-        assert gateway.fake.stored_responses[first.id]["model"] == versioned.upstream_name
+        assert script.stored[first.id]["model"] == gateway.adapter_upstream
         second = await client.responses.create(
             model=ADAPTER, input="more", previous_response_id=first.id
         )
@@ -94,7 +103,6 @@ async def test_retrieve_and_continue_on_the_engine_that_stored_it(gateway: Gatew
         assert gateway.fake.requests[-1].json()["previous_response_id"] == first.id
     finally:
         await client.close()
-        gateway.adapters.adapters[ADAPTER] = LoadedAdapter(ADAPTER, ADAPTER_UPSTREAM)
 
 
 @pytest.mark.parametrize(
@@ -106,7 +114,7 @@ async def test_retrieve_and_continue_on_the_engine_that_stored_it(gateway: Gatew
     ],
 )
 async def test_an_id_no_engine_of_ours_made_is_a_clear_404(
-    gateway: Gateway, response_id: str
+    gateway: Gateway, script: VLLMScript, response_id: str
 ) -> None:
     error = assert_openai_error(
         await gateway.http.get(f"/v1/responses/{response_id}"), 404, "response_not_found"
@@ -124,7 +132,7 @@ async def test_an_id_no_engine_of_ours_made_is_a_clear_404(
 
 
 async def test_cancel_passes_the_engine_s_answer_and_delete_says_it_cannot(
-    gateway: Gateway,
+    gateway: Gateway, script: VLLMScript
 ) -> None:
     client = sdk(gateway.url)
     first = await client.responses.create(model=BASE, input="hi")
@@ -147,12 +155,14 @@ async def test_cancel_passes_the_engine_s_answer_and_delete_says_it_cannot(
         {"model": BASE, "input": 7},
     ],
 )
-async def test_bad_bodies_are_400(gateway: Gateway, body: dict[str, object]) -> None:
+async def test_bad_bodies_are_400(
+    gateway: Gateway, script: VLLMScript, body: dict[str, object]
+) -> None:
     assert_openai_error(await gateway.http.post("/v1/responses", json=body), 400)
     assert gateway.fake.requests == []
 
 
-async def test_unknown_model_is_404(gateway: Gateway) -> None:
+async def test_unknown_model_is_404(gateway: Gateway, script: VLLMScript) -> None:
     response = await gateway.http.post("/v1/responses", json={"model": "nope", "input": "hi"})
     assert_openai_error(response, 404, "model_not_found")
 
@@ -160,10 +170,10 @@ async def test_unknown_model_is_404(gateway: Gateway) -> None:
 async def test_a_client_leaving_mid_stream_aborts_the_engine_request(gateway: Gateway) -> None:
     never = asyncio.Event()
 
-    async def endless(recorded: Recorded) -> Response:
+    async def endless(recorded: Recorded) -> Reply:
         body = recorded.json()
         started = response_body(body["request_id"], body["model"], "")
-        return gateway.fake.stream([response_event("response.created", started), never])
+        return Stream([sse("response.created", {"response": started}), never])
 
     gateway.fake.handler = endless
     async with gateway.http.stream(
@@ -172,24 +182,29 @@ async def test_a_client_leaving_mid_stream_aborts_the_engine_request(gateway: Ga
         async for chunk in response.aiter_raw():
             assert b"response.created" in chunk
             break
-    await asyncio.wait_for(gateway.fake.stream_cancelled.wait(), timeout=5)
-    assert gateway.adapters.active_leases == 0
+    await asyncio.wait_for(gateway.fake.requests[-1].disconnected.wait(), timeout=5)
+    assert gateway.leases() == 0
 
 
 async def test_a_conversation_across_two_engines_and_two_replicas(tmp_path: Path) -> None:
     """Each turn reaches either gateway replica; each continues the previous turn, which only
     the engine that made it holds."""
-    fakes = [FakeUpstream(), FakeUpstream()]
+    fakes = [FakeVLLM(FakeBehaviour(model=BASE, record_requests=True)) for _ in range(2)]
+    scripts = [VLLMScript() for _ in fakes]
+    for fake, script in zip(fakes, scripts, strict=True):
+        fake.handler = script.handle
+    base_dir = write_base_model(tmp_path / "models" / BASE)
     async with AsyncExitStack() as stack:
-        urls = [await stack.enter_async_context(serve_in_loop(f.app())) for f in fakes]
+        urls = [await stack.enter_async_context(serving(f)) for f in fakes]
         replicas = []
         for index in range(2):
             engines = [StaticEngine(url, BASE, name=f"remote-{i}") for i, url in enumerate(urls)]
             for engine in engines:
                 stack.push_async_callback(engine.close_client)
-            adapters = EngineAdapters(engines[0], [LoadedAdapter(ADAPTER, ADAPTER_UPSTREAM)])
-            settings = GatewaySettings(data_dir=tmp_path / f"replica-{index}")
-            app = create_app(settings, engines=engines, adapter_resolver=adapters)
+            settings = GatewaySettings(
+                data_dir=tmp_path / f"replica-{index}", base_model=str(base_dir)
+            )
+            app = create_app(settings, engines=engines)
             replicas.append(await stack.enter_async_context(serve_in_loop(app)))
         clients = [sdk(url) for url in replicas]
         previous: str | None = None
@@ -199,19 +214,20 @@ async def test_a_conversation_across_two_engines_and_two_replicas(tmp_path: Path
             answer = await client.responses.create(
                 model=BASE, input=f"turn {turn}", previous_response_id=previous
             )
-            made_by.append(next(i for i, f in enumerate(fakes) if answer.id in f.stored_responses))
+            made_by.append(next(i for i, s in enumerate(scripts) if answer.id in s.stored))
             previous = answer.id
         for client in clients:
             await client.close()
     # The first turn went where round-robin sent it; every later one followed it there.
     assert len(set(made_by)) == 1
-    assert sum(len(f.requests) for f in fakes) == 5
+    responses = [r for f in fakes for r in f.requests if r.path == "/v1/responses"]
+    assert len(responses) == 5
 
 
-async def test_responses_defaults_use_max_output_tokens(gateway: Gateway) -> None:
-    gateway.adapters.adapters[ADAPTER] = LoadedAdapter(
-        ADAPTER, ADAPTER_UPSTREAM, sampling_defaults={"temperature": 0.3, "max_tokens": 9}
-    )
+async def test_responses_defaults_use_max_output_tokens(
+    gateway: Gateway, script: VLLMScript
+) -> None:
+    await gateway.lifecycle.set_sampling_defaults(ADAPTER, {"temperature": 0.3, "max_tokens": 9})
     try:
         response = await gateway.http.post("/v1/responses", json={"model": ADAPTER, "input": "x"})
         assert response.status_code == 200, response.text
@@ -219,4 +235,4 @@ async def test_responses_defaults_use_max_output_tokens(gateway: Gateway) -> Non
         assert forwarded["temperature"] == 0.3 and forwarded["max_output_tokens"] == 9
         assert "max_tokens" not in forwarded
     finally:
-        gateway.adapters.adapters[ADAPTER] = LoadedAdapter(ADAPTER, ADAPTER_UPSTREAM)
+        await gateway.lifecycle.set_sampling_defaults(ADAPTER, None)
