@@ -176,7 +176,7 @@ def create_app(
     app.add_middleware(
         RequestContextMiddleware,
         max_body_bytes=settings.max_body_bytes,
-        access_log=AccessLog(json_lines=settings.log_json),
+        access_log=AccessLog(),
         observer=observer,
     )
     app.include_router(build_health_router())

@@ -26,7 +26,7 @@ import sys
 import time
 from collections.abc import Mapping
 
-from gateway.engines.base import Engine, EngineState, EngineStatus
+from gateway.engines.base import Engine, EngineState, EngineStatus, StartPhase
 from gateway.engines.basemodels import BaseModelSpec, locate_base_model, prepare_command
 from gateway.engines.client import ClientLimits
 from gateway.engines.cpu_lora_fix import PLUGIN_NAME
@@ -121,6 +121,11 @@ class ManagedVLLMEngine(Engine):
             restarts=self.restarts,
             url=self.url,
         )
+
+    def start_phase(self) -> StartPhase | None:
+        if self._preparing:
+            return StartPhase.PREPARING_MODEL
+        return super().start_phase()
 
     async def start(self) -> None:
         if self._task is not None and not self._task.done():
