@@ -86,6 +86,9 @@ def test_locustfile_with_no_model_options_loads_every_adapter(
     assert all(int(row["Request Count"]) > 0 for row in posts.values())
     assert all(int(row["Failure Count"]) == 0 for row in posts.values())
     assert not any(fake_model in name for name in posts)
+    # TTFT and throughput over time, beside locust's HTML report.
+    assert (tmp_path / "locust.html").stat().st_size > 0
+    assert (tmp_path / "locust_timeline.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_include_base_adds_the_base_model(
