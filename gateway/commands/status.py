@@ -3,7 +3,8 @@
 Engines (state, restarts, adapter slots used, pid, reason), adapters (state, version, engines,
 requests in flight) and the gateway's requests in flight. URL and admin token come from the same
 options, environment and token file as ``lora-gateway adapters`` (:mod:`gateway.commands.adapters`,
-whose admin call it uses). Registered on the CLI by :func:`gateway.cli.build_cli`.
+whose admin client set-up it shares: :class:`adapters.client.AdminClient`). Registered on the CLI
+by :func:`gateway.cli.build_cli`.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from rich.table import Table
 from rich.text import Text
 
 from gateway.commands.adapters import DEFAULT_URL, DataDirOpt, TokenOpt, UrlOpt
-from gateway.commands.adapters import _call as admin_call
+from gateway.commands.adapters import _admin as admin_client
 
 #: Width of the tables when the output is not a terminal.
 STATUS_WIDTH = 200
@@ -33,7 +34,8 @@ def status(
     data_dir: DataDirOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the raw JSON answer.")] = False,
 ) -> None:
-    answer = admin_call("GET", url, "/admin/status", admin_token, data_dir)
+    with admin_client(url, admin_token, data_dir) as client:
+        answer = client.status()
     if as_json:
         typer.echo(json.dumps(answer, indent=2))
         return

@@ -19,9 +19,14 @@ from openai.types.chat import ChatCompletionMessageParam
 
 from gateway.engines.managed import ManagedVLLMEngine
 from gateway.settings import GatewaySettings
+from loadtest.adapters_gen import write_random_lora
 from tests.integration.conftest import TINY_SERVED_NAME
-from tests.integration.registry_gateway import ADMIN_TOKEN, RegistryGateway, registry_gateway
-from tests.support.adapters import write_lora_adapter
+from tests.integration.registry_gateway import (
+    ADAPTER_SCALE,
+    ADMIN_TOKEN,
+    RegistryGateway,
+    registry_gateway,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -64,7 +69,7 @@ async def test_chat_complete_and_status_against_real_vllm(
     tmp_path: Path,
 ) -> None:
     root = tmp_path / "adapters"
-    path = write_lora_adapter(root / ADAPTER, tiny_model_dir, seed=31)
+    path = write_random_lora(root / ADAPTER, tiny_model_dir, seed=31, scale=ADAPTER_SCALE)
     async with registry_gateway(engine_settings, vllm_engine, tmp_path / "data", root) as gw:
         await gw.register(ADAPTER, path)
         common = ["--temperature", "0", "--max-tokens", str(MAX_TOKENS)]

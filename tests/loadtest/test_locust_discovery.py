@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 
+from loadtest.adapters_gen import write_random_lora
 from loadtest.discovery import DiscoveryError, pick_models
 from loadtest.gateway_admin import register_adapters
 from loadtest.procs import GatewayOptions, Service, start_gateway
 from tests.loadtest.test_locust_run import run_loadtest, stats_rows
-from tests.support.adapters import write_lora_adapter
 
 ADMIN_TOKEN = "discovery-admin-token-0123456789"
 LISTING = {
@@ -61,7 +61,7 @@ def gateway_over_fake(
     service = start_gateway(options, work / "logs")
     try:
         adapters = [
-            (name, write_lora_adapter(roots / name, tiny_model_dir, seed=seed))
+            (name, write_random_lora(roots / name, tiny_model_dir, seed=seed))
             for name, seed in (("disc-a", 1), ("disc-b", 2))
         ]
         assert register_adapters(service.url, ADMIN_TOKEN, adapters, load=True) == 2
