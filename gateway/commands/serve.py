@@ -163,12 +163,14 @@ async def _announce(server: uvicorn.Server, app: FastAPI, settings: GatewaySetti
     typer.echo(f"gateway: {url}  (GET /readyz answers 200 once the engine is ready)")
     typer.echo(admin_token_note(app))
     progress = StartupProgress(engines, Console())
+    shown: set[str] = set()  # the example once per base model, not after every restart
     try:
         while True:
             for engine in progress.update():
-                typer.echo(
-                    sdk_example(url, engine.base_model, keys_required=bool(settings.api_keys))
-                )
+                if engine.base_model not in shown:
+                    shown.add(engine.base_model)
+                    keys_required = bool(settings.api_keys)
+                    typer.echo(sdk_example(url, engine.base_model, keys_required=keys_required))
             await asyncio.sleep(PROGRESS_INTERVAL_S)
     finally:
         progress.close()
