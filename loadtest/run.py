@@ -45,6 +45,8 @@ class LocustRun:
     cpus: frozenset[int] | None = None
 
     def __post_init__(self) -> None:
+        # locust runs inside the results dir: every path handed to it must be absolute.
+        object.__setattr__(self, "results_dir", self.results_dir.resolve())
         if not 1 <= self.users <= MAX_USERS:
             raise ValueError(f"users must be 1..{MAX_USERS}, got {self.users}")
         if not MIN_DURATION_S <= self.duration_s <= MAX_DURATION_S:
