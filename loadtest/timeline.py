@@ -88,7 +88,7 @@ def read_history(path: Path) -> tuple[list[HistoryPoint], bool]:
 def timeline_figure(points: list[HistoryPoint], *, streamed: bool, title: str) -> Figure:
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(10, 6.4))
+    fig = Figure(figsize=(10, 6.4), layout="constrained")
     top, bottom = fig.subplots(2, 1, sharex=True)
     elapsed = [p.elapsed_s for p in points]
     what = "TTFT" if streamed else "response time"
@@ -112,9 +112,10 @@ def timeline_figure(points: list[HistoryPoint], *, streamed: bool, title: str) -
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=8, loc="upper right")
     if not points:
-        top.text(0.5, 0.5, "no requests recorded", ha="center", va="center")
+        top.text(
+            0.5, 0.5, "no requests recorded", ha="center", va="center", transform=top.transAxes
+        )
     fig.suptitle(title)
-    fig.tight_layout()
     return fig
 
 
