@@ -1,13 +1,13 @@
-"""adapters.registry: persistence, versions, states; adapters.state: the transition table."""
+"""adapters.registry: persistence, versions, states; adapters.state: the transition table.
+
+Every test taking ``db_url`` runs on SQLite and on a throwaway PostgreSQL (tests/conftest.py).
+"""
 
 from __future__ import annotations
 
 import itertools
-import os
-from pathlib import Path
 
 import pytest
-from sqlalchemy import create_engine
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.schema import CreateTable
 
@@ -34,25 +34,6 @@ def new_version(sha: str = "a", path: str = "/adapters/x") -> NewVersion:
         size_bytes=1234,
         manifest={"steps": 3},
     )
-
-
-#: A PostgreSQL database the registry tests may empty and use, e.g.
-#: ``postgresql+psycopg://postgres@127.0.0.1:5432/registry_test`` (needs the psycopg driver).
-POSTGRES_URL_ENV = "LORA_GATEWAY_TEST_POSTGRES_URL"
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """The same tests on the default SQLite file and, when configured, on PostgreSQL."""
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'nested' / 'registry.db'}"
-    url = os.environ.get(POSTGRES_URL_ENV)
-    if not url:
-        pytest.skip(f"set {POSTGRES_URL_ENV} to run the registry tests on PostgreSQL")
-    engine = create_engine(url)
-    Base.metadata.drop_all(engine)
-    engine.dispose()
-    return url
 
 
 def test_add_get_list_and_persist_across_registry_objects(db_url: str) -> None:
