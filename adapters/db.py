@@ -157,11 +157,16 @@ def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:
 
 def create_schema(engine: Engine) -> None:
     """Create missing tables and the generation row, and add the columns added since a database
-    was created. One transaction; on PostgreSQL under an advisory lock, so replicas that start
-    together against an empty database do not both create or alter the same table."""
+    was created. One transaction holding a lock (an advisory lock on PostgreSQL, the write lock
+    on SQLite), so processes that start together against an empty database do not both create or
+    alter the same table."""
     with engine.begin() as connection:
         if engine.dialect.name == "postgresql":
             connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": SCHEMA_LOCK_KEY})
+        elif engine.dialect.name == "sqlite":
+            # pysqlite runs DDL outside any transaction unless one is open: take the write lock
+            # now, so a second process waits (busy timeout) and then finds the tables made.
+            connection.exec_driver_sql("BEGIN IMMEDIATE")
         Base.metadata.create_all(connection)
         _add_missing_columns(connection)
         present = connection.scalar(

@@ -22,7 +22,7 @@ from adapters.state import (
     InvalidTransitionError,
     check_transition,
 )
-from tests.support.registry_writers import register_versions
+from tests.support.registry_writers import open_registry, register_versions
 
 
 def new_version(sha: str = "a", path: str = "/adapters/x") -> NewVersion:
@@ -216,3 +216,22 @@ def test_a_registry_from_before_the_generation_gains_it(db_url: str) -> None:
     reopened.set_pinned("alpha", True)
     assert reopened.generation() == 1
     reopened.close()
+
+
+def test_replicas_starting_together_create_the_schema_once(db_url: str) -> None:
+    context = multiprocessing.get_context("spawn")
+    barrier = context.Barrier(3)
+    results = context.Queue()
+    workers = [
+        context.Process(target=open_registry, args=(db_url, tag, barrier, results))
+        for tag in ("a", "b", "c")
+    ]
+    for worker in workers:
+        worker.start()
+    outcomes = [results.get(timeout=120) for _ in workers]
+    for worker in workers:
+        worker.join(timeout=30)
+    assert [error for _, error in outcomes] == [None, None, None]
+    registry = Registry(db_url)
+    assert registry.generation() == 0
+    registry.close()

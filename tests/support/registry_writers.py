@@ -44,3 +44,15 @@ def register_versions(
     finally:
         registry.close()
         results.put((tag, numbers, errors))
+
+
+def open_registry(url: str, tag: str, barrier: Barrier, results: Queue[object]) -> None:
+    """Open (and so create or migrate) the registry at ``url``; put (tag, error or None)."""
+    error: str | None = None
+    try:
+        barrier.wait(timeout=60)
+        Registry(url).close()
+    except AdapterError as exc:
+        error = str(exc)
+    finally:
+        results.put((tag, error))
