@@ -5,8 +5,7 @@ the ready ones); any other id must be a registered adapter name, resolved throug
 :class:`AdapterResolver` (the adapter lifecycle in :mod:`gateway.lifecycle.service`), which makes
 sure the adapter is loaded on an engine and holds it there (no eviction, no unload) until the
 request's lease is released. Never a raw path. Used by :mod:`gateway.inference.proxy` (``route``)
-and the ``/v1/models`` route (``public_models``); :class:`NoAdapters` is the resolver of an app that
-has no adapter registry wired in.
+and the ``/v1/models`` route (``public_models``).
 """
 
 from __future__ import annotations
@@ -60,16 +59,6 @@ def unknown_model(name: str) -> ModelNotFoundError:
     return ModelNotFoundError(f"The model `{name}` does not exist.", param="model")
 
 
-class NoAdapters:
-    """A resolver that knows no adapter: every name but the base model's is unknown."""
-
-    def lease(self, name: str) -> AbstractAsyncContextManager[Route]:
-        raise unknown_model(name)
-
-    def public_models(self) -> list[PublicModel]:
-        return []
-
-
 class Router:
     def __init__(
         self, engines: Sequence[Engine], adapters: AdapterResolver, *, created: int | None = None
@@ -96,8 +85,10 @@ class Router:
         """A ready engine, round-robin; EngineUnavailableError (503) when none is ready."""
         ready = [engine for engine in self._engines if engine.ready]
         if not ready:
+            states = ", ".join(f"{e.name} {e.status().state}" for e in self._engines)
             reasons = "; ".join(f"{e.name}: {e.status().reason}" for e in self._engines)
-            raise EngineUnavailableError(f"no engine is ready ({reasons})")
+            # The engines' own reasons (pids, exit causes) are for the log.
+            raise EngineUnavailableError(f"no engine is ready ({states})", detail=reasons)
         return ready[next(self._turn) % len(ready)]
 
     @asynccontextmanager

@@ -1,7 +1,7 @@
 """The admin API over HTTP (in-process ASGI): auth, every route, errors in the OpenAI shape.
 
 The app is the real ``create_app`` (which serves the admin API) with the lifecycle as its
-adapter resolver; the engine is the FAKE of lifecycle_fakes.py.
+adapter resolver; the engine is the FAKE vLLM of loadtest/fake_vllm.
 """
 
 from __future__ import annotations
@@ -20,8 +20,9 @@ from gateway.app import create_app
 from gateway.auth.admin_token import TOKEN_FILE, load_admin_token
 from gateway.lifecycle.service import AdapterLifecycle
 from gateway.settings import GatewaySettings
+from loadtest.fake_vllm import FakeVLLM
 from tests.adapters.builders import write_adapter, write_base_model
-from tests.gateway.lifecycle_fakes import FakeEngine, FakeLoraUpstream
+from tests.support.fake_engine import FakeEngine
 
 BASE = "tinybase"
 TOKEN = "test-admin-token-0123456789"
@@ -31,7 +32,7 @@ TOKEN = "test-admin-token-0123456789"
 class Admin:
     http: httpx.AsyncClient
     roots: Path
-    upstream: FakeLoraUpstream
+    upstream: FakeVLLM
     lifecycle: AdapterLifecycle
 
     def adapter(self, name: str, seed: int = 0, **kwargs: Any) -> str:
@@ -54,11 +55,11 @@ async def admin(tmp_path: Path) -> AsyncIterator[Admin]:
         admin_token=TOKEN,
         max_adapter_bytes=50_000,
     )  # type: ignore[arg-type]
-    upstream = FakeLoraUpstream()
+    upstream = FakeVLLM()
     engine = FakeEngine(upstream, base_model=BASE)
     lifecycle = build_lifecycle(settings, [engine], capacity=2)
     await lifecycle.start()
-    app = create_app(settings, engines=[engine], adapter_resolver=lifecycle)
+    app = create_app(settings, engines=[engine], lifecycle=lifecycle)
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(
@@ -203,3 +204,40 @@ def test_generated_admin_token_file(tmp_path: Path, caplog: pytest.LogCaptureFix
     from_env = load_admin_token(GatewaySettings(data_dir=tmp_path / "other", admin_token="abc"))  # type: ignore[arg-type]
     assert from_env.path is None and from_env.verify("abc")
     assert not (tmp_path / "other" / TOKEN_FILE).exists()
+
+
+async def test_client_facing_errors_hide_internal_names_paths_and_engine_messages(
+    admin: Admin, caplog: pytest.LogCaptureFixture
+) -> None:
+    """OpenAI routes and the admin API answer with public names and a short reason; versioned
+    upstream names, slot states, file paths and the engine's words go to the log (WARNING,
+    with the request id)."""
+    refused = admin.adapter("refused")
+    await admin.http.post("/admin/adapters", json={"name": "refused", "path": refused})
+    admin.upstream.refuse_names.add("refused")
+    hidden = (refused, "@v", "/store/", "loading", "loaded", "unloading")
+
+    def public(error: dict[str, Any]) -> str:
+        message = str(error["message"])
+        assert not [word for word in hidden if word in message], message
+        return message
+
+    caplog.set_level(logging.WARNING, logger="gateway.errors")
+    body = {"model": "refused", "prompt": "hi", "max_tokens": 1}
+    for _ in range(2):  # the engine's refusal, then the cool-down's answer
+        response = await admin.http.post("/v1/completions", json=body)
+        assert "'refused'" in public(error_of(response, 502))
+        request_id = response.headers["x-request-id"]
+        logged = [r.getMessage() for r in caplog.records if request_id in r.getMessage()]
+        assert logged and "refused@v1." in logged[0]
+    public(error_of(await admin.http.post("/admin/adapters/refused/load"), 502))
+
+    # Every slot busy: the 503 names no other adapter's versioned name nor slot state.
+    admin.lifecycle.slot_wait_s = 0.05
+    for name in ("b", "c", "d"):
+        await admin.http.post("/admin/adapters", json={"name": name, "path": admin.adapter(name)})
+    async with admin.lifecycle.lease("b"), admin.lifecycle.lease("c"):
+        response = await admin.http.post("/v1/completions", json={**body, "model": "d"})
+        assert "'d'" in public(error_of(response, 503))
+        assert any("b@v1." in r.getMessage() for r in caplog.records)
+        public(error_of(await admin.http.post("/admin/adapters/d/load"), 503))
