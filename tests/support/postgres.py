@@ -172,7 +172,9 @@ def running_postgres() -> Iterator[PostgresServer]:
             f"{ENSURE_SCRIPT} (as root)"
         )
     account = _server_account()
-    root = Path(tempfile.mkdtemp(prefix="lora-gateway-pg-"))
+    # Under /tmp when the server runs as another account: it must be able to reach the dir, and
+    # a short path keeps the Unix socket within its 107-byte limit (pytest's tmp paths are long).
+    root = Path(tempfile.mkdtemp(prefix="lora-gateway-pg-", dir="/tmp" if account else None))
     try:
         if account is not None:
             entry = pwd.getpwnam(account)
