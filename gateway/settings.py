@@ -87,7 +87,9 @@ class GatewaySettings(BaseSettings):
     )
     data_dir: Path = Field(default_factory=_default_data_dir)
     database_url: str | None = Field(
-        default=None, description="SQLAlchemy URL of the registry; SQLite in the data dir if unset."
+        default=None,
+        description="SQLAlchemy URL of the registry; SQLite in the data dir if unset. Gateway "
+        "replicas share one PostgreSQL: postgresql+psycopg://USER:PASSWORD@HOST:5432/DB.",
     )
 
     # --- Engines ------------------------------------------------------------------------------
