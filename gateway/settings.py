@@ -46,6 +46,17 @@ class GatewaySettings(BaseSettings):
         default=None,
         description="Bearer token for /admin. Unset: generated at first start into the data dir.",
     )
+    redis_url: str | None = Field(
+        default=None,
+        description="Redis for the per-key limits shared by replicas (redis://host:port/db); "
+        "unset: each process counts alone, in memory.",
+    )
+    key_cache_ttl_s: float = Field(
+        default=1.0,
+        gt=0,
+        le=60,
+        description="How long a virtual-key lookup is cached; a revocation takes this long.",
+    )
     max_body_bytes: int = Field(default=1 << 20, ge=1024, description="Request body limit.")
     log_level: str = "INFO"
     log_json: bool = True
