@@ -201,11 +201,14 @@ class KeyLimiter:
             )
         rpm = _rpm(limits)
         if rpm is not None:
-            allowed = await self._window.hit(rpm, key.id, "requests")
-            stats = await self._window.get_window_stats(rpm, key.id, "requests")
-            reset_s = max(0.0, stats.reset_time - clock)
+            # The fixed window's hit, keeping the count it returns: a separate read would see
+            # other replicas' hits, and each answer must say what remained after its own.
+            window = rpm.key_for(key.id, "requests")
+            count = await self.storage.incr(window, rpm.get_expiry(), amount=1)
+            allowed = count <= rpm.amount
+            reset_s = max(0.0, await self.storage.get_expiry(window) - clock)
             headers["x-ratelimit-limit-requests"] = str(rpm.amount)
-            headers["x-ratelimit-remaining-requests"] = str(stats.remaining)
+            headers["x-ratelimit-remaining-requests"] = str(max(0, rpm.amount - count))
             headers["x-ratelimit-reset-requests"] = format_reset(reset_s)
             if not allowed:
                 raise RateLimitError(
