@@ -44,6 +44,7 @@ from fastapi import Depends, FastAPI
 
 from gateway.api.admin.adapters import build_admin_router
 from gateway.api.admin.keys import build_keys_router
+from gateway.api.admin.usage import build_usage_router
 from gateway.api.deps import Services, get_principal
 from gateway.api.error_handlers import install_error_handlers
 from gateway.api.health import build_health_router
@@ -54,6 +55,7 @@ from gateway.auth.admin_token import load_admin_token
 from gateway.auth.key_store import KeyStore
 from gateway.auth.limits import KeyLimiter, open_storage
 from gateway.auth.tenants import Tenants
+from gateway.auth.usage_records import UsageRecorder, UsageStore
 from gateway.engines.base import Engine
 from gateway.inference.proxy import OpenAIProxy
 from gateway.inference.routing import AdapterResolver, Router
@@ -130,13 +132,15 @@ def create_app(
         active = _build_engines(settings) if engines is None else list(engines)
         started: list[Engine] = []
         key_store = await asyncio.to_thread(KeyStore.open, settings.resolved_database_url)
+        usage = UsageRecorder(await asyncio.to_thread(UsageStore, key_store.engine))
+        usage_writer = asyncio.create_task(usage.run(settings.usage_flush_interval_s))
         tenants = Tenants(
             key_store,
             KeyLimiter(open_storage(settings.redis_url)),
             settings.api_keys,
+            usage=usage,
             cache_ttl_s=settings.key_cache_ttl_s,
         )
-        app.state.tenants = tenants
         try:
             if owns_engines:
                 for engine in active:
@@ -161,6 +165,11 @@ def create_app(
                 )
                 yield
         finally:
+            usage_writer.cancel()
+            try:
+                await usage.flush()
+            except Exception:
+                logger.exception("could not write the last usage records")
             key_store.close()
             for engine in reversed(started):
                 try:
@@ -197,6 +206,7 @@ def create_app(
     app.include_router(build_metrics_router(metrics))
     app.include_router(build_admin_router())
     app.include_router(build_keys_router())
+    app.include_router(build_usage_router())
     # Every /v1 route, present and future, authenticates (a no-op on an open gateway).
     app.include_router(build_openai_router(), dependencies=[Depends(get_principal)])
     return app

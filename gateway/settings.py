@@ -57,6 +57,9 @@ class GatewaySettings(BaseSettings):
         le=60,
         description="How long a virtual-key lookup is cached; a revocation takes this long.",
     )
+    usage_flush_interval_s: float = Field(
+        default=5.0, gt=0, le=3600, description="How often token usage is written to the DB."
+    )
     max_body_bytes: int = Field(default=1 << 20, ge=1024, description="Request body limit.")
     log_level: str = "INFO"
     log_json: bool = True

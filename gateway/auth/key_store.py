@@ -110,6 +110,10 @@ class KeyStore:
         self._sessions: sessionmaker[Session] = make_sessionmaker(engine)
         Base.metadata.create_all(engine, tables=[ApiKeyRow.__table__])  # type: ignore[list-item]
 
+    @property
+    def engine(self) -> Engine:
+        return self._engine
+
     @classmethod
     def open(cls, url: str) -> KeyStore:
         return cls(make_engine(url))

@@ -37,7 +37,9 @@ from limits.aio.strategies import FixedWindowRateLimiter
 from limits.storage import storage_from_string
 
 from gateway.auth.keys import KeyLimits, VirtualKey
+from gateway.auth.usage_records import NO_KEY, UsageRecorder
 from gateway.errors import GatewayError, QuotaExceededError, RateLimitError
+from gateway.inference.record import RequestInfo
 
 logger = logging.getLogger(__name__)
 
@@ -133,14 +135,26 @@ class Admission:
     key: VirtualKey | None
     headers: dict[str, str] = field(default_factory=dict)
     concurrency_key: str | None = None
+    #: Where the request's token usage is recorded, and under which key id.
+    usage: UsageRecorder | None = None
+    usage_key: str = NO_KEY
     finished: bool = False
 
-    async def finish(self, prompt_tokens: int | None, completion_tokens: int | None) -> None:
-        """Charge the engine's token counts and free the slot; once, whatever happened."""
-        if self.finished or self.limiter is None or self.key is None:
+    @property
+    def holds_anything(self) -> bool:
+        return self.limiter is not None or self.usage is not None
+
+    async def finish(self, info: RequestInfo) -> None:
+        """Record and charge the engine's token counts, free the slot; once, whatever happened."""
+        if self.finished:
             return
         self.finished = True
-        tokens = (prompt_tokens or 0) + (completion_tokens or 0)
+        prompt, completion = info.prompt_tokens, info.completion_tokens
+        if self.usage is not None and info.model and (prompt is not None or completion is not None):
+            self.usage.record(self.usage_key, info.model, info.adapter, prompt, completion)
+        if self.limiter is None or self.key is None:
+            return
+        tokens = (prompt or 0) + (completion or 0)
         with anyio.CancelScope(shield=True):
             try:
                 await self.limiter.charge(self.key, tokens, self.concurrency_key)

@@ -31,6 +31,7 @@ from gateway.auth.client_keys import MAX_AUTHORIZATION_CHARS, ApiKeyAuth
 from gateway.auth.key_store import KeyStore
 from gateway.auth.keys import SECRET_PREFIX, VirtualKey, hash_secret
 from gateway.auth.limits import Admission, KeyLimiter, unlimited
+from gateway.auth.usage_records import NO_KEY, STATIC_KEY, UsageRecorder
 from gateway.errors import AuthenticationError
 from gateway.inference.routing import unknown_model
 
@@ -59,11 +60,13 @@ class Tenants:
         limiter: KeyLimiter,
         static_keys: Sequence[SecretStr] = (),
         *,
+        usage: UsageRecorder | None = None,
         cache_ttl_s: float = DEFAULT_CACHE_TTL_S,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.store = store
         self.limiter = limiter
+        self.usage = usage
         self._static = ApiKeyAuth(static_keys) if static_keys else None
         self._ttl = cache_ttl_s
         self._clock = clock
@@ -138,10 +141,15 @@ class Tenants:
     async def admit(self, principal: Principal, model: str) -> Admission:
         """Before routing: 404 for a model out of scope (as for an unknown one); 429 over limits."""
         if principal.key is None:
-            return unlimited()
-        if not principal.key.may_use(model):
-            raise unknown_model(model)
-        return await self.limiter.admit(principal.key)
+            admission = unlimited()
+            admission.usage_key = STATIC_KEY if self._static is not None else NO_KEY
+        else:
+            if not principal.key.may_use(model):
+                raise unknown_model(model)
+            admission = await self.limiter.admit(principal.key)
+            admission.usage_key = principal.key.id
+        admission.usage = self.usage
+        return admission
 
     def visible(self, principal: Principal, model_ids: Sequence[str]) -> list[str]:
         return [model for model in model_ids if principal.may_use(model)]

@@ -42,7 +42,7 @@ class AdmittedResponse(Response):
         try:
             await self.inner(scope, receive, send_with_headers)
         finally:
-            await self._admission.finish(self._info.prompt_tokens, self._info.completion_tokens)
+            await self._admission.finish(self._info)
 
 
 async def forward_admitted(
@@ -54,11 +54,11 @@ async def forward_admitted(
         response = await answer
     except GatewayError as exc:
         exc.headers.update(admission.headers)
-        await admission.finish(info.prompt_tokens, info.completion_tokens)
+        await admission.finish(info)
         raise
     except BaseException:
-        await admission.finish(None, None)
+        await admission.finish(info)
         raise
-    if admission.limiter is None:
+    if not admission.holds_anything:
         return response
     return AdmittedResponse(response, admission, info)

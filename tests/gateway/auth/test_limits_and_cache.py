@@ -12,6 +12,7 @@ from gateway.auth.keys import ALL_MODELS, KeyLimits, VirtualKey
 from gateway.auth.limits import KeyLimiter, _next_month, format_reset, open_storage, storage_uri
 from gateway.auth.tenants import Tenants
 from gateway.errors import RateLimitError
+from gateway.inference.record import RequestInfo
 
 
 @pytest.mark.parametrize(
@@ -49,6 +50,12 @@ def _key(**limits: int) -> VirtualKey:
     )
 
 
+def _info(prompt: int | None, completion: int | None) -> RequestInfo:
+    return RequestInfo(
+        "r", "POST", "/v1/completions", 0.0, prompt_tokens=prompt, completion_tokens=completion
+    )
+
+
 async def test_a_request_refused_for_concurrency_costs_no_request() -> None:
     limiter = KeyLimiter(open_storage(None))
     key = _key(rpm=5, max_concurrent=1)
@@ -57,15 +64,15 @@ async def test_a_request_refused_for_concurrency_costs_no_request() -> None:
     with pytest.raises(RateLimitError) as caught:
         await limiter.admit(key)
     assert caught.value.headers["x-ratelimit-remaining-requests"] == "4"
-    await first.finish(3, 4)
+    await first.finish(_info(3, 4))
     second = await limiter.admit(key)
     assert second.headers["x-ratelimit-remaining-requests"] == "3"
-    await second.finish(None, None)
-    await second.finish(None, None)  # once only: the slot is not freed twice
+    await second.finish(_info(None, None))
+    await second.finish(_info(None, None))  # once only: the slot is not freed twice
     third = await limiter.admit(key)
     with pytest.raises(RateLimitError):
         await limiter.admit(key)
-    await third.finish(0, 0)
+    await third.finish(_info(0, 0))
 
 
 async def test_key_lookups_are_cached_for_the_ttl(tmp_path: Path) -> None:
