@@ -26,6 +26,8 @@ from sqlalchemy import (
     UniqueConstraint,
     create_engine,
     event,
+    inspect,
+    text,
 )
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.orm import (
@@ -37,7 +39,9 @@ from sqlalchemy.orm import (
     sessionmaker,
 )
 
-NAME_LENGTH = 64
+from adapters.contract import MAX_NAME_LENGTH
+
+NAME_LENGTH = MAX_NAME_LENGTH
 PATH_LENGTH = 4096
 
 
@@ -85,6 +89,9 @@ class AdapterVersionRow(Base):
     config_sha256: Mapped[str] = mapped_column(String(64))
     size_bytes: Mapped[int] = mapped_column(BigInteger)
     manifest: Mapped[Any | None] = mapped_column(JSON, nullable=True)
+    #: The validated read-only copy the engine loads (adapters.store); NULL for a version
+    #: registered before the store existed (loaded from ``source_path``).
+    store_path: Mapped[str | None] = mapped_column(String(PATH_LENGTH), nullable=True)
     state: Mapped[str] = mapped_column(String(16))
     last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
@@ -121,4 +128,14 @@ def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:
 
 
 def create_schema(engine: Engine) -> None:
+    """Create missing tables, and add the columns added since a database was created."""
     Base.metadata.create_all(engine)
+    columns = {c["name"] for c in inspect(engine).get_columns(AdapterVersionRow.__tablename__)}
+    if "store_path" not in columns:
+        with engine.begin() as connection:
+            connection.execute(
+                text(
+                    f"ALTER TABLE {AdapterVersionRow.__tablename__} "
+                    f"ADD COLUMN store_path VARCHAR({PATH_LENGTH})"
+                )
+            )

@@ -1,21 +1,15 @@
-"""The on-disk contract of an adapter directory and of a base model directory, as code.
+"""Reading an adapter directory and a base model directory, without torch.
 
-An adapter is a PEFT LoRA directory::
-
-    NAME/
-      adapter_config.json         PEFT config: peft_type, r, lora_alpha, target_modules, ...
-      adapter_model.safetensors   the LoRA tensors (never pickle)
-      manifest.json               optional, written by the trainer (see MANIFEST_* keys)
-
-Reading one gives an :class:`AdapterLayout`, a frozen summary of what the files claim: the
-safetensors header is parsed with ``struct`` + ``json`` and the weights are hashed in a
-streaming pass, so nothing here imports torch or numpy. :func:`read_base_model` reads a base
-model directory (``config.json`` + safetensors, sharded or not) into the module names and
-shapes that :mod:`adapters.validation` checks adapters against.
+The names of the files and manifest keys are the contract, :mod:`adapters.contract`.
+Reading an adapter directory gives an :class:`AdapterLayout`, a frozen summary of what the
+files claim: the safetensors header is parsed with ``struct`` + ``json`` and the weights are
+hashed in a streaming pass, so nothing here imports torch or numpy. :func:`read_base_model`
+reads a base model directory (``config.json`` + safetensors, sharded or not) into the module
+names and shapes that :mod:`adapters.validation` checks adapters against.
 
 Called by :mod:`adapters.validation` (preflight checks) and, through it, by the adapter
-lifecycle at registration. Raises :class:`LayoutError`; validation turns those into the
-project's 4xx errors.
+lifecycle at registration. Raises :class:`LayoutError`, an
+:class:`adapters.errors.AdapterError` of kind INVALID.
 """
 
 from __future__ import annotations
@@ -28,19 +22,17 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-ADAPTER_CONFIG = "adapter_config.json"
-ADAPTER_WEIGHTS = "adapter_model.safetensors"
-#: Pickle formats that vLLM would ``torch.load`` when no safetensors file is present.
-PICKLE_WEIGHTS = "adapter_model.bin"
-PICKLE_WEIGHTS_PT = "adapter_model.pt"
-MANIFEST = "manifest.json"
-
-#: Manifest keys this package reads (the trainer, ``trainer.manifest``, writes more):
-#: ``base_model`` is an object with the base directory's ``name`` and the ``config_sha256`` of
-#: its config.json (a plain string, the base's name or path, is accepted too).
-MANIFEST_BASE_MODEL = "base_model"
-MANIFEST_BASE_NAME = "name"
-MANIFEST_BASE_CONFIG_SHA256 = "config_sha256"
+from adapters.contract import (
+    ADAPTER_CONFIG,
+    ADAPTER_WEIGHTS,
+    MANIFEST,
+    MANIFEST_BASE_CONFIG_SHA256,
+    MANIFEST_BASE_MODEL,
+    MANIFEST_BASE_NAME,
+    PICKLE_WEIGHTS,
+    PICKLE_WEIGHTS_PT,
+)
+from adapters.errors import AdapterError, AdapterErrorKind
 
 BASE_CONFIG = "config.json"
 BASE_WEIGHTS = "model.safetensors"
@@ -57,13 +49,13 @@ _LORA_TENSOR = re.compile(
 )
 
 
-class LayoutError(Exception):
-    """A file of the contract is missing or unreadable; ``check`` names which rule failed."""
+class LayoutError(AdapterError):
+    """A file of the contract is missing or unreadable; ``check`` (the ``code``) names which
+    rule failed. Always of kind INVALID."""
 
     def __init__(self, check: str, message: str) -> None:
-        super().__init__(message)
+        super().__init__(AdapterErrorKind.INVALID, message, code=check)
         self.check = check
-        self.message = message
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,6 +93,15 @@ class AdapterLayout:
     tensors: dict[str, TensorInfo]
     manifest: dict[str, Any] | None
     sha256: str = ""
+    #: For a copy in :mod:`adapters.store`: the directory it was copied from.
+    source_path: Path | None = None
+
+    def same_content(self, other: AdapterLayout) -> bool:
+        """Same weights and config bytes (both layouts hashed with :func:`with_sha256`)."""
+        return bool(self.sha256) and (self.sha256, self.config_sha256) == (
+            other.sha256,
+            other.config_sha256,
+        )
 
     @property
     def max_rank(self) -> int:

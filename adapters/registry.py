@@ -8,8 +8,8 @@ async extension keeps one code path for every database driver and needs no extra
 
 Per name: the active version and whether it is pinned. Per version: what was validated at
 registration (paths, rank, hashes, ...) and its last settled lifecycle state with its error.
-Called by :class:`gateway.lifecycle.service.AdapterLifecycle` only. SQLAlchemy errors become
-:mod:`gateway.errors` here.
+Called by the gateway's adapter lifecycle only. SQLAlchemy errors become
+:class:`adapters.errors.AdapterError` here (CONFLICT for a lost race, INTERNAL otherwise).
 """
 
 from __future__ import annotations
@@ -33,9 +33,9 @@ from adapters.db import (
     make_sessionmaker,
     utcnow,
 )
+from adapters.errors import AdapterError, AdapterErrorKind
 from adapters.layout import AdapterLayout
 from adapters.state import SETTLED, AdapterState
-from gateway.errors import AdapterNotFoundError, ConflictError, GatewayError
 
 T = TypeVar("T")
 
@@ -68,12 +68,16 @@ class NewVersion:
     config_sha256: str
     size_bytes: int
     manifest: dict[str, Any] | None = None
+    #: The validated read-only copy (:mod:`adapters.store`) the engine loads.
+    store_path: str | None = None
 
     @classmethod
     def from_layout(cls, layout: AdapterLayout, base_model: str) -> NewVersion:
+        """A stored copy's layout records both paths; a plain one is its own source."""
         return cls(
             base_model=base_model,
-            source_path=str(layout.path),
+            source_path=str(layout.source_path or layout.path),
+            store_path=str(layout.path) if layout.source_path is not None else None,
             rank=layout.max_rank,
             alpha=layout.lora_alpha,
             target_modules=layout.target_modules,
@@ -101,6 +105,13 @@ class AdapterVersion:
     last_error: str | None
     created_at: datetime
     updated_at: datetime
+    store_path: str | None = None
+
+    @property
+    def load_path(self) -> str:
+        """Where an engine loads this version from: the validated copy in the store. A version
+        recorded before the store existed has none and is loaded from its source."""
+        return self.store_path or self.source_path
 
     @property
     def upstream_name(self) -> str:
@@ -123,7 +134,8 @@ class AdapterRecord:
     def active(self) -> AdapterVersion:
         found = self.version(self.active_version)
         if found is None:  # guarded by set_active; a hand-edited database could break it
-            raise GatewayError(
+            raise AdapterError(
+                AdapterErrorKind.INTERNAL,
                 f"adapter {self.name!r} has no active version {self.active_version}",
                 code="registry_inconsistent",
             )
@@ -155,6 +167,7 @@ def _version_out(row: AdapterVersionRow) -> AdapterVersion:
         last_error=row.last_error,
         created_at=_aware(row.created_at),
         updated_at=_aware(row.updated_at),
+        store_path=row.store_path,
     )
 
 
@@ -187,13 +200,16 @@ class Registry:
         try:
             yield
         except IntegrityError as exc:
-            raise ConflictError(
+            raise AdapterError(
+                AdapterErrorKind.CONFLICT,
                 f"registry {what} conflicts with a concurrent change: {exc.orig}",
                 code="registry_conflict",
             ) from exc
         except SQLAlchemyError as exc:
-            raise GatewayError(
-                f"registry database error during {what}: {exc}", code="registry_error"
+            raise AdapterError(
+                AdapterErrorKind.INTERNAL,
+                f"registry database error during {what}: {exc}",
+                code="registry_error",
             ) from exc
 
     def _run(self, what: str, work: Callable[[Session], T]) -> T:
@@ -204,7 +220,12 @@ class Registry:
     def _row(session: Session, name: str) -> AdapterRow:
         row = session.get(AdapterRow, name)
         if row is None:
-            raise AdapterNotFoundError(f"no adapter named {name!r} is registered", param="name")
+            raise AdapterError(
+                AdapterErrorKind.NOT_FOUND,
+                f"no adapter named {name!r} is registered",
+                code="adapter_not_found",
+                param="name",
+            )
         return row
 
     def list(self) -> list[AdapterRecord]:
@@ -255,6 +276,7 @@ class Registry:
                     config_sha256=new.config_sha256,
                     size_bytes=new.size_bytes,
                     manifest=new.manifest,
+                    store_path=new.store_path,
                     state=AdapterState.REGISTERED.value,
                 )
             )
@@ -268,8 +290,11 @@ class Registry:
         def work(session: Session) -> AdapterRecord:
             row = self._row(session, name)
             if not any(v.version == version for v in row.versions):
-                raise AdapterNotFoundError(
-                    f"adapter {name!r} has no version {version}", param="version"
+                raise AdapterError(
+                    AdapterErrorKind.NOT_FOUND,
+                    f"adapter {name!r} has no version {version}",
+                    code="adapter_not_found",
+                    param="version",
                 )
             row.active_version = version
             row.updated_at = utcnow()
@@ -307,6 +332,21 @@ class Registry:
             row.updated_at = utcnow()
 
         self._run("set_state", work)
+
+    def set_store_path(self, name: str, version: int, store_path: str) -> None:
+        """Record the stored copy of a version registered before the store existed."""
+
+        def work(session: Session) -> None:
+            row = session.scalar(
+                select(AdapterVersionRow).where(
+                    AdapterVersionRow.name == name, AdapterVersionRow.version == version
+                )
+            )
+            if row is not None:
+                row.store_path = store_path
+                row.updated_at = utcnow()
+
+        self._run("set_store_path", work)
 
     def delete(self, name: str) -> bool:
         def work(session: Session) -> bool:

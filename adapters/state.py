@@ -9,7 +9,7 @@
 A failed load is retried by the first request after a cool-down, or at once by an admin load.
 
 Persisted per adapter version by :mod:`adapters.registry` (only the settled states: registered,
-loaded, failed) and driven by :class:`gateway.lifecycle.service.AdapterLifecycle`.
+loaded, failed) and driven by the gateway's adapter lifecycle.
 """
 
 from __future__ import annotations

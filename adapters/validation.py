@@ -1,25 +1,25 @@
 """Preflight checks of an adapter before it is registered.
 
 :class:`AdapterValidator` runs every check that can be made without the engine, cheapest
-first, and raises at the first failure. Each failure is a :mod:`gateway.errors` error whose
-``code`` names the check and whose message names the bad value and the fix:
+first, and raises at the first failure. Each failure is an :class:`adapters.errors.AdapterError`
+whose ``code`` names the check and whose message names the bad value and the fix:
 
-    invalid_name, name_is_base_model          400  the name becomes an OpenAI model id
-    path_not_absolute                         400
-    path_outside_roots                        403  after resolving symlinks and ``..``
+    invalid_name, name_is_base_model          INVALID    the name becomes an OpenAI model id
+    path_not_absolute                         INVALID
+    path_outside_roots                        FORBIDDEN  after resolving symlinks and ``..``
     missing_directory, missing_config,
     missing_weights, invalid_config,
-    invalid_weights, invalid_manifest         400
-    pickle_weights                            400  safetensors only
-    not_lora, unsupported_feature             400  peft_type must be LORA; what vLLM refuses
-    rank_exceeds_max                          400  names the setting to raise
-    adapter_too_large                         413  weights over max_adapter_bytes
-    no_lora_tensors, tensor_shape_mismatch    400  shapes must agree with r and with the base
-    target_modules_missing                    400  a target the base model does not have
-    base_model_mismatch                       400  see :meth:`BaseModelIdentity.matches`
+    invalid_weights, invalid_manifest         INVALID
+    pickle_weights                            INVALID    safetensors only
+    not_lora, unsupported_feature             INVALID    peft_type must be LORA; what vLLM refuses
+    rank_exceeds_max                          INVALID    names the setting to raise
+    adapter_too_large                         TOO_LARGE  weights over max_adapter_bytes
+    no_lora_tensors, tensor_shape_mismatch    INVALID    shapes must agree with r and the base
+    target_modules_missing                    INVALID    a target the base model does not have
+    base_model_mismatch                       INVALID    see :meth:`BaseModelIdentity.matches`
 
 The "same name, different content" rule (409) needs the registry and lives in the lifecycle.
-Called by :class:`gateway.lifecycle.service.AdapterLifecycle` (in a worker thread: hashing is I/O).
+Called by the gateway's adapter lifecycle (in a worker thread: hashing is I/O).
 """
 
 from __future__ import annotations
@@ -29,6 +29,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+from adapters.contract import ADAPTER_CONFIG, NAME_RULE, VLLM_LORA_RANKS, is_valid_name
+from adapters.errors import AdapterError, AdapterErrorKind
 from adapters.layout import (
     BASE_CONFIG,
     AdapterLayout,
@@ -38,35 +40,29 @@ from adapters.layout import (
     read_base_model,
     with_sha256,
 )
-from gateway.errors import AdapterValidationError, PayloadTooLargeError, PermissionDeniedError
 
 logger = logging.getLogger(__name__)
 
-NAME_PATTERN = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9._-]{0,63}$")
-MAX_NAME_LENGTH = 64
-#: vLLM's accepted values of --max-lora-rank.
-VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 #: modules_to_save vLLM accepts (classification heads); anything else it refuses to load.
 _VLLM_MODULES_TO_SAVE = {"classifier", "score"}
 
 
-def _fail(check: str, message: str) -> AdapterValidationError:
-    return AdapterValidationError(message, code=check)
+def _fail(check: str, message: str, *, param: str | None = None) -> AdapterError:
+    return AdapterError(AdapterErrorKind.INVALID, message, code=check, param=param)
 
 
 def validate_name(name: str, *, base_model: str) -> None:
     """The name is the public model id and part of the upstream LoRA name ``NAME@vN``."""
-    if not NAME_PATTERN.match(name):
-        raise AdapterValidationError(
-            f"invalid adapter name {name[:80]!r}: use 1 to {MAX_NAME_LENGTH} characters from "
-            "letters, digits, '.', '_' and '-', starting with a letter or digit",
-            code="invalid_name",
+    if not is_valid_name(name):
+        raise _fail(
+            "invalid_name",
+            f"invalid adapter name {name[:80]!r}: use {NAME_RULE}",
             param="name",
         )
     if name == base_model:
-        raise AdapterValidationError(
+        raise _fail(
+            "name_is_base_model",
             f"adapter name {name!r} is the base model's id; choose another name",
-            code="name_is_base_model",
             param="name",
         )
 
@@ -161,7 +157,10 @@ class AdapterValidator:
     def validate(self, name: str, path: str | Path) -> AdapterLayout:
         """Every check; returns the adapter's layout with its weights sha256 filled in."""
         validate_name(name, base_model=self.served_name)
-        directory = self.check_path(path)
+        return self.validate_files(self.check_path(path))
+
+    def validate_files(self, directory: Path) -> AdapterLayout:
+        """The checks of an adapter directory's files (not of its name or where it lies)."""
         try:
             layout = read_adapter(directory)
         except LayoutError as exc:
@@ -176,17 +175,18 @@ class AdapterValidator:
     def check_path(self, path: str | Path) -> Path:
         raw = Path(path).expanduser()
         if not raw.is_absolute():
-            raise AdapterValidationError(
+            raise _fail(
+                "path_not_absolute",
                 f"adapter path {str(path)[:200]!r} must be absolute (it is read by the gateway "
                 "and the engine, not relative to the caller)",
-                code="path_not_absolute",
                 param="path",
             )
         resolved = raw.resolve()
         roots = self.limits.allowed_roots
         if not any(resolved.is_relative_to(root) for root in roots):
             allowed = ", ".join(str(root) for root in roots) or "(none)"
-            raise PermissionDeniedError(
+            raise AdapterError(
+                AdapterErrorKind.FORBIDDEN,
                 f"adapter path {raw} resolves to {resolved}, outside the allowed adapter roots "
                 f"({allowed}); move it there or add a root with LORA_GATEWAY_ADAPTER_ROOTS",
                 code="path_outside_roots",
@@ -195,7 +195,8 @@ class AdapterValidator:
         for member in resolved.glob("*") if resolved.is_dir() else ():
             target = member.resolve()
             if member.is_symlink() and not any(target.is_relative_to(r) for r in roots):
-                raise PermissionDeniedError(
+                raise AdapterError(
+                    AdapterErrorKind.FORBIDDEN,
                     f"{member} is a symlink to {target}, outside the allowed adapter roots",
                     code="path_outside_roots",
                     param="path",
@@ -206,7 +207,7 @@ class AdapterValidator:
         if layout.peft_type.upper() != "LORA":
             raise _fail(
                 "not_lora",
-                f"adapter_config.json has peft_type={layout.peft_type!r}; "
+                f"{ADAPTER_CONFIG} has peft_type={layout.peft_type!r}; "
                 "only LoRA adapters (peft_type LORA) can be served",
             )
         config = layout.config
@@ -241,7 +242,8 @@ class AdapterValidator:
 
     def _check_size(self, layout: AdapterLayout) -> None:
         if layout.weights_size > self.limits.max_adapter_bytes:
-            raise PayloadTooLargeError(
+            raise AdapterError(
+                AdapterErrorKind.TOO_LARGE,
                 f"adapter weights are {layout.weights_size} bytes, over the limit of "
                 f"{self.limits.max_adapter_bytes} (LORA_GATEWAY_MAX_ADAPTER_BYTES)",
                 code="adapter_too_large",
@@ -272,7 +274,7 @@ class AdapterValidator:
                 raise _fail(
                     "tensor_shape_mismatch",
                     f"module {module.module}: lora_A {module.a_shape} / lora_B "
-                    f"{module.b_shape} do not match rank r={rank} of adapter_config.json",
+                    f"{module.b_shape} do not match rank r={rank} of {ADAPTER_CONFIG}",
                 )
             if base_modules is None:
                 continue

@@ -18,6 +18,7 @@ both share one vocabulary.
     ├── RateLimitError                429 code=rate_limit_exceeded (with Retry-After)
     │   └── QuotaExceededError        429 insufficient_quota (a spent token budget)
     ├── CapacityError                 429/503 when no adapter slot can be freed
+    ├── ServiceUnavailableError       503 a service behind the gateway cannot be reached
     ├── EngineError                   engine-side failures
     │   ├── EngineUnavailableError    503 (with Retry-After)
     │   ├── UpstreamTimeoutError      504
@@ -25,13 +26,17 @@ both share one vocabulary.
     └── AdapterLoadError              502 the engine refused to load an adapter
 
 Lower libraries' exceptions (httpx, SQLAlchemy, OS errors) are translated into these with
-``raise ... from exc`` at the module that talks to that library.
+``raise ... from exc`` at the module that talks to that library. The ``adapters`` package has
+its own errors (a kind, no status); :func:`from_adapter_error` is the one place that gives them
+a status, used by the app's error handler and by any gateway code that reports one.
 """
 
 from __future__ import annotations
 
 import json
 from typing import Any, ClassVar
+
+from adapters.errors import AdapterError, AdapterErrorKind
 
 
 class GatewayError(Exception):
@@ -155,6 +160,12 @@ class CapacityError(GatewayError):
     default_code = "adapter_capacity_exhausted"
 
 
+class ServiceUnavailableError(GatewayError):
+    status_code = 503
+    error_type = "service_unavailable"
+    default_code = "service_unavailable"
+
+
 class EngineError(GatewayError):
     status_code = 502
     error_type = "upstream_error"
@@ -205,3 +216,19 @@ class UpstreamHTTPError(EngineError):
 class AdapterLoadError(GatewayError):
     status_code = 502
     error_type = "adapter_load_error"
+
+
+_ADAPTER_ERRORS: dict[AdapterErrorKind, type[GatewayError]] = {
+    AdapterErrorKind.INVALID: AdapterValidationError,
+    AdapterErrorKind.FORBIDDEN: PermissionDeniedError,
+    AdapterErrorKind.TOO_LARGE: PayloadTooLargeError,
+    AdapterErrorKind.NOT_FOUND: AdapterNotFoundError,
+    AdapterErrorKind.CONFLICT: ConflictError,
+    AdapterErrorKind.UNAVAILABLE: ServiceUnavailableError,
+    AdapterErrorKind.INTERNAL: GatewayError,
+}
+
+
+def from_adapter_error(error: AdapterError) -> GatewayError:
+    """The gateway's error (status, OpenAI type) for an adapters-package error of that kind."""
+    return _ADAPTER_ERRORS[error.kind](error.message, param=error.param, code=error.code)

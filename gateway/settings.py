@@ -15,6 +15,8 @@ from typing import Annotated
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from adapters.contract import VLLM_LORA_RANKS
+
 DEFAULT_BASE_MODEL = "smollm2-135m-instruct"
 
 
@@ -127,9 +129,10 @@ class GatewaySettings(BaseSettings):
     @field_validator("max_lora_rank")
     @classmethod
     def _vllm_rank(cls, value: int) -> int:
-        allowed = (1, 8, 16, 32, 64, 128, 256, 320, 512)
-        if value not in allowed:
-            raise ValueError(f"max_lora_rank must be one of {allowed} (vLLM choices), not {value}")
+        if value not in VLLM_LORA_RANKS:
+            raise ValueError(
+                f"max_lora_rank must be one of {VLLM_LORA_RANKS} (vLLM choices), not {value}"
+            )
         return value
 
     # --- Derived ------------------------------------------------------------------------------
@@ -149,6 +152,12 @@ class GatewaySettings(BaseSettings):
     @property
     def managed_adapters_dir(self) -> Path:
         return self.data_dir / "adapters"
+
+    @property
+    def adapter_store_dir(self) -> Path:
+        """The validated read-only copies that engines load (:mod:`adapters.store`): inside the
+        managed adapters dir, the volume that remote engines share (deploy/compose, deploy/k8s)."""
+        return self.managed_adapters_dir / ".store"
 
     @property
     def resolved_database_url(self) -> str:

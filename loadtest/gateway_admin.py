@@ -1,8 +1,8 @@
 """What the benchmark asks of a running gateway besides inference: register adapters, read
 counters from ``/metrics``.
 
-Registration goes through the documented admin API (``POST /admin/adapters {"name", "path",
-"load"}`` with the admin bearer token), the same path an operator uses. Counters are read from
+Registration goes through the documented admin API with the one admin client
+(:class:`adapters.client.AdminClient`), the same path an operator uses. Counters are read from
 the gateway's Prometheus exposition by family name and summed over labels (e.g.
 ``lora_gateway_adapter_evictions``). Used by :mod:`loadtest.suites`.
 """
@@ -14,6 +14,9 @@ from pathlib import Path
 
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
+
+from adapters.client import AdminClient
+from adapters.errors import AdapterError, AdapterErrorKind
 
 EVICTIONS = "lora_gateway_adapter_evictions"
 LOADS = "lora_gateway_adapter_loads"
@@ -29,16 +32,13 @@ def register_adapters(
 ) -> int:
     """Register each (name, path); an already registered name counts. Returns how many."""
     count = 0
-    headers = {"Authorization": f"Bearer {admin_token}"}
-    with httpx.Client(base_url=base_url, headers=headers, timeout=REGISTER_TIMEOUT_S) as client:
+    with AdminClient(base_url, admin_token, timeout_s=REGISTER_TIMEOUT_S) as admin:
         for name, path in adapters:
-            response = client.post(
-                "/admin/adapters", json={"name": name, "path": str(path), "load": load}
-            )
-            if response.status_code not in (200, 201, 409):
-                raise AdminError(
-                    f"registering {name} failed: HTTP {response.status_code} {response.text[:300]}"
-                )
+            try:
+                admin.register(name, path, load=load)
+            except AdapterError as exc:
+                if exc.kind is not AdapterErrorKind.CONFLICT:
+                    raise AdminError(f"registering {name} failed: {exc}") from exc
             count += 1
     return count
 

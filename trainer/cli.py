@@ -23,10 +23,12 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from adapters.contract import MANIFEST
+from adapters.errors import AdapterError
 from trainer.config import ConfigError, Method, Optimizer, Scheduler, TrainConfig
 from trainer.data import DataError
 from trainer.models import ModelLoadError
-from trainer.register import RegistrationError, register_adapter
+from trainer.register import register_adapter
 
 console = Console(stderr=True)
 T = TypeVar("T")
@@ -118,7 +120,7 @@ def train(
     logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="%(message)s")
     adapter = _checked(lambda: run_training(cfg, progress=not quiet, overwrite=overwrite))
 
-    manifest = json.loads((adapter / "manifest.json").read_text())
+    manifest = json.loads((adapter / MANIFEST).read_text())
     figures, evals = manifest["train"], manifest["eval"]
     console.print(
         f"[green]adapter[/] {adapter}  steps {figures['steps']}  "
@@ -231,7 +233,7 @@ def register_command(
 def _register(url: str, name: str, adapter: Path, token: str | None) -> None:
     try:
         answer = register_adapter(url, name, adapter, token=token)
-    except RegistrationError as exc:
+    except AdapterError as exc:
         console.print(f"[red]registration failed:[/] {exc}")
         raise typer.Exit(1) from None
     console.print(f"[green]registered[/] {name!r} at {url}: {json.dumps(answer)[:500]}")

@@ -20,6 +20,8 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, TypeVar
 
+from adapters.contract import MANIFEST_ADAPTER_NAME, NAME_RULE, VLLM_LORA_RANKS, is_valid_name
+
 E = TypeVar("E", bound=StrEnum)
 
 
@@ -56,11 +58,7 @@ TARGET_PRESETS: dict[str, str | tuple[str, ...]] = {
     "all-linear": "all-linear",
 }
 
-# vLLM only loads adapters whose rank is one of these (--max-lora-rank choices).
-VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
-
-_ADAPTER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-_MODULE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
+_MODULE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
 MAX_TARGET_MODULES = 32
 
 
@@ -127,11 +125,8 @@ class TrainConfig:
         _float_in("eval_fraction", self.eval_fraction, 0.0, 0.5)
         _float_in("beta", self.beta, 1e-4, 10.0)
         _int_in("logging_steps", self.logging_steps, 1, 100_000)
-        if self.name is not None and not _ADAPTER_NAME.match(self.name):
-            raise ConfigError(
-                f"name must be 1-64 letters, digits, '.', '_' or '-' starting with a letter or "
-                f"digit, got {self.name!r}"
-            )
+        if self.name is not None and not is_valid_name(self.name):
+            raise ConfigError(f"name must be {NAME_RULE}, got {self.name!r}")
         if self.output.exists() and not self.output.is_dir():
             raise ConfigError(f"output {str(self.output)!r} exists and is not a directory")
 
@@ -157,7 +152,7 @@ class TrainConfig:
                 out[key] = value.value
             elif isinstance(value, tuple):
                 out[key] = list(value)
-        out["adapter_name"] = self.adapter_name
+        out[MANIFEST_ADAPTER_NAME] = self.adapter_name
         return out
 
 
@@ -191,7 +186,7 @@ def _parse_targets(value: str | Sequence[str]) -> str | tuple[str, ...]:
     if len(names) > MAX_TARGET_MODULES:
         raise ConfigError(f"target_modules lists {len(names)} names, at most {MAX_TARGET_MODULES}")
     for name in names:
-        if not isinstance(name, str) or not _MODULE_NAME.match(name):
+        if not isinstance(name, str) or not _MODULE_NAME.fullmatch(name):
             raise ConfigError(
                 f"target_modules entry {name!r} is neither a preset {sorted(TARGET_PRESETS)} "
                 "nor a module name"

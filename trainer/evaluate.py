@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from adapters.contract import MANIFEST
 from trainer.config import ConfigError
 from trainer.data import Row, load_training_data
 from trainer.manifest import read_manifest
@@ -128,7 +129,7 @@ def _eval_rows(data: Path | None, config: dict[str, Any]) -> tuple[list[Row], Pa
     """The held-out rows of training when the manifest says how to rebuild them."""
     recorded = config.get("data")
     if data is None and recorded is None:
-        raise ModelLoadError("the adapter has no manifest.json naming its data: pass --data")
+        raise ModelLoadError(f"the adapter has no {MANIFEST} naming its data: pass --data")
     path = Path(data) if data is not None else Path(str(recorded))
     loaded = load_training_data(path)
     fraction = float(config.get("eval_fraction", 0.0))

@@ -1,11 +1,11 @@
 """manifest.json: what an adapter directory says about how it was made.
 
-Written by :func:`trainer.train.train` next to the PEFT files (``adapter_config.json``,
-``adapter_model.safetensors``), read back by :mod:`trainer.evaluate` (to rebuild the same
-held-out split) and by people. It records the resolved config, the data (sha256, format, row
-counts), the base model's identity (path, a sha256 of its config.json, the recipe marker that
-``gateway.engines.basemodels`` leaves), eval loss before and after, library versions, wall time and
-tokens/s. No torch import here.
+Written by :func:`trainer.train.train` next to the PEFT files (file names and the keys the
+gateway reads are the contract, :mod:`adapters.contract`), read back by
+:mod:`trainer.evaluate` (to rebuild the same held-out split) and by people. It records the
+resolved config, the data (sha256, format, row counts), the base model's identity (path, a
+sha256 of its config.json, the recipe marker that ``gateway.engines.basemodels`` leaves), eval loss
+before and after, library versions, wall time and tokens/s. No torch import here.
 """
 
 from __future__ import annotations
@@ -20,7 +20,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-MANIFEST_FILE = "manifest.json"
+from adapters.contract import (
+    MANIFEST,
+    MANIFEST_ADAPTER_NAME,
+    MANIFEST_BASE_CONFIG_SHA256,
+    MANIFEST_BASE_MODEL,
+    MANIFEST_BASE_NAME,
+)
+
 MANIFEST_VERSION = 1
 # The recipe marker gateway.engines.basemodels writes into a prepared model directory.
 BASE_MODEL_MARKER = ".lora-gateway-model.json"
@@ -54,9 +61,9 @@ def base_model_identity(path: Path) -> dict[str, Any]:
     config_bytes = (path / "config.json").read_bytes()
     config = json.loads(config_bytes)
     identity: dict[str, Any] = {
-        "name": path.name,
+        MANIFEST_BASE_NAME: path.name,
         "path": str(path),
-        "config_sha256": hashlib.sha256(config_bytes).hexdigest(),
+        MANIFEST_BASE_CONFIG_SHA256: hashlib.sha256(config_bytes).hexdigest(),
         "architectures": config.get("architectures"),
         "model_type": config.get("model_type"),
     }
@@ -86,12 +93,12 @@ def build_manifest(
     dpo = config["method"] == "dpo"
     return {
         "manifest_version": MANIFEST_VERSION,
-        "adapter_name": config["adapter_name"],
+        MANIFEST_ADAPTER_NAME: config[MANIFEST_ADAPTER_NAME],
         "method": config["method"],
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "config": config,
         "data": data,
-        "base_model": base_model_identity(base_model),
+        MANIFEST_BASE_MODEL: base_model_identity(base_model),
         "eval": {
             # SFT: mean NLL of held-out completion tokens; DPO: the DPO loss (ln 2 at start).
             "metric": "dpo_loss" if dpo else "completion_nll",
@@ -117,14 +124,14 @@ def build_manifest(
 
 
 def write_manifest(directory: Path, manifest: dict[str, Any]) -> Path:
-    path = Path(directory) / MANIFEST_FILE
+    path = Path(directory) / MANIFEST
     path.write_text(json.dumps(manifest, indent=2, sort_keys=False) + "\n")
     return path
 
 
 def read_manifest(directory: Path) -> dict[str, Any] | None:
     """The manifest of an adapter directory, or None when it has none (a foreign adapter)."""
-    path = Path(directory) / MANIFEST_FILE
+    path = Path(directory) / MANIFEST
     if not path.is_file():
         return None
     manifest = json.loads(path.read_text())

@@ -18,6 +18,7 @@ import tempfile
 from pathlib import Path
 from typing import Literal
 
+from adapters.contract import ADAPTER_CONFIG
 from trainer.manifest import base_model_identity, read_manifest
 from trainer.models import ModelLoadError, adapter_base_path, check_model_dir
 
@@ -52,8 +53,8 @@ def merge(
     from transformers import AutoModelForCausalLM
 
     adapter, output = Path(adapter), Path(output)
-    if not (adapter / "adapter_config.json").is_file():
-        raise ModelLoadError(f"{adapter} is not a PEFT adapter directory (no adapter_config.json)")
+    if not (adapter / ADAPTER_CONFIG).is_file():
+        raise ModelLoadError(f"{adapter} is not a PEFT adapter directory (no {ADAPTER_CONFIG})")
     if output.exists() and any(output.iterdir()) and not overwrite:
         raise ModelLoadError(f"output {str(output)!r} is not empty; pass --overwrite to replace it")
     base = check_model_dir(base_model or adapter_base_path(adapter))

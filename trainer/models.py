@@ -11,6 +11,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from adapters.contract import ADAPTER_CONFIG
+
 if TYPE_CHECKING:
     import torch
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -74,8 +76,8 @@ def load_adapter_model(adapter: Path, base: Path, device: Device) -> Any:
     """``base`` with the PEFT adapter in ``adapter`` on top (a ``PeftModel``), in eval mode."""
     from peft import PeftModel
 
-    if not (Path(adapter) / "adapter_config.json").is_file():
-        raise ModelLoadError(f"{adapter} is not a PEFT adapter directory (no adapter_config.json)")
+    if not (Path(adapter) / ADAPTER_CONFIG).is_file():
+        raise ModelLoadError(f"{adapter} is not a PEFT adapter directory (no {ADAPTER_CONFIG})")
     model = PeftModel.from_pretrained(load_base_model(base, device), str(adapter))
     model.eval()
     return model
@@ -85,12 +87,10 @@ def adapter_base_path(adapter: Path) -> Path:
     """The base model an adapter was trained on, from its adapter_config.json."""
     import json
 
-    config = json.loads((Path(adapter) / "adapter_config.json").read_text())
+    config = json.loads((Path(adapter) / ADAPTER_CONFIG).read_text())
     base = config.get("base_model_name_or_path")
     if not base:
-        raise ModelLoadError(
-            f"{adapter}/adapter_config.json names no base model; pass --base-model"
-        )
+        raise ModelLoadError(f"{adapter}/{ADAPTER_CONFIG} names no base model; pass --base-model")
     return Path(base)
 
 

@@ -24,9 +24,11 @@ from pathlib import Path
 import httpx
 from openai import OpenAI
 
+from adapters.client import AdminClient
+from adapters.contract import ADAPTER_CONFIG
+from adapters.errors import AdapterError
 from gateway.auth.admin_token import read_token_file
 from gateway.settings import GatewaySettings
-from trainer.register import RegistrationError, register_adapter
 
 QUESTION = "Can my landlord raise the rent in the middle of my lease?"
 READY_TIMEOUT_S = 600.0
@@ -46,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--question", default=QUESTION)
     parser.add_argument("--max-tokens", type=int, default=160)
     args = parser.parse_args(argv)
-    if not (args.adapter / "adapter_config.json").is_file():
+    if not (args.adapter / ADAPTER_CONFIG).is_file():
         print(f"no adapter in {args.adapter}: run `make demo` first", file=sys.stderr)
         return 2
 
@@ -56,8 +58,9 @@ def main(argv: list[str] | None = None) -> int:
         wait_ready(url, gateway[0] if gateway else None)
         token = args.admin_token or read_token_file(settings.data_dir)
         try:  # a retrained adapter becomes the name's next version; same content: no-op
-            register_adapter(url, args.name, args.adapter, token=token)
-        except RegistrationError as exc:
+            with AdminClient(url, token) as admin:
+                admin.register(args.name, args.adapter, load=True, new_version=True)
+        except AdapterError as exc:
             print(f"registration failed: {exc}", file=sys.stderr)
             return 1
         print(f"registered {args.name} -> {args.adapter}")

@@ -1,6 +1,8 @@
 """Render every failure as an OpenAI-shaped JSON error; installed on the app by ``create_app``.
 
-:class:`gateway.errors.GatewayError` renders itself (status, headers such as Retry-After, body).
+:class:`gateway.errors.GatewayError` renders itself (status, headers such as Retry-After, body);
+an :class:`adapters.errors.AdapterError` is first given its status by
+:func:`gateway.errors.from_adapter_error`.
 FastAPI's request validation errors become 400 (not its default 422 body) and Starlette's HTTP
 errors (unknown path 404, wrong method 405) take the same shape. Unexpected exceptions are
 caught by the request middleware (:mod:`gateway.api.middleware`), which renders them with
@@ -21,7 +23,8 @@ from starlette.exceptions import HTTPException
 from starlette.responses import Response
 from starlette.types import Scope
 
-from gateway.errors import GatewayError, InvalidRequestError
+from adapters.errors import AdapterError
+from gateway.errors import GatewayError, InvalidRequestError, from_adapter_error
 from gateway.inference.record import request_info_of
 
 MAX_ERROR_DETAILS = 5
@@ -93,6 +96,13 @@ async def _gateway_error(request: Request, exc: Exception) -> Response:
     return error_response(exc)
 
 
+async def _adapter_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, AdapterError)
+    error = from_adapter_error(exc)
+    record_error(request.scope, error)
+    return error_response(error)
+
+
 async def _request_validation_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, RequestValidationError)
     error = invalid_request_from(list(exc.errors()))
@@ -127,5 +137,6 @@ async def _http_exception(request: Request, exc: Exception) -> Response:
 
 def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(GatewayError, _gateway_error)
+    app.add_exception_handler(AdapterError, _adapter_error)
     app.add_exception_handler(RequestValidationError, _request_validation_error)
     app.add_exception_handler(HTTPException, _http_exception)

@@ -21,8 +21,14 @@ import uuid
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from adapters.errors import AdapterError
 from gateway.api.error_handlers import error_response, internal_error_response, record_error
-from gateway.errors import GatewayError, InvalidRequestError, PayloadTooLargeError
+from gateway.errors import (
+    GatewayError,
+    InvalidRequestError,
+    PayloadTooLargeError,
+    from_adapter_error,
+)
 from gateway.inference.record import SCOPE_STATE_KEY, RequestInfo, RequestObserver
 from gateway.observability.access_log import AccessLog
 
@@ -105,6 +111,8 @@ class RequestContextMiddleware:
             if response_started:
                 logger.exception("request %s failed after its response started", info.request_id)
                 raise
+            if isinstance(exc, AdapterError):
+                exc = from_adapter_error(exc)
             if isinstance(exc, GatewayError):
                 record_error(scope, exc)
                 await error_response(exc)(scope, receive, send_with_id)

@@ -1,21 +1,25 @@
 """``lora-gateway adapters ...``: manage a running gateway's adapters through its admin API.
 
-Talks HTTP to ``/admin`` (:mod:`gateway.api.admin.adapters`) with the admin token from
-``--admin-token``, else ``LORA_GATEWAY_ADMIN_TOKEN``, else the token file in the data dir
+Talks to ``/admin`` (:mod:`gateway.api.admin.adapters`) through the one admin API client,
+:class:`adapters.client.AdminClient`, with the admin token from ``--admin-token``, else
+``LORA_GATEWAY_ADMIN_TOKEN``, else the token file in the data dir
 (:mod:`gateway.auth.admin_token`). Errors are printed from the OpenAI error body and exit 1.
 Registered on the CLI by :func:`gateway.cli.build_cli`.
 """
 
 from __future__ import annotations
 
-import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
-import httpx
 import typer
 from rich.console import Console
 from rich.table import Table
+
+from adapters.client import AdminClient
+from adapters.errors import AdapterError
 
 app = typer.Typer(no_args_is_help=True, add_completion=False)
 
@@ -63,33 +67,14 @@ def _token(token: str | None, data_dir: Path | None) -> str:
     return stored
 
 
-def _call(
-    method: str,
-    url: str,
-    path: str,
-    token: str | None,
-    data_dir: Path | None,
-    body: dict[str, Any] | None = None,
-) -> dict[str, Any]:
-    headers = {"Authorization": f"Bearer {_token(token, data_dir)}"}
+@contextmanager
+def _admin(url: str, token: str | None, data_dir: Path | None) -> Iterator[AdminClient]:
+    """An admin API client; any failure of the call becomes one red line and exit status 1."""
     try:
-        with httpx.Client(base_url=url, timeout=TIMEOUT_S, headers=headers) as client:
-            response = client.request(method, path, json=body)
-    except httpx.HTTPError as exc:
-        _fail(f"cannot reach the gateway at {url}: {exc}")
-    try:
-        payload = response.json()
-    except json.JSONDecodeError:
-        payload = None
-    if response.status_code >= 400:
-        error = payload.get("error") if isinstance(payload, dict) else None
-        if isinstance(error, dict):
-            code = f", {error.get('code')}" if error.get("code") else ""
-            _fail(f"{error.get('message')} (HTTP {response.status_code}{code})")
-        _fail(f"HTTP {response.status_code}: {response.text[:500]}")
-    if not isinstance(payload, dict):
-        _fail(f"unexpected answer from {url}{path}: {response.text[:500]}")
-    return payload
+        with AdminClient(url, _token(token, data_dir), timeout_s=TIMEOUT_S) as client:
+            yield client
+    except AdapterError as exc:
+        _fail(str(exc))
 
 
 def _summary(adapter: dict[str, Any]) -> str:
@@ -113,14 +98,10 @@ def add(
     data_dir: DataDirOpt = None,
 ) -> None:
     """Register an adapter directory under NAME (its path as the gateway sees it)."""
-    body = {
-        "name": name,
-        "path": str(path.expanduser().resolve()),
-        "load": load,
-        "new_version": new_version,
-        **({"pinned": True} if pinned else {}),
-    }
-    adapter = _call("POST", url, "/admin/adapters", admin_token, data_dir, body)
+    with _admin(url, admin_token, data_dir) as admin:
+        adapter = admin.register(
+            name, path, pinned=True if pinned else None, load=load, new_version=new_version
+        )
     typer.echo(f"registered {_summary(adapter)}")
 
 
@@ -129,7 +110,8 @@ def list_(
     url: UrlOpt = DEFAULT_URL, admin_token: TokenOpt = None, data_dir: DataDirOpt = None
 ) -> None:
     """Show every registered adapter."""
-    adapters = _call("GET", url, "/admin/adapters", admin_token, data_dir)["data"]
+    with _admin(url, admin_token, data_dir) as admin:
+        adapters = admin.list()
     table = Table("name", "version", "state", "pinned", "in flight", "engines", "last error")
     for adapter in adapters:
         table.add_row(
@@ -151,7 +133,8 @@ def show(
     name: str, url: UrlOpt = DEFAULT_URL, admin_token: TokenOpt = None, data_dir: DataDirOpt = None
 ) -> None:
     """Show one adapter with all its versions."""
-    adapter = _call("GET", url, f"/admin/adapters/{name}", admin_token, data_dir)
+    with _admin(url, admin_token, data_dir) as admin:
+        adapter = admin.get(name)
     typer.echo(_summary(adapter))
     table = Table("version", "active", "state", "rank", "sha256", "path")
     for version in adapter["versions"]:
@@ -171,7 +154,8 @@ def rm(
     name: str, url: UrlOpt = DEFAULT_URL, admin_token: TokenOpt = None, data_dir: DataDirOpt = None
 ) -> None:
     """Unload and forget an adapter (its files stay where they are)."""
-    _call("DELETE", url, f"/admin/adapters/{name}", admin_token, data_dir)
+    with _admin(url, admin_token, data_dir) as admin:
+        admin.delete(name)
     typer.echo(f"removed {name}")
 
 
@@ -180,7 +164,8 @@ def load(
     name: str, url: UrlOpt = DEFAULT_URL, admin_token: TokenOpt = None, data_dir: DataDirOpt = None
 ) -> None:
     """Load an adapter now (and retry one whose load failed)."""
-    typer.echo(_summary(_call("POST", url, f"/admin/adapters/{name}/load", admin_token, data_dir)))
+    with _admin(url, admin_token, data_dir) as admin:
+        typer.echo(_summary(admin.load(name)))
 
 
 @app.command("unload")
@@ -188,9 +173,8 @@ def unload(
     name: str, url: UrlOpt = DEFAULT_URL, admin_token: TokenOpt = None, data_dir: DataDirOpt = None
 ) -> None:
     """Unload an adapter once its requests in flight finish."""
-    typer.echo(
-        _summary(_call("POST", url, f"/admin/adapters/{name}/unload", admin_token, data_dir))
-    )
+    with _admin(url, admin_token, data_dir) as admin:
+        typer.echo(_summary(admin.unload(name)))
 
 
 @app.command("restore")
@@ -202,15 +186,5 @@ def restore(
     data_dir: DataDirOpt = None,
 ) -> None:
     """Make an earlier VERSION of NAME active again."""
-    typer.echo(
-        _summary(
-            _call(
-                "POST",
-                url,
-                f"/admin/adapters/{name}/restore",
-                admin_token,
-                data_dir,
-                {"version": version},
-            )
-        )
-    )
+    with _admin(url, admin_token, data_dir) as admin:
+        typer.echo(_summary(admin.restore(name, version)))

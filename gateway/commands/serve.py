@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from pydantic import ValidationError
 
+from adapters.errors import AdapterError
 from gateway.engines.factory import build_engines
 from gateway.errors import GatewayError
 from gateway.observability.access_log import configure_logging
@@ -91,7 +92,7 @@ def serve(
         # Fail fast on a bad base model or engine URL, before the server starts.
         build_engines(settings)
         asyncio.run(run_gateway(settings, key_from_flag=bool(api_key)))
-    except GatewayError as exc:
+    except (GatewayError, AdapterError) as exc:
         typer.echo(f"error: {exc.message}", err=True)
         raise typer.Exit(2) from exc
 

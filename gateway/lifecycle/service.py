@@ -26,8 +26,10 @@ leases of that name, and the hot path (a loaded adapter) takes no lock at all.
   at once without calling the engine, and the first request after it loads again (an admin
   ``load`` retries at once). An unreachable engine gets no cool-down: its supervision marks it
   not ready.
-* Paths: adapters are registered in place (under the allowed roots) and the engine reads them
-  from there; a directory must not change after registration: write new versions elsewhere.
+* Files: registration copies an adapter's files into the content-addressed, read-only
+  :class:`~adapters.store.AdapterStore` and validates the copy; engines only ever load that
+  copy, so the source directory may change (or be retrained in place) without changing what
+  a registered version serves.
 
 Built by :func:`gateway.lifecycle.startup.open_lifecycle` in the app's lifespan; the admin
 routes (:mod:`gateway.api.admin.adapters`) and :func:`gateway.lifecycle.startup.scan_adapters_dir`
@@ -45,9 +47,11 @@ from collections.abc import AsyncIterator, Callable, KeysView, Mapping, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+from adapters.errors import AdapterError
 from adapters.registry import AdapterRecord, AdapterVersion, NewVersion, Registry
 from adapters.state import AdapterState
-from adapters.validation import AdapterValidator, validate_name
+from adapters.store import AdapterStore
+from adapters.validation import validate_name
 from gateway.engines.base import Engine
 from gateway.errors import (
     AdapterLoadError,
@@ -82,7 +86,7 @@ class AdapterLifecycle:
         self,
         registry: Registry,
         engines: Sequence[Engine],
-        validator: AdapterValidator,
+        store: AdapterStore,
         *,
         capacity: int | None = None,
         observer: LifecycleObserver | None = None,
@@ -95,7 +99,7 @@ class AdapterLifecycle:
         if not engines:
             raise ValueError("the adapter lifecycle needs at least one engine")
         self.registry = registry
-        self.validator = validator
+        self.store = store
         self.engines = list(engines)
         self.observer: LifecycleObserver = observer or NullLifecycleObserver()
         self.drain_timeout_s = drain_timeout_s
@@ -140,6 +144,7 @@ class AdapterLifecycle:
             active = record.active
             if record.pinned or active.state is AdapterState.LOADED:
                 self._wanted[record.name] = active.updated_at.timestamp()
+        await asyncio.to_thread(self.store.collect, self._store_paths_in_use())
         for engine in self.engines:
             engine.add_ready_listener(self.on_engine_ready)
         if any(engine.ready for engine in self.engines):
@@ -265,7 +270,7 @@ class AdapterLifecycle:
                     if self._table.evictable(victim, self._pinned):
                         await self._unload(victim, UnloadCause.EVICTED)
         return self._table.open(
-            version.name, version.version, version.upstream_name, version.source_path
+            version.name, version.version, version.upstream_name, version.load_path
         )
 
     @staticmethod
@@ -410,7 +415,7 @@ class AdapterLifecycle:
     ) -> None:
         try:
             await asyncio.to_thread(self.registry.set_state, name, version, state, error)
-        except GatewayError as exc:  # the live state is right; the record catches up later
+        except (GatewayError, AdapterError) as exc:  # live state is right; the record catches up
             logger.error(
                 "could not record adapter %s v%d as %s: %s", name, version, state, exc.message
             )
@@ -427,7 +432,7 @@ class AdapterLifecycle:
     ) -> tuple[AdapterView, bool]:
         """Validate and record an adapter; (view, created). Same name and content: no-op."""
         validate_name(name, base_model=self.engines[0].base_model)
-        layout = await asyncio.to_thread(self.validator.validate, name, path)
+        layout = await asyncio.to_thread(self.store.admit, name, path)
         new = NewVersion.from_layout(layout, base_model=self.engines[0].base_model)
         async with self._lock(name):
             record = self._records.get(name)
@@ -564,13 +569,7 @@ class AdapterLifecycle:
                 )
             if version == record.active_version:
                 return self.view(name)
-            layout = await asyncio.to_thread(self.validator.validate, name, target.source_path)
-            if not target.same_content(layout.sha256, layout.config_sha256):
-                raise ConflictError(
-                    f"the files of {name!r} v{version} in {target.source_path} changed since "
-                    "it was registered; register them as a new version instead",
-                    code="adapter_files_changed",
-                )
+            await asyncio.to_thread(self.store.verify, target)
             self._failed.clear(target.upstream_name)
             await self._activate(record, version, load=False)
             return self.view(name)
@@ -610,11 +609,15 @@ class AdapterLifecycle:
                 if self._table.holds(slot):
                     await self._unload(slot, UnloadCause.DELETED)
             await asyncio.to_thread(self.registry.delete, name)
+            await asyncio.to_thread(self.store.collect, self._store_paths_in_use())
             for version in record.versions:
                 self._failed.clear(version.upstream_name)
             self._wanted.pop(name, None)
             self.observer.on_delete(name)
             logger.info("adapter %s deleted", name)
+
+    def _store_paths_in_use(self) -> list[str]:
+        return [v.load_path for record in self._records.values() for v in record.versions]
 
     def _get(self, name: str) -> AdapterRecord:
         record = self._records.get(name)
@@ -687,5 +690,5 @@ class AdapterLifecycle:
                     continue
                 try:
                     await self._ensure_loaded(record.active)
-                except GatewayError as exc:
+                except (GatewayError, AdapterError) as exc:
                     logger.warning("re-applying adapter %s failed: %s", name, exc.message)

@@ -6,8 +6,9 @@ the engines' base model, starts the :class:`~gateway.lifecycle.service.AdapterLi
 re-applies the registry's desired state on every ready engine), registers every adapter found
 in ``settings.adapters_dir`` and closes it all at shutdown. :func:`scan_adapters_dir` makes a
 trainer's output servable without an API call: each sub-directory holding an
-``adapter_config.json`` is registered under its manifest's ``adapter_name`` (else the directory
-name), as a new version when its content changed; invalid ones are logged with their reason.
+``adapter_config.json`` is registered under the directory's own name, as a new version when
+its content is new; it never undoes an operator's choice (see its docstring); directories it
+does not register are logged with their reason.
 """
 
 from __future__ import annotations
@@ -19,8 +20,11 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from adapters.layout import ADAPTER_CONFIG, MANIFEST, LayoutError, read_json
+from adapters.contract import ADAPTER_CONFIG, MANIFEST, MANIFEST_ADAPTER_NAME
+from adapters.errors import AdapterError
+from adapters.layout import LayoutError, read_adapter, read_json, with_sha256
 from adapters.registry import Registry
+from adapters.store import AdapterStore
 from adapters.validation import AdapterValidator, ValidationLimits
 from gateway.engines.base import Engine
 from gateway.errors import GatewayError
@@ -72,10 +76,13 @@ def build_lifecycle(
         ),
         base_dir=base_model_dir(settings),
     )
+    registry = Registry(settings.resolved_database_url)
+    store = AdapterStore(settings.adapter_store_dir, validator)
+    store.adopt(registry)  # versions registered before the store existed
     return AdapterLifecycle(
-        Registry(settings.resolved_database_url),
+        registry,
         engines,
-        validator,
+        store,
         capacity=capacity,
         observer=observer,
         drain_timeout_s=settings.drain_timeout_s,
@@ -103,43 +110,96 @@ async def open_lifecycle(
         await lifecycle.close()
 
 
-def _adapter_name(directory: Path) -> str:
+def _manifest_name(directory: Path) -> str | None:
+    """The adapter name the directory's manifest claims, if it has one."""
     try:
         manifest = read_json(directory / MANIFEST, check="invalid_manifest")
     except LayoutError:
-        return directory.name
-    name = manifest.get("adapter_name")
-    return name if isinstance(name, str) and name else directory.name
+        return None
+    name = manifest.get(MANIFEST_ADAPTER_NAME)
+    return name if isinstance(name, str) and name else None
 
 
-def _adapter_dirs(directory: Path) -> list[tuple[Path, str]] | None:
-    """(resolved directory, adapter name) of each adapter directly under ``directory``."""
+def _adapter_dirs(directory: Path) -> list[Path] | None:
+    """The resolved adapter directories directly under ``directory``."""
     if not directory.is_dir():
         return None
     return [
-        (child.resolve(), _adapter_name(child))
+        child.resolve()
         for child in sorted(directory.iterdir())
         if child.is_dir() and (child / ADAPTER_CONFIG).is_file()
     ]
 
 
+def _content_of(directory: Path) -> tuple[str, str] | None:
+    """(weights sha256, config sha256) of an adapter directory; None when unreadable (the
+    registration that follows reports why)."""
+    try:
+        layout = with_sha256(read_adapter(directory))
+    except (AdapterError, OSError):
+        return None
+    return layout.sha256, layout.config_sha256
+
+
+class _Refused(Exception):
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+async def _scan_one(lifecycle: AdapterLifecycle, child: Path) -> bool | None:
+    """Register one directory under its own name: True (new version), None (unchanged)."""
+    name = child.name
+    claimed = await asyncio.to_thread(_manifest_name, child)
+    if claimed is not None and claimed != name:
+        raise _Refused(
+            "manifest_name_mismatch",
+            f"its {MANIFEST} names adapter {claimed[:80]!r} but the scan serves a directory "
+            f"under its own name {name!r}; rename the directory to {claimed[:80]!r} or "
+            "register it through the admin API",
+        )
+    record = await asyncio.to_thread(lifecycle.registry.get, name)
+    if record is None:
+        await lifecycle.register(name, child)
+        return True
+    others = sorted({v.source_path for v in record.versions} - {str(child)})
+    if others:
+        raise _Refused(
+            "name_registered_elsewhere",
+            f"adapter {name!r} is registered from {others[0]}; the scan only adds versions "
+            "to adapters it registered from this same directory",
+        )
+    content = await asyncio.to_thread(_content_of, child)
+    if content is not None and any(v.same_content(*content) for v in record.versions):
+        return None  # registered before (active or not): what the operator chose stands
+    _, created = await lifecycle.register(name, child, new_version=True)
+    return created or None
+
+
 async def scan_adapters_dir(lifecycle: AdapterLifecycle, directory: Path) -> ScanReport:
-    """Register every adapter directory directly under ``directory``; never raises for one."""
+    """Register every adapter directory directly under ``directory``; never raises for one.
+
+    The scan never changes what an operator chose: each directory is served under its own name
+    (a manifest naming another adapter is refused); a name that has a version from any other
+    source is left alone; content already registered under the name, active or not, is not
+    registered again (so a restore survives restarts); new content becomes the next version.
+    """
     report = ScanReport()
     candidates = await asyncio.to_thread(_adapter_dirs, directory)
     if candidates is None:
         logger.warning("adapters dir %s does not exist; nothing to scan", directory)
         return report
-    for child, _ in candidates[MAX_SCANNED_ADAPTERS:]:
+    for child in candidates[MAX_SCANNED_ADAPTERS:]:
         report.skipped[str(child)] = f"more than {MAX_SCANNED_ADAPTERS} adapters in one scan"
-    for child, name in candidates[:MAX_SCANNED_ADAPTERS]:
+    for child in candidates[:MAX_SCANNED_ADAPTERS]:
         try:
-            _, created = await lifecycle.register(name, child, new_version=True)
-        except GatewayError as exc:
+            created = await _scan_one(lifecycle, child)
+        except (GatewayError, AdapterError, _Refused) as exc:
             report.skipped[str(child)] = f"{exc.code}: {exc.message}"
             logger.warning("adapters dir: %s not registered (%s): %s", child, exc.code, exc.message)
             continue
-        (report.registered if created else report.unchanged).append(name)
+        (report.registered if created else report.unchanged).append(child.name)
     logger.info(
         "adapters dir %s: %d registered, %d unchanged, %d skipped",
         directory,

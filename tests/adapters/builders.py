@@ -1,9 +1,9 @@
-"""Test builders: small base model and adapter directories in the real on-disk formats.
+"""Test builders: tiny Llama-shaped base model and adapter directories in the real formats.
 
-Written with struct + json (the safetensors format is 8 bytes of header length, a JSON header,
-then the raw data), so unit tests need neither torch nor a model hub. The tensor bytes are
-seeded pseudo-random data: the shapes and names are what the validator reads; real-engine
-adapters come from tests/support (PEFT) in the integration tests.
+The base model's safetensors are written with struct + json (8 bytes of header length, a JSON
+header, then seeded bytes: the shapes and names are what the validator reads), so unit tests
+need neither torch nor a model hub. Adapters for it are written by the project's one adapter
+writer, :mod:`loadtest.adapters_gen`, which the benchmark and the integration tests use too.
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ import struct
 from pathlib import Path
 from typing import Any
 
-LLAMA_ATTENTION = ("q_proj", "k_proj", "v_proj", "o_proj")
-LLAMA_MLP = ("gate_proj", "up_proj", "down_proj")
+from loadtest.adapters_gen import llama_module_shapes, write_lora
+
 _DTYPE_BYTES = {"F32": 4, "F16": 2, "BF16": 2}
 
 
@@ -44,16 +44,19 @@ def write_safetensors(
     path.write_bytes(struct.pack("<Q", len(raw)) + raw + b"".join(blobs))
 
 
-def llama_shapes(hidden: int, intermediate: int) -> dict[str, tuple[int, int]]:
-    """(out, in) of each adapted linear module of one Llama layer."""
+def tiny_llama_config(
+    *, hidden: int = 64, intermediate: int = 128, layers: int = 2, vocab: int = 96
+) -> dict[str, Any]:
+    """The config.json of a tiny Llama-shaped base (one attention head)."""
     return {
-        "self_attn.q_proj": (hidden, hidden),
-        "self_attn.k_proj": (hidden, hidden),
-        "self_attn.v_proj": (hidden, hidden),
-        "self_attn.o_proj": (hidden, hidden),
-        "mlp.gate_proj": (intermediate, hidden),
-        "mlp.up_proj": (intermediate, hidden),
-        "mlp.down_proj": (hidden, intermediate),
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        "hidden_size": hidden,
+        "intermediate_size": intermediate,
+        "num_hidden_layers": layers,
+        "vocab_size": vocab,
+        "num_attention_heads": 1,
+        "num_key_value_heads": 1,
     }
 
 
@@ -68,22 +71,13 @@ def write_base_model(
 ) -> Path:
     """A Llama-shaped base model directory: config.json + model.safetensors."""
     directory.mkdir(parents=True, exist_ok=True)
-    config = {
-        "architectures": ["LlamaForCausalLM"],
-        "model_type": "llama",
-        "hidden_size": hidden,
-        "intermediate_size": intermediate,
-        "num_hidden_layers": layers,
-        "vocab_size": vocab,
-        "num_attention_heads": 1,
-        "num_key_value_heads": 1,
-    }
+    config = tiny_llama_config(hidden=hidden, intermediate=intermediate, layers=layers, vocab=vocab)
     if name_or_path is not None:
         config["_name_or_path"] = name_or_path
     (directory / "config.json").write_text(json.dumps(config))
     tensors: dict[str, tuple[int, ...]] = {"model.embed_tokens.weight": (vocab, hidden)}
     for layer in range(layers):
-        for module, shape in llama_shapes(hidden, intermediate).items():
+        for module, shape in llama_module_shapes(config).items():
             tensors[f"model.layers.{layer}.{module}.weight"] = shape
         tensors[f"model.layers.{layer}.input_layernorm.weight"] = (hidden,)
     tensors["model.norm.weight"] = (hidden,)
@@ -105,31 +99,15 @@ def write_adapter(
     config_overrides: dict[str, Any] | None = None,
     manifest: dict[str, Any] | None = None,
 ) -> Path:
-    """A PEFT LoRA directory for a base made by :func:`write_base_model` with the same sizes."""
-    directory.mkdir(parents=True, exist_ok=True)
-    config: dict[str, Any] = {
-        "peft_type": "LORA",
-        "task_type": "CAUSAL_LM",
-        "r": r,
-        "lora_alpha": 2 * r,
-        "target_modules": list(targets),
-        "base_model_name_or_path": base_model,
-        "bias": "none",
-        "use_dora": False,
-        "lora_dropout": 0.0,
-        "modules_to_save": None,
-    }
-    config.update(config_overrides or {})
-    (directory / "adapter_config.json").write_text(json.dumps(config))
-    tensors: dict[str, tuple[int, ...]] = {}
-    for layer in range(layers):
-        for module, (out, inp) in llama_shapes(hidden, intermediate).items():
-            if module.rsplit(".", 1)[-1] not in targets:
-                continue
-            prefix = f"base_model.model.model.layers.{layer}.{module}"
-            tensors[f"{prefix}.lora_A.weight"] = (r, inp)
-            tensors[f"{prefix}.lora_B.weight"] = (out, r)
-    write_safetensors(directory / "adapter_model.safetensors", tensors, seed=seed)
-    if manifest is not None:
-        (directory / "manifest.json").write_text(json.dumps(manifest))
-    return directory
+    """A PEFT LoRA directory for a base made by :func:`write_base_model` with the same sizes,
+    written by the project's one adapter writer (:func:`loadtest.adapters_gen.write_lora`)."""
+    return write_lora(
+        directory,
+        tiny_llama_config(hidden=hidden, intermediate=intermediate, layers=layers),
+        base_model=base_model,
+        rank=r,
+        targets=targets,
+        seed=seed,
+        config_overrides=config_overrides,
+        manifest=manifest,
+    )

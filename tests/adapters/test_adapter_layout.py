@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from adapters.contract import ADAPTER_WEIGHTS
 from adapters.layout import (
     LayoutError,
     read_adapter,
@@ -50,7 +51,7 @@ def test_adapter_layout_reads_config_tensors_and_hash(tmp_path: Path) -> None:
     assert (layout.r, layout.lora_alpha, layout.max_rank) == (4, 8.0, 4)
     assert layout.target_modules == ("q_proj", "down_proj")
     assert layout.base_model_name_or_path == "org/TinyBase"
-    weights = (directory / "adapter_model.safetensors").read_bytes()
+    weights = (directory / ADAPTER_WEIGHTS).read_bytes()
     assert layout.sha256 == hashlib.sha256(weights).hexdigest()
     assert layout.weights_size == len(weights)
     modules = {m.module: (m.a_shape, m.b_shape) for m in layout.lora_modules()}
@@ -72,7 +73,7 @@ def test_rank_pattern_overrides_rank_for_matching_modules(tmp_path: Path) -> Non
 
 def test_truncated_weights_are_detected(tmp_path: Path) -> None:
     directory = write_adapter(tmp_path / "a", base_model=None)
-    weights = directory / "adapter_model.safetensors"
+    weights = directory / ADAPTER_WEIGHTS
     weights.write_bytes(weights.read_bytes()[:-10])
     with pytest.raises(LayoutError) as caught:
         read_adapter(directory)

@@ -12,6 +12,7 @@ from sqlalchemy.dialects import postgresql
 from sqlalchemy.schema import CreateTable
 
 from adapters.db import Base
+from adapters.errors import AdapterError, AdapterErrorKind
 from adapters.registry import NewVersion, Registry, upstream_name
 from adapters.state import (
     TRANSITIONS,
@@ -19,7 +20,6 @@ from adapters.state import (
     InvalidTransitionError,
     check_transition,
 )
-from gateway.errors import AdapterNotFoundError
 
 
 def new_version(sha: str = "a", path: str = "/adapters/x") -> NewVersion:
@@ -91,10 +91,12 @@ def test_versions_activate_restore_and_delete(db_url: str) -> None:
     assert [v.version for v in swapped.versions] == [1, 2]
     restored = registry.set_active("alpha", 1)
     assert restored.active.sha256 == "a" * 64
-    with pytest.raises(AdapterNotFoundError):
+    with pytest.raises(AdapterError) as caught:
         registry.set_active("alpha", 7)
-    with pytest.raises(AdapterNotFoundError):
+    assert (caught.value.kind, caught.value.param) == (AdapterErrorKind.NOT_FOUND, "version")
+    with pytest.raises(AdapterError) as caught:
         registry.set_pinned("nobody", True)
+    assert (caught.value.kind, caught.value.param) == (AdapterErrorKind.NOT_FOUND, "name")
     assert registry.delete("alpha") is True
     assert registry.delete("alpha") is False
     assert registry.get("alpha") is None

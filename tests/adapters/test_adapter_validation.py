@@ -1,4 +1,4 @@
-"""adapters.validation: each preflight failure has its status, code and a message with the fix."""
+"""adapters.validation: each preflight failure has its kind, code and a message with the fix."""
 
 from __future__ import annotations
 
@@ -11,15 +11,17 @@ from typing import Any
 
 import pytest
 
+from adapters.contract import ADAPTER_CONFIG, ADAPTER_WEIGHTS, MANIFEST, PICKLE_WEIGHTS
+from adapters.errors import AdapterError, AdapterErrorKind
 from adapters.validation import (
     AdapterValidator,
     ValidationLimits,
     validate_name,
 )
-from gateway.errors import GatewayError
 from tests.adapters.builders import write_adapter, write_base_model
 
 BASE_ID = "tinybase"
+INVALID = AdapterErrorKind.INVALID
 
 
 @pytest.fixture
@@ -46,8 +48,8 @@ def make_validator(base_dir: Path, roots: Path, **limits: Any) -> AdapterValidat
     )
 
 
-def failure(call: Callable[[], object]) -> GatewayError:
-    with pytest.raises(GatewayError) as caught:
+def failure(call: Callable[[], object]) -> AdapterError:
+    with pytest.raises(AdapterError) as caught:
         call()
     return caught.value
 
@@ -59,21 +61,27 @@ def test_valid_adapter_passes_and_is_hashed(base_dir: Path, roots: Path) -> None
     assert layout.path == directory.resolve()
 
 
-@pytest.mark.parametrize("name", ["", "-lead", "has space", "a@v1", "x" * 65, "ünï", "a/b"])
+@pytest.mark.parametrize(
+    "name", ["", "-lead", "has space", "a@v1", "x" * 65, "ünï", "a/b", "a\n", "x" * 64 + "\n"]
+)
 def test_bad_names(name: str) -> None:
     error = failure(lambda: validate_name(name, base_model=BASE_ID))
-    assert (error.status, error.code, error.param) == (400, "invalid_name", "name")
+    assert (error.kind, error.code, error.param) == (
+        AdapterErrorKind.INVALID,
+        "invalid_name",
+        "name",
+    )
     assert "1 to 64 characters" in error.message
 
 
 def test_name_equal_to_base_is_refused() -> None:
     error = failure(lambda: validate_name(BASE_ID, base_model=BASE_ID))
-    assert (error.status, error.code) == (400, "name_is_base_model")
+    assert (error.kind, error.code) == (AdapterErrorKind.INVALID, "name_is_base_model")
 
 
 def test_relative_path_is_refused(base_dir: Path, roots: Path) -> None:
     error = failure(lambda: make_validator(base_dir, roots).validate("a", "rel/dir"))
-    assert (error.status, error.code) == (400, "path_not_absolute")
+    assert (error.kind, error.code) == (AdapterErrorKind.INVALID, "path_not_absolute")
 
 
 def test_path_outside_roots_dotdot_and_symlinks(
@@ -83,30 +91,30 @@ def test_path_outside_roots_dotdot_and_symlinks(
     outside = write_adapter(tmp_path / "elsewhere", base_model=BASE_ID)
     for path in (outside, roots / ".." / "elsewhere"):
         error = failure(lambda p=path: validator.validate("a", p))  # type: ignore[misc]
-        assert (error.status, error.code) == (403, "path_outside_roots")
+        assert (error.kind, error.code) == (AdapterErrorKind.FORBIDDEN, "path_outside_roots")
         assert str(roots.resolve()) in error.message
     (roots / "link").symlink_to(outside, target_is_directory=True)
     error = failure(lambda: validator.validate("a", roots / "link"))
-    assert (error.status, error.code) == (403, "path_outside_roots")
+    assert (error.kind, error.code) == (AdapterErrorKind.FORBIDDEN, "path_outside_roots")
     # A directory inside the roots whose weights file points outside them.
     inside = roots / "inside"
     inside.mkdir()
     for member in outside.iterdir():
         (inside / member.name).symlink_to(member)
     error = failure(lambda: validator.validate("a", inside))
-    assert (error.status, error.code) == (403, "path_outside_roots")
+    assert (error.kind, error.code) == (AdapterErrorKind.FORBIDDEN, "path_outside_roots")
     assert "symlink" in error.message
 
 
 def _broken(kind: str, directory: Path) -> None:
-    config_path = directory / "adapter_config.json"
+    config_path = directory / ADAPTER_CONFIG
     config = json.loads(config_path.read_text())
     if kind == "missing_config":
         config_path.unlink()
     elif kind == "missing_weights":
-        (directory / "adapter_model.safetensors").unlink()
+        (directory / ADAPTER_WEIGHTS).unlink()
     elif kind == "pickle_weights":
-        (directory / "adapter_model.safetensors").rename(directory / "adapter_model.bin")
+        (directory / ADAPTER_WEIGHTS).rename(directory / PICKLE_WEIGHTS)
     elif kind == "invalid_config":
         config_path.write_text("{not json")
     elif kind == "not_lora":
@@ -114,14 +122,14 @@ def _broken(kind: str, directory: Path) -> None:
     elif kind == "unsupported_feature":
         config_path.write_text(json.dumps({**config, "use_dora": True}))
     elif kind == "invalid_manifest":
-        (directory / "manifest.json").write_text("[1, 2]")
+        (directory / MANIFEST).write_text("[1, 2]")
 
 
 @pytest.mark.parametrize(
     ("kind", "needle"),
     [
-        ("missing_config", "adapter_config.json"),
-        ("missing_weights", "adapter_model.safetensors"),
+        ("missing_config", ADAPTER_CONFIG),
+        ("missing_weights", ADAPTER_WEIGHTS),
         ("pickle_weights", "safe_serialization=True"),
         ("invalid_config", "not readable JSON"),
         ("not_lora", "'IA3'"),
@@ -133,13 +141,13 @@ def test_broken_directories(base_dir: Path, roots: Path, kind: str, needle: str)
     directory = write_adapter(roots / "a", base_model=BASE_ID)
     _broken(kind, directory)
     error = failure(lambda: make_validator(base_dir, roots).validate("a", directory))
-    assert (error.status, error.code) == (400, kind)
+    assert (error.kind, error.code) == (AdapterErrorKind.INVALID, kind)
     assert needle in error.message
 
 
 def test_missing_directory(base_dir: Path, roots: Path) -> None:
     error = failure(lambda: make_validator(base_dir, roots).validate("a", roots / "nope"))
-    assert (error.status, error.code) == (400, "missing_directory")
+    assert (error.kind, error.code) == (AdapterErrorKind.INVALID, "missing_directory")
 
 
 def test_rank_above_max_names_the_setting(base_dir: Path, roots: Path) -> None:
@@ -147,51 +155,51 @@ def test_rank_above_max_names_the_setting(base_dir: Path, roots: Path) -> None:
     error = failure(
         lambda: make_validator(base_dir, roots, max_lora_rank=16).validate("a", directory)
     )
-    assert (error.status, error.code) == (400, "rank_exceeds_max")
+    assert (error.kind, error.code) == (AdapterErrorKind.INVALID, "rank_exceeds_max")
     assert "LORA_GATEWAY_MAX_LORA_RANK to 32" in error.message
     assert "--max-lora-rank" in error.message
 
 
 def test_oversize_is_413(base_dir: Path, roots: Path) -> None:
     directory = write_adapter(roots / "a", base_model=BASE_ID)
-    size = (directory / "adapter_model.safetensors").stat().st_size
+    size = (directory / ADAPTER_WEIGHTS).stat().st_size
     error = failure(
         lambda: make_validator(base_dir, roots, max_adapter_bytes=size - 1).validate("a", directory)
     )
-    assert (error.status, error.code) == (413, "adapter_too_large")
+    assert (error.kind, error.code) == (AdapterErrorKind.TOO_LARGE, "adapter_too_large")
     assert str(size) in error.message
 
 
 def test_target_module_absent_from_base(base_dir: Path, roots: Path) -> None:
     directory = write_adapter(roots / "a", base_model=BASE_ID)
-    config_path = directory / "adapter_config.json"
+    config_path = directory / ADAPTER_CONFIG
     config = json.loads(config_path.read_text())
     config_path.write_text(json.dumps({**config, "target_modules": ["q_proj", "qkv_proj"]}))
     error = failure(lambda: make_validator(base_dir, roots).validate("a", directory))
-    assert (error.status, error.code) == (400, "target_modules_missing")
+    assert (error.kind, error.code) == (AdapterErrorKind.INVALID, "target_modules_missing")
     assert "qkv_proj" in error.message and "q_proj" in error.message
 
 
 def test_weights_for_a_module_the_base_lacks(base_dir: Path, roots: Path) -> None:
     directory = write_adapter(roots / "a", base_model=BASE_ID, layers=3)  # base has 2 layers
     error = failure(lambda: make_validator(base_dir, roots).validate("a", directory))
-    assert (error.status, error.code) == (400, "target_modules_missing")
+    assert (error.kind, error.code) == (AdapterErrorKind.INVALID, "target_modules_missing")
     assert "model.layers.2." in error.message
 
 
 def test_shapes_inconsistent_with_rank(base_dir: Path, roots: Path) -> None:
     directory = write_adapter(roots / "a", base_model=BASE_ID, r=8)
-    config_path = directory / "adapter_config.json"
+    config_path = directory / ADAPTER_CONFIG
     config_path.write_text(json.dumps({**json.loads(config_path.read_text()), "r": 4}))
     error = failure(lambda: make_validator(base_dir, roots).validate("a", directory))
-    assert (error.status, error.code) == (400, "tensor_shape_mismatch")
+    assert (error.kind, error.code) == (AdapterErrorKind.INVALID, "tensor_shape_mismatch")
     assert "r=4" in error.message
 
 
 def test_shapes_of_another_base(base_dir: Path, roots: Path) -> None:
     directory = write_adapter(roots / "a", base_model=BASE_ID, hidden=128)
     error = failure(lambda: make_validator(base_dir, roots).validate("a", directory))
-    assert (error.status, error.code) == (400, "tensor_shape_mismatch")
+    assert (error.kind, error.code) == (AdapterErrorKind.INVALID, "tensor_shape_mismatch")
     assert "another base model" in error.message
 
 
@@ -213,7 +221,7 @@ def test_base_model_identity_by_name(
         validator.validate("a", directory)
         return
     error = failure(lambda: validator.validate("a", directory))
-    assert (error.status, error.code) == (400, "base_model_mismatch")
+    assert (error.kind, error.code) == (AdapterErrorKind.INVALID, "base_model_mismatch")
     assert "SmolLM2-135M" in error.message and BASE_ID in error.message
 
 
@@ -227,20 +235,20 @@ def test_base_model_identity_by_trainer_manifest(base_dir: Path, roots: Path) ->
     bad = {"base_model": {"name": BASE_ID, "config_sha256": "0" * 64}}
     directory = write_adapter(roots / "bad", base_model=BASE_ID, manifest=bad)
     error = failure(lambda: make_validator(base_dir, roots).validate("bad", directory))
-    assert (error.status, error.code) == (400, "base_model_mismatch")
+    assert (error.kind, error.code) == (AdapterErrorKind.INVALID, "base_model_mismatch")
     assert "sha256 000000000000" in error.message
 
 
 def test_unreadable_weights_file_reports_invalid_weights(base_dir: Path, roots: Path) -> None:
     directory = write_adapter(roots / "a", base_model=BASE_ID)
-    (directory / "adapter_model.safetensors").write_bytes(b"\x00" * 4)
+    (directory / ADAPTER_WEIGHTS).write_bytes(b"\x00" * 4)
     error = failure(lambda: make_validator(base_dir, roots).validate("a", directory))
-    assert (error.status, error.code) == (400, "invalid_weights")
+    assert (error.kind, error.code) == (AdapterErrorKind.INVALID, "invalid_weights")
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root reads unreadable files")
 def test_unreadable_config(base_dir: Path, roots: Path) -> None:
     directory = write_adapter(roots / "a", base_model=BASE_ID)
-    (directory / "adapter_config.json").chmod(0)
+    (directory / ADAPTER_CONFIG).chmod(0)
     error = failure(lambda: make_validator(base_dir, roots).validate("a", directory))
-    assert (error.status, error.code) == (400, "invalid_config")
+    assert (error.kind, error.code) == (AdapterErrorKind.INVALID, "invalid_config")

@@ -3,7 +3,7 @@
 :class:`FakeLoraUpstream` answers vLLM's runtime LoRA endpoints the way vLLM 0.32 does (200 on
 load, 400 "already been loaded" on a duplicate name, 404 for a missing path or an unknown name
 on unload, 500 for any other failure while loading) through ``httpx.MockTransport``, so the
-real :class:`~gateway.engines.client.EngineClient` code runs. It can refuse paths, fail loads,
+real :class:`~gateway.engines.client.EngineClient` code runs. It can refuse adapters, fail loads,
 drop off the network, slow loads down and "restart" (forget every adapter). It also checks the
 lifecycle's invariants: never more adapters loaded than allowed, never a request for an adapter
 that is not loaded. Behaviour against a real vLLM is covered by
@@ -33,7 +33,8 @@ class FakeLoraUpstream:
         self.max_loaded = max_loaded
         self.peak_loaded = 0
         self.calls: list[tuple[str, str]] = []
-        self.refuse_paths: set[str] = set()
+        #: Public adapter names (before the ``@``) whose loads answer vLLM's 404 for a bad path.
+        self.refuse_names: set[str] = set()
         #: While set, every load answers vLLM's 500 (an exception inside the engine).
         self.fail_loads_with: str | None = None
         self.unreachable = False
@@ -51,7 +52,7 @@ class FakeLoraUpstream:
             await asyncio.sleep(self.load_delay_s)
             if self.fail_loads_with is not None:
                 return _error(500, "InternalServerError", self.fail_loads_with)
-            if lora_path in self.refuse_paths:
+            if name.split("@")[0] in self.refuse_names:
                 return _error(
                     404,
                     "NotFoundError",

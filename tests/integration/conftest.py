@@ -9,7 +9,7 @@ Fixtures (all session-scoped unless said otherwise):
 * ``vllm_engine``: a started :class:`~gateway.engines.managed.ManagedVLLMEngine`, READY. Stopped
   (whole process tree) at the end of the session.
 * ``tiny_adapters``: two PEFT adapter directories for the tiny model (``{"a1": path, "a2":
-  path}``, seeds 1 and 2), written by :func:`tests.support.adapters.write_lora_adapter`.
+  path}``, seeds 1 and 2), written by :func:`loadtest.adapters_gen.write_random_lora`.
 * ``engine_openai`` (function scope): an ``openai.AsyncOpenAI`` talking to the engine's own API.
 
 Building the gateway around the same engine (no second vLLM)::
@@ -42,7 +42,8 @@ from openai import AsyncOpenAI
 
 from gateway.engines.managed import ManagedVLLMEngine
 from gateway.settings import EngineDType, GatewaySettings
-from tests.support.adapters import write_lora_adapter
+from loadtest.adapters_gen import write_random_lora
+from tests.integration.registry_gateway import ADAPTER_SCALE
 
 ENGINE_READY_TIMEOUT_S = 300.0
 TINY_SERVED_NAME = "tiny"
@@ -99,7 +100,7 @@ def tiny_adapters(
 ) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("tiny-adapters")
     return {
-        name: write_lora_adapter(root / name, tiny_model_dir, rank=8, seed=seed)
+        name: write_random_lora(root / name, tiny_model_dir, rank=8, seed=seed, scale=ADAPTER_SCALE)
         for name, seed in (("a1", 1), ("a2", 2))
     }
 

@@ -67,10 +67,21 @@ async def sse_events(response: httpx.Response) -> list[dict[str, Any] | str]:
     return decoded
 
 
-def comparable(event: dict[str, Any] | str) -> object:
-    if isinstance(event, str):
-        return event
-    return {k: v for k, v in event.items() if k not in ("id", "created", "model")}
+def transcript(events: list[dict[str, Any] | str]) -> tuple[str, list[str], object, object]:
+    """What a client reads from a stream: the text, the finish reasons, the usage, the end."""
+    text: list[str] = []
+    finish: list[str] = []
+    usage: object = None
+    for event in events:
+        if isinstance(event, str):
+            continue
+        for choice in event["choices"]:
+            text.append(choice.get("text") or (choice.get("delta") or {}).get("content") or "")
+            if choice.get("finish_reason"):
+                finish.append(choice["finish_reason"])
+        if event.get("usage"):
+            usage = event["usage"]
+    return "".join(text), finish, usage, events[-1]
 
 
 async def token_counts(http: httpx.AsyncClient, model: str) -> tuple[float, float]:
@@ -135,9 +146,13 @@ async def test_gateway_stream_has_the_engines_events(
     async with http.stream("POST", path, json={**request, "model": model}) as via:
         assert via.status_code == 200
         received = await sse_events(via)
-    assert len(received) == len(expected) > 3
+    assert len(received) > 3 and len(expected) > 3
     assert received[-1] == "[DONE]"
-    assert [comparable(e) for e in received] == [comparable(e) for e in expected]
+    # vLLM merges deltas a slow reader has not taken yet, so how many chunks carry the text
+    # depends on timing (a loaded machine gives fewer, bigger ones, direct or not). What the
+    # client reads must be the same: text, finish reasons, usage. One upstream event in, one
+    # event out is checked exactly against the fake upstream (tests/gateway/inference).
+    assert transcript(received) == transcript(expected)
     assert all(e["model"] == model for e in received if isinstance(e, dict))
     has_usage_chunk = any(isinstance(e, dict) and "usage" in e for e in received)
     assert has_usage_chunk is client_asks_usage

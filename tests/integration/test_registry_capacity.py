@@ -12,8 +12,8 @@ import pytest
 
 from gateway.engines.managed import ManagedVLLMEngine
 from gateway.settings import GatewaySettings
-from tests.integration.registry_gateway import engine_adapters, registry_gateway
-from tests.support.adapters import write_lora_adapter
+from loadtest.adapters_gen import write_random_lora
+from tests.integration.registry_gateway import ADAPTER_SCALE, engine_adapters, registry_gateway
 
 pytestmark = pytest.mark.integration
 
@@ -29,7 +29,9 @@ async def test_hot_load_unload_cycles_while_streaming(
     root = tmp_path / "adapters"
     async with registry_gateway(engine_settings, vllm_engine, tmp_path / "data", root) as gw:
         for name, seed in (("hot-x", 41), ("hot-y", 42), ("hot-z", 43)):
-            await gw.register(name, write_lora_adapter(root / name, tiny_model_dir, seed=seed))
+            await gw.register(
+                name, write_random_lora(root / name, tiny_model_dir, seed=seed, scale=ADAPTER_SCALE)
+            )
         stop = asyncio.Event()
         served: Counter[str] = Counter()
         failures: list[str] = []
@@ -86,7 +88,8 @@ async def test_twenty_adapters_two_slots(
         upstreams = {}
         for i, name in enumerate(names):
             created = await gw.register(
-                name, write_lora_adapter(root / name, tiny_model_dir, seed=100 + i)
+                name,
+                write_random_lora(root / name, tiny_model_dir, seed=100 + i, scale=ADAPTER_SCALE),
             )
             upstreams[name] = str(created["upstream_name"])
         listed = {m.id for m in (await gw.openai.models.list()).data}

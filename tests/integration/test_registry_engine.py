@@ -11,12 +11,13 @@ import pytest
 from adapters.layout import read_base_model
 from gateway.engines.managed import ManagedVLLMEngine
 from gateway.settings import GatewaySettings
+from loadtest.adapters_gen import write_random_lora
 from tests.integration.registry_gateway import (
+    ADAPTER_SCALE,
     engine_adapters,
     engine_completion,
     registry_gateway,
 )
-from tests.support.adapters import write_lora_adapter
 
 pytestmark = pytest.mark.integration
 
@@ -28,7 +29,7 @@ async def test_register_then_model_answers(
     tmp_path: Path,
 ) -> None:
     root = tmp_path / "adapters"
-    path = write_lora_adapter(root / "reg-a1", tiny_model_dir, seed=11)
+    path = write_random_lora(root / "reg-a1", tiny_model_dir, seed=11, scale=ADAPTER_SCALE)
     async with registry_gateway(engine_settings, vllm_engine, tmp_path / "data", root) as gw:
         created = await gw.register("reg-a1", path)
         assert created["state"] == "registered"
@@ -59,8 +60,8 @@ async def test_new_version_swaps_without_failing_streams(
     tmp_path: Path,
 ) -> None:
     root = tmp_path / "adapters"
-    v1 = write_lora_adapter(root / "swap-v1", tiny_model_dir, seed=21)
-    v2 = write_lora_adapter(root / "swap-v2", tiny_model_dir, seed=22)
+    v1 = write_random_lora(root / "swap-v1", tiny_model_dir, seed=21, scale=ADAPTER_SCALE)
+    v2 = write_random_lora(root / "swap-v2", tiny_model_dir, seed=22, scale=ADAPTER_SCALE)
     async with registry_gateway(engine_settings, vllm_engine, tmp_path / "data", root) as gw:
         first = await gw.register("swap", v1, load=True)
         v1_text = await gw.complete("swap", max_tokens=8)
@@ -112,12 +113,12 @@ async def test_validation_against_the_real_base(
     async with registry_gateway(engine_settings, vllm_engine, tmp_path / "data", root) as gw:
         cases = {
             "rank": (
-                write_lora_adapter(root / "rank", tiny_model_dir, rank=32),
+                write_random_lora(root / "rank", tiny_model_dir, rank=32, scale=ADAPTER_SCALE),
                 400,
                 "rank_exceeds_max",
             ),
             "outside": (
-                write_lora_adapter(tmp_path / "outside", tiny_model_dir),
+                write_random_lora(tmp_path / "outside", tiny_model_dir, scale=ADAPTER_SCALE),
                 403,
                 "path_outside_roots",
             ),
@@ -138,8 +139,8 @@ async def test_adapters_dir_scan_serves_without_api_calls(
     tmp_path: Path,
 ) -> None:
     scan = tmp_path / "trained"
-    write_lora_adapter(scan / "scan-a", tiny_model_dir, seed=31)
-    write_lora_adapter(scan / "scan-bad", tiny_model_dir, rank=32)
+    write_random_lora(scan / "scan-a", tiny_model_dir, seed=31, scale=ADAPTER_SCALE)
+    write_random_lora(scan / "scan-bad", tiny_model_dir, rank=32, scale=ADAPTER_SCALE)
     async with registry_gateway(
         engine_settings, vllm_engine, tmp_path / "data", scan, adapters_dir=scan
     ) as gw:

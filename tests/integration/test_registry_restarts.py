@@ -12,8 +12,8 @@ import pytest
 
 from gateway.engines.managed import ManagedVLLMEngine
 from gateway.settings import GatewaySettings
-from tests.integration.registry_gateway import engine_adapters, registry_gateway
-from tests.support.adapters import write_lora_adapter
+from loadtest.adapters_gen import write_random_lora
+from tests.integration.registry_gateway import ADAPTER_SCALE, engine_adapters, registry_gateway
 
 pytestmark = pytest.mark.integration
 
@@ -33,7 +33,7 @@ async def test_gateway_restart_keeps_registrations(
 ) -> None:
     root, data = tmp_path / "adapters", tmp_path / "data"
     paths = {
-        name: write_lora_adapter(root / name, tiny_model_dir, seed=seed)
+        name: write_random_lora(root / name, tiny_model_dir, seed=seed, scale=ADAPTER_SCALE)
         for name, seed in (("keep-a", 51), ("keep-b", 52), ("keep-c", 53))
     }
     async with registry_gateway(engine_settings, vllm_engine, data, root) as gw:
@@ -68,9 +68,13 @@ async def test_engine_restart_gets_adapters_back(
     root = tmp_path / "adapters"
     async with registry_gateway(engine_settings, vllm_engine, tmp_path / "data", root) as gw:
         pinned = await gw.register(
-            "rs-pinned", write_lora_adapter(root / "p", tiny_model_dir, seed=61), pinned=True
+            "rs-pinned",
+            write_random_lora(root / "p", tiny_model_dir, seed=61, scale=ADAPTER_SCALE),
+            pinned=True,
         )
-        used = await gw.register("rs-used", write_lora_adapter(root / "u", tiny_model_dir, seed=62))
+        used = await gw.register(
+            "rs-used", write_random_lora(root / "u", tiny_model_dir, seed=62, scale=ADAPTER_SCALE)
+        )
         expected = await gw.complete("rs-used")
         wanted = {str(pinned["upstream_name"]), str(used["upstream_name"])}
         assert wanted <= await engine_adapters(vllm_engine)
@@ -85,7 +89,9 @@ async def test_engine_restart_gets_adapters_back(
             await gw.complete("rs-used")
         assert caught.value.status_code == 503
         await vllm_engine.wait_ready(300)
-        assert vllm_engine.restarts == restarts + 1
+        # At least one restart: on a loaded machine a start attempt can fail and the supervisor
+        # tries again; what matters is that the engine came back and got its adapters.
+        assert vllm_engine.restarts >= restarts + 1
         # The ready listener re-applies the registry's desired state; nobody calls the API.
         await _wait_for_adapters(vllm_engine, wanted, 60)
         detail = (await gw.admin.get("/admin/adapters/rs-used")).json()

@@ -57,6 +57,9 @@ async def test_serve_prints_a_working_sdk_example_and_stops_cleanly(
     # The default base model, already prepared (cached by the smollm2_model_dir fixture).
     (data_dir / "models" / "smollm2-135m-instruct").symlink_to(smollm2_model_dir)
     env = {k: v for k, v in os.environ.items() if not k.startswith("LORA_GATEWAY_")}
+    # The drain must outlast the 256-token stream even on a busy machine (the default 30 s
+    # bound is what cuts it off otherwise); what is tested is that it drains, not how fast.
+    env["LORA_GATEWAY_DRAIN_TIMEOUT_S"] = "600"
     process = await asyncio.create_subprocess_exec(
         str(Path(sys.executable).parent / "lora-gateway"),
         "serve",

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from safetensors.numpy import load_file
 
+from adapters.contract import ADAPTER_CONFIG, ADAPTER_WEIGHTS
 from adapters.validation import AdapterValidator, ValidationLimits
 from loadtest.adapters_gen import write_adapter_set, write_random_lora
 
@@ -28,8 +29,8 @@ def test_generated_adapters_validate_against_the_tiny_base(
     for name, path in made:
         layout = validator.validate(name, path)
         assert layout.max_rank == 8
-    first = load_file(str(made[0][1] / "adapter_model.safetensors"))
-    second = load_file(str(made[1][1] / "adapter_model.safetensors"))
+    first = load_file(str(made[0][1] / ADAPTER_WEIGHTS))
+    second = load_file(str(made[1][1] / ADAPTER_WEIGHTS))
     key = next(k for k in first if k.endswith("lora_B.weight"))
     assert first[key].any() and not (first[key] == second[key]).all()
 
@@ -43,10 +44,10 @@ def test_existing_adapters_are_kept_and_bad_targets_refused(
             tmp_path, tiny_model_dir, base_name="tiny", prefix="keep", count=1
         )
     ]
-    before = (path / "adapter_model.safetensors").stat().st_mtime_ns
+    before = (path / ADAPTER_WEIGHTS).stat().st_mtime_ns
     write_adapter_set(tmp_path, tiny_model_dir, base_name="tiny", prefix="keep", count=1)
-    assert (path / "adapter_model.safetensors").stat().st_mtime_ns == before
-    assert json.loads((path / "adapter_config.json").read_text())["peft_type"] == "LORA"
+    assert (path / ADAPTER_WEIGHTS).stat().st_mtime_ns == before
+    assert json.loads((path / ADAPTER_CONFIG).read_text())["peft_type"] == "LORA"
     with pytest.raises(ValueError, match="lm_head"):
         write_random_lora(tmp_path / "bad", tiny_model_dir, base_name="tiny", targets=("lm_head",))
     with pytest.raises(ValueError, match="count"):

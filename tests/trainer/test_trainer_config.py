@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from adapters.contract import MANIFEST_ADAPTER_NAME
 from trainer.config import (
     ConfigError,
     Method,
@@ -48,8 +49,8 @@ def test_resolved_is_json_ready() -> None:
     assert resolved["alpha"] == 32
     assert resolved["base_model"] == "m"
     assert resolved["target_modules"] == "attention"
-    assert resolved["adapter_name"] == "my-lora"
-    assert config().resolved()["adapter_name"] == "out"
+    assert resolved[MANIFEST_ADAPTER_NAME] == "my-lora"
+    assert config().resolved()[MANIFEST_ADAPTER_NAME] == "out"
 
 
 @pytest.mark.parametrize(
@@ -75,7 +76,9 @@ def test_resolved_is_json_ready() -> None:
         ({"target_modules": ""}, "target_modules"),
         ({"target_modules": "q_proj,v-proj!"}, "target_modules"),
         ({"target_modules": [f"m{i}" for i in range(40)]}, "target_modules"),
+        ({"target_modules": ["q_proj\n"]}, "target_modules"),
         ({"name": "bad name/../x"}, "name"),
+        ({"name": "ends-in-newline\n"}, "name"),
     ],
 )
 def test_bad_values_are_named(overrides: dict[str, object], named: str) -> None:

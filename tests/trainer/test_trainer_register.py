@@ -1,4 +1,4 @@
-"""register_adapter: the request it sends, and how refusals read.
+"""register_adapter (the trainer's policy over adapters.client): the request, how refusals read.
 
 The happy path against the real gateway is in tests/integration/test_trained_adapter.py; here a
 fake admin endpoint (httpx.MockTransport, for fault injection) answers with the error bodies a
@@ -15,7 +15,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from trainer.register import ADMIN_TOKEN_ENV, RegistrationError, register_adapter
+from adapters.client import ADMIN_TOKEN_ENV, ClientError
+from adapters.errors import AdapterError, AdapterErrorKind
+from trainer.register import register_adapter
 
 
 def fake_admin(status: int, body: object, seen: list[httpx.Request]) -> httpx.MockTransport:
@@ -56,7 +58,7 @@ def test_token_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> No
     register_adapter("http://g.test", "a", Path("a"), transport=fake_admin(200, {}, seen))
     assert seen[0].headers["authorization"] == "Bearer from-env"
     monkeypatch.delenv(ADMIN_TOKEN_ENV)
-    with pytest.raises(RegistrationError, match=f"no admin token.*{ADMIN_TOKEN_ENV}"):
+    with pytest.raises(AdapterError, match=f"no admin token.*{ADMIN_TOKEN_ENV}"):
         register_adapter("http://g.test", "a", Path("a"), transport=fake_admin(200, {}, seen))
 
 
@@ -69,22 +71,24 @@ def test_openai_shaped_refusal_is_shown_clearly() -> None:
             "code": "adapter_invalid",
         }
     }
-    with pytest.raises(RegistrationError) as caught:
+    with pytest.raises(ClientError) as caught:
         register_adapter(
             "http://g.test", "a", Path("a"), token="t", transport=fake_admin(400, body, [])
         )
     assert str(caught.value) == (
-        "the gateway refused the adapter (HTTP 400 invalid_request_error, code adapter_invalid): "
-        "adapter rank 64 exceeds the engine's max_lora_rank 16"
+        "adapter rank 64 exceeds the engine's max_lora_rank 16 (HTTP 400, adapter_invalid)"
     )
-    assert caught.value.status == 400
-    assert caught.value.code == "adapter_invalid"
+    assert caught.value.message == "adapter rank 64 exceeds the engine's max_lora_rank 16"
+    assert (caught.value.status, caught.value.kind) == (400, AdapterErrorKind.INVALID)
+    assert (caught.value.code, caught.value.param) == ("adapter_invalid", "path")
+    assert caught.value.error_type == "invalid_request_error"
 
 
 def test_non_json_refusal_keeps_the_text() -> None:
     transport = fake_admin(502, "upstream exploded", [])
     with pytest.raises(
-        RegistrationError, match=re.escape("HTTP 502 at http://g.test/admin/adapters: upstream")
+        ClientError,
+        match=re.escape("at http://g.test/admin/adapters: upstream exploded (HTTP 502)"),
     ):
         register_adapter("http://g.test", "a", Path("a"), token="t", transport=transport)
 
@@ -93,7 +97,8 @@ def test_unreachable_gateway_and_bad_url() -> None:
     with socket.socket() as sock:  # a port nobody listens on
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    with pytest.raises(RegistrationError, match="cannot reach the gateway"):
+    with pytest.raises(AdapterError, match="cannot reach the gateway") as caught:
         register_adapter(f"http://127.0.0.1:{port}", "a", Path("a"), token="t", timeout_s=5)
-    with pytest.raises(RegistrationError, match="must start with http"):
+    assert caught.value.kind is AdapterErrorKind.UNAVAILABLE
+    with pytest.raises(AdapterError, match="must start with http"):
         register_adapter("127.0.0.1:8000", "a", Path("a"), token="t")

@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
+from adapters.contract import ADAPTER_CONFIG, ADAPTER_WEIGHTS, MANIFEST, MANIFEST_ADAPTER_NAME
 from trainer.cli import app
 from trainer.config import ConfigError, Method, TrainConfig
 from trainer.train import train
@@ -73,7 +74,7 @@ def qlora_adapter(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
 
 
 def manifest_of(adapter: Path) -> dict[str, Any]:
-    return json.loads((adapter / "manifest.json").read_text())
+    return json.loads((adapter / MANIFEST).read_text())
 
 
 def greedy(model: Any, tokenizer: Any, prompt: str, max_new_tokens: int = 24) -> list[int]:
@@ -136,7 +137,7 @@ def test_lora_eval_loss_falls(lora_adapter: Path) -> None:
 
 def test_lora_manifest_tells_what_was_done(lora_adapter: Path, tiny_model_dir: Path) -> None:
     manifest = manifest_of(lora_adapter)
-    assert manifest["adapter_name"] == "styled-lora"
+    assert manifest[MANIFEST_ADAPTER_NAME] == "styled-lora"
     assert manifest["method"] == "lora"
     config = manifest["config"]
     assert (config["rank"], config["alpha"], config["optimizer"]) == (16, 32, "adamw_torch")
@@ -168,10 +169,10 @@ def test_lora_manifest_tells_what_was_done(lora_adapter: Path, tiny_model_dir: P
     assert 0 < figures["train_runtime_s"] < figures["wall_time_s"]
     assert manifest["versions"]["peft"] and manifest["versions"]["trl"]
 
-    adapter_config = json.loads((lora_adapter / "adapter_config.json").read_text())
+    adapter_config = json.loads((lora_adapter / ADAPTER_CONFIG).read_text())
     assert (adapter_config["r"], adapter_config["lora_alpha"]) == (16, 32)
     assert adapter_config["base_model_name_or_path"] == str(tiny_model_dir.resolve())
-    assert (lora_adapter / "adapter_model.safetensors").is_file()
+    assert (lora_adapter / ADAPTER_WEIGHTS).is_file()
     assert not list(lora_adapter.parent.glob(".*partial*"))  # staging dir renamed away
 
 
@@ -217,7 +218,7 @@ def test_merged_model_answers_exactly_like_base_plus_adapter(
     assert (merged_dir / "tokenizer_config.json").read_bytes() == (
         tiny_model_dir / "tokenizer_config.json"
     ).read_bytes()
-    assert not (merged_dir / "adapter_config.json").exists()
+    assert not (merged_dir / ADAPTER_CONFIG).exists()
     assert json.loads((merged_dir / "merged_from.json").read_text())["adapter"] == str(
         lora_adapter.resolve()
     )
@@ -251,7 +252,7 @@ def test_qlora_trains_4bit_with_float32_lora_weights(qlora_adapter: Path) -> Non
         "bnb_4bit_compute_dtype": "float32",
     }
     # TRL casts LoRA weights of 4-bit models to bf16; on CPU train() casts them back.
-    with safe_open(qlora_adapter / "adapter_model.safetensors", "pt") as tensors:
+    with safe_open(qlora_adapter / ADAPTER_WEIGHTS, "pt") as tensors:
         dtypes = {str(tensors.get_tensor(key).dtype) for key in tensors.keys()}
     assert dtypes == {"torch.float32"}
 
@@ -272,7 +273,7 @@ def test_dora_trains(tiny_model_dir: Path, tmp_path: Path) -> None:
     adapter = train(
         quick_config(tiny_model_dir, tmp_path / "dora", method="dora", max_steps=10), progress=False
     )
-    assert json.loads((adapter / "adapter_config.json").read_text())["use_dora"] is True
+    assert json.loads((adapter / ADAPTER_CONFIG).read_text())["use_dora"] is True
     evals = manifest_of(adapter)["eval"]
     assert evals["loss_after"] < 0.8 * evals["loss_before"]
 
@@ -286,7 +287,7 @@ def test_dpo_trains_on_preference_rows(tiny_model_dir: Path, tmp_path: Path) -> 
     assert evals["loss_after"] < 0.5 * evals["loss_before"]
     assert evals["perplexity_after"] is None
     assert manifest["data"]["format"] == "preference"
-    assert (tmp_path / "dpo" / "adapter_model.safetensors").is_file()
+    assert (tmp_path / "dpo" / ADAPTER_WEIGHTS).is_file()
 
 
 # --- refusals ------------------------------------------------------------------------------------

@@ -14,8 +14,11 @@ from pathlib import Path
 
 import pytest
 
+from adapters.contract import ADAPTER_WEIGHTS
+from adapters.errors import AdapterError
 from adapters.registry import Registry
 from adapters.state import AdapterState
+from adapters.store import AdapterStore
 from adapters.validation import AdapterValidator, ValidationLimits
 from gateway.errors import (
     AdapterLoadError,
@@ -23,7 +26,6 @@ from gateway.errors import (
     CapacityError,
     ConflictError,
     EngineUnavailableError,
-    GatewayError,
     ModelNotFoundError,
 )
 from gateway.lifecycle.service import AdapterLifecycle
@@ -95,7 +97,7 @@ async def make(env: Env) -> AsyncIterator[MakeLifecycle]:
         lifecycle = AdapterLifecycle(
             Registry(env.db_url),
             list(engines),
-            validator,
+            AdapterStore(env.roots.parent / "store", validator),
             capacity=capacity,
             observer=observer,
             drain_timeout_s=drain_timeout_s,
@@ -262,21 +264,35 @@ async def test_conflict_new_version_swap_drains_then_restore(env: Env, make: Mak
         await lifecycle.restore("a", 9)
 
 
-async def test_restore_refuses_changed_files(env: Env, make: MakeLifecycle) -> None:
+def damage(stored: Path) -> None:
+    """Someone with the gateway's own rights rewrites a stored copy."""
+    stored.chmod(0o700)
+    (stored / ADAPTER_WEIGHTS).unlink()
+    write_adapter(stored, base_model=BASE, seed=98)
+
+
+async def test_restore_ignores_the_source_but_refuses_a_damaged_copy(
+    env: Env, make: MakeLifecycle
+) -> None:
     lifecycle = await make(FakeEngine(FakeLoraUpstream()))
     v1_path = env.adapter("a", seed=1)
     await lifecycle.register("a", v1_path)
     await lifecycle.register("a", env.adapter("a", seed=2), new_version=True)
-    write_adapter(v1_path, base_model=BASE, seed=99)  # overwritten in place
-    with pytest.raises(ConflictError, match="changed since"):
+    write_adapter(v1_path, base_model=BASE, seed=99)  # the source is overwritten in place
+    assert (await lifecycle.restore("a", 1)).record.active_version == 1  # its copy serves
+    await lifecycle.restore("a", 2)
+
+    damage(Path(lifecycle.view("a").versions[0].version.load_path))
+    with pytest.raises(AdapterError, match="changed since") as caught:
         await lifecycle.restore("a", 1)
+    assert caught.value.code == "adapter_files_changed"
 
 
 async def test_register_with_load_refused_keeps_nothing(env: Env, make: MakeLifecycle) -> None:
     upstream = FakeLoraUpstream()
     lifecycle = await make(FakeEngine(upstream))
     path = env.adapter("a")
-    upstream.refuse_paths.add(str(path.resolve()))
+    upstream.refuse_names.add("a")
     with pytest.raises(AdapterLoadError):
         await lifecycle.register("a", path, load=True)
     assert lifecycle.public_models() == [] and lifecycle.registry.get("a") is None
@@ -374,9 +390,9 @@ async def test_delete_waits_for_requests_then_forgets(env: Env, make: MakeLifecy
 
 async def test_validation_errors_pass_through(env: Env, make: MakeLifecycle) -> None:
     lifecycle = await make(FakeEngine(FakeLoraUpstream()))
-    with pytest.raises(GatewayError) as caught:
+    with pytest.raises(AdapterError) as caught:
         await lifecycle.register(BASE, env.adapter("x"))
     assert caught.value.code == "name_is_base_model"
-    with pytest.raises(GatewayError) as caught:
+    with pytest.raises(AdapterError) as caught:
         await lifecycle.register("x", env.adapter("x", r=32))
     assert caught.value.code == "rank_exceeds_max"

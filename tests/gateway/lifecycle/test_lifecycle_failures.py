@@ -16,6 +16,7 @@ import pytest
 
 from adapters.registry import Registry
 from adapters.state import AdapterState
+from adapters.store import AdapterStore
 from adapters.validation import AdapterValidator, ValidationLimits
 from gateway.errors import AdapterLoadError, EngineUnavailableError
 from gateway.lifecycle.service import AdapterLifecycle
@@ -72,10 +73,13 @@ class Env:
         lifecycle = AdapterLifecycle(
             Registry(f"sqlite:///{self.tmp / 'registry.db'}"),
             [FakeEngine(self.upstream)],
-            AdapterValidator(
-                BASE,
-                ValidationLimits(16, 1 << 30, (roots,)),
-                base_dir=write_base_model(self.tmp / BASE),
+            AdapterStore(
+                self.tmp / "store",
+                AdapterValidator(
+                    BASE,
+                    ValidationLimits(16, 1 << 30, (roots,)),
+                    base_dir=write_base_model(self.tmp / BASE),
+                ),
             ),
             observer=self.events,
             load_retry_s=REFUSED_RETRY_S,
@@ -106,7 +110,7 @@ async def test_refused_adapter_is_failed_then_retried_by_a_request_after_the_coo
     lifecycle = await env.lifecycle()
     path = env.adapter("a")
     await lifecycle.register("a", path)
-    env.upstream.refuse_paths.add(str(path.resolve()))
+    env.upstream.refuse_names.add("a")
     with pytest.raises(AdapterLoadError) as caught:
         await request(lifecycle, "a")
     assert caught.value.status == 502 and "No adapter found" in caught.value.message
@@ -133,7 +137,7 @@ async def test_refused_adapter_is_failed_then_retried_by_a_request_after_the_coo
 
     # Fixed on the engine's side (say, a volume remounted): the next request after the
     # cool-down loads it, with no operator involved.
-    env.upstream.refuse_paths.clear()
+    env.upstream.refuse_names.clear()
     env.clock.now += REFUSED_RETRY_S
     assert (await request(lifecycle, "a")).startswith("a@v1.")
     assert lifecycle.view("a").active.state is AdapterState.LOADED
@@ -145,10 +149,10 @@ async def test_admin_load_retries_a_failed_adapter_at_once(env: Env) -> None:
     lifecycle = await env.lifecycle()
     path = env.adapter("a")
     await lifecycle.register("a", path)
-    env.upstream.refuse_paths.add(str(path.resolve()))
+    env.upstream.refuse_names.add("a")
     with pytest.raises(AdapterLoadError):
         await request(lifecycle, "a")
-    env.upstream.refuse_paths.clear()
+    env.upstream.refuse_names.clear()
     view = await lifecycle.load("a")  # no waiting for the cool-down
     assert view.active.state is AdapterState.LOADED
     assert await request(lifecycle, "a")
@@ -196,13 +200,13 @@ async def test_failed_before_a_restart_is_retried_on_first_use(env: Env) -> None
     first = await env.lifecycle()
     path = env.adapter("a")
     await first.register("a", path)
-    env.upstream.refuse_paths.add(str(path.resolve()))
+    env.upstream.refuse_names.add("a")
     with pytest.raises(AdapterLoadError):
         await request(first, "a")
     await first.close()
     env.lifecycles.remove(first)
 
-    env.upstream.refuse_paths.clear()
+    env.upstream.refuse_names.clear()
     second = await env.lifecycle()
     assert second.view("a").active.state is AdapterState.FAILED  # as recorded
     assert await request(second, "a")  # no cool-down left from the previous run
