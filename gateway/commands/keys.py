@@ -1,8 +1,9 @@
 """``lora-gateway keys ...``: manage a running gateway's virtual client keys (``/admin/keys``).
 
-Same transport, token lookup and error printing as ``lora-gateway adapters``
-(:mod:`gateway.commands.adapters`). ``create`` and ``rotate`` print the secret: the only time it
-is shown. Registered on the CLI by :func:`gateway.cli.build_cli`.
+Through the one admin API client (:class:`adapters.client.AdminClient`), with the same token
+lookup and error printing as ``lora-gateway adapters`` (:mod:`gateway.commands.adapters`).
+``create`` and ``rotate`` print the secret: the only time it is shown. Registered on the CLI by
+:func:`gateway.cli.build_cli`.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from gateway.commands.adapters import DEFAULT_URL, DataDirOpt, TokenOpt, UrlOpt, _call
+from gateway.commands.adapters import DEFAULT_URL, DataDirOpt, TokenOpt, UrlOpt, admin_client
 
 app = typer.Typer(no_args_is_help=True, add_completion=False)
 
@@ -100,7 +101,8 @@ def create(
         body["models"] = model
     if expires_at:
         body["expires_at"] = expires_at
-    _print_secret(_call("POST", url, "/admin/keys", admin_token, data_dir, body), "created")
+    with admin_client(url, admin_token, data_dir) as admin:
+        _print_secret(admin.create_key(body), "created")
 
 
 @app.command("list")
@@ -108,7 +110,8 @@ def list_(
     url: UrlOpt = DEFAULT_URL, admin_token: TokenOpt = None, data_dir: DataDirOpt = None
 ) -> None:
     """Show every key (never a secret)."""
-    keys = _call("GET", url, "/admin/keys", admin_token, data_dir)["data"]
+    with admin_client(url, admin_token, data_dir) as admin:
+        keys = admin.list_keys()
     table = Table("name", "id", "prefix", "status", "models", "limits", "expires")
     for key in keys:
         table.add_row(
@@ -130,7 +133,8 @@ def show(
     key: str, url: UrlOpt = DEFAULT_URL, admin_token: TokenOpt = None, data_dir: DataDirOpt = None
 ) -> None:
     """Show one key, by id or name."""
-    _print_key(_call("GET", url, f"/admin/keys/{key}", admin_token, data_dir))
+    with admin_client(url, admin_token, data_dir) as admin:
+        _print_key(admin.get_key(key))
 
 
 @app.command("update")
@@ -169,7 +173,8 @@ def update(
         body["expires_at"] = expires_at
     elif no_expiry:
         body["expires_at"] = None
-    _print_key(_call("PATCH", url, f"/admin/keys/{key}", admin_token, data_dir, body))
+    with admin_client(url, admin_token, data_dir) as admin:
+        _print_key(admin.update_key(key, body))
 
 
 @app.command("revoke")
@@ -177,7 +182,8 @@ def revoke(
     key: str, url: UrlOpt = DEFAULT_URL, admin_token: TokenOpt = None, data_dir: DataDirOpt = None
 ) -> None:
     """Refuse a key from now on (every replica within a second or two)."""
-    _print_key(_call("POST", url, f"/admin/keys/{key}/revoke", admin_token, data_dir))
+    with admin_client(url, admin_token, data_dir) as admin:
+        _print_key(admin.revoke_key(key))
 
 
 @app.command("rotate")
@@ -185,4 +191,5 @@ def rotate(
     key: str, url: UrlOpt = DEFAULT_URL, admin_token: TokenOpt = None, data_dir: DataDirOpt = None
 ) -> None:
     """Give a key a new secret (printed once); the old secret stops working."""
-    _print_secret(_call("POST", url, f"/admin/keys/{key}/rotate", admin_token, data_dir), "rotated")
+    with admin_client(url, admin_token, data_dir) as admin:
+        _print_secret(admin.rotate_key(key), "rotated")
