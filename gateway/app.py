@@ -51,6 +51,7 @@ from gateway.api.health import build_health_router
 from gateway.api.metrics import build_metrics_router
 from gateway.api.middleware import RequestContextMiddleware
 from gateway.api.openai.routes import build_openai_router
+from gateway.auth.adapter_limits import AdapterLimitStore
 from gateway.auth.admin_token import load_admin_token
 from gateway.auth.key_store import KeyStore
 from gateway.auth.limits import KeyLimiter, open_storage
@@ -139,6 +140,7 @@ def create_app(
             KeyLimiter(open_storage(settings.redis_url)),
             settings.api_keys,
             usage=usage,
+            adapter_limits=await asyncio.to_thread(AdapterLimitStore, key_store.engine),
             cache_ttl_s=settings.key_cache_ttl_s,
         )
         try:

@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
@@ -98,6 +99,20 @@ def _next_month(now: datetime) -> datetime:
 
 
 @dataclass(frozen=True, slots=True)
+class Subject:
+    """What limits are counted for: a virtual key, or an adapter (its own protection)."""
+
+    id: str
+    #: For messages: ``key team-a``, ``adapter legal-lora``.
+    label: str
+    limits: KeyLimits
+
+    @classmethod
+    def of_key(cls, key: VirtualKey) -> Subject:
+        return cls(key.id, f"key {key.name}", key.limits)
+
+
+@dataclass(frozen=True, slots=True)
 class _Budget:
     item: RateLimitItem
     ids: tuple[str, ...]
@@ -105,17 +120,17 @@ class _Budget:
     label: str
 
 
-def _budgets(key: VirtualKey, now: datetime) -> list[_Budget]:
-    limits, out = key.limits, []
+def _budgets(subject: Subject, now: datetime) -> list[_Budget]:
+    limits, out = subject.limits, []
     # Two-period expiry: the counter must outlive its calendar period; the period is in the key.
     if limits.daily_tokens is not None:
         item = RateLimitItemPerDay(limits.daily_tokens, 2, namespace=NAMESPACE)
         day = now.strftime("%Y-%m-%d")
-        out.append(_Budget(item, (key.id, "day", day), _next_day(now), "daily"))
+        out.append(_Budget(item, (subject.id, "day", day), _next_day(now), "daily"))
     if limits.monthly_tokens is not None:
         item = RateLimitItemPerDay(limits.monthly_tokens, 62, namespace=NAMESPACE)
         month = now.strftime("%Y-%m")
-        out.append(_Budget(item, (key.id, "month", month), _next_month(now), "monthly"))
+        out.append(_Budget(item, (subject.id, "month", month), _next_month(now), "monthly"))
     return out
 
 
@@ -127,14 +142,23 @@ def _tpm(limits: KeyLimits) -> RateLimitItem | None:
     return None if limits.tpm is None else RateLimitItemPerMinute(limits.tpm, namespace=NAMESPACE)
 
 
+@dataclass(frozen=True, slots=True)
+class Grant:
+    """What one subject gave a request: a request from its minute window, a concurrency slot."""
+
+    subject: Subject
+    rpm_window: str | None = None
+    concurrency_key: str | None = None
+
+
 @dataclass(slots=True)
 class Admission:
     """What one admitted request holds until its response is complete."""
 
     limiter: KeyLimiter | None
-    key: VirtualKey | None
+    grants: list[Grant] = field(default_factory=list)
+    #: OpenAI's x-ratelimit-* headers, for the key's own limits.
     headers: dict[str, str] = field(default_factory=dict)
-    concurrency_key: str | None = None
     #: Where the request's token usage is recorded, and under which key id.
     usage: UsageRecorder | None = None
     usage_key: str = NO_KEY
@@ -142,29 +166,30 @@ class Admission:
 
     @property
     def holds_anything(self) -> bool:
-        return self.limiter is not None or self.usage is not None
+        return bool(self.grants) or self.usage is not None
 
     async def finish(self, info: RequestInfo) -> None:
-        """Record and charge the engine's token counts, free the slot; once, whatever happened."""
+        """Record and charge the engine's token counts, free the slots; once, whatever happened."""
         if self.finished:
             return
         self.finished = True
         prompt, completion = info.prompt_tokens, info.completion_tokens
         if self.usage is not None and info.model and (prompt is not None or completion is not None):
             self.usage.record(self.usage_key, info.model, info.adapter, prompt, completion)
-        if self.limiter is None or self.key is None:
+        if self.limiter is None or not self.grants:
             return
         tokens = (prompt or 0) + (completion or 0)
         with anyio.CancelScope(shield=True):
-            try:
-                await self.limiter.charge(self.key, tokens, self.concurrency_key)
-            except Exception:  # never fail a finished response over bookkeeping
-                logger.exception("could not charge %d tokens to key %s", tokens, self.key.id)
+            for grant in self.grants:
+                try:
+                    await self.limiter.charge(grant, tokens)
+                except Exception:  # never fail a finished response over bookkeeping
+                    logger.exception("could not charge %d tokens to %s", tokens, grant.subject.id)
 
 
 #: The admission of a request no limit applies to (static keys, open gateway, no limits).
 def unlimited() -> Admission:
-    return Admission(limiter=None, key=None)
+    return Admission(limiter=None)
 
 
 class KeyLimiter:
@@ -172,92 +197,119 @@ class KeyLimiter:
         self.storage = storage
         self._window = FixedWindowRateLimiter(storage)
 
-    async def admit(self, key: VirtualKey) -> Admission:
-        if not key.limits.any:
-            return unlimited()
+    async def admit(self, subjects: Sequence[Subject]) -> Admission:
+        """All of ``subjects`` admit the request, or none holds anything of it (429).
+
+        The first subject's limits make the response's x-ratelimit-* headers (the key's).
+        """
+        admission = Admission(limiter=self)
         try:
-            return await self._admit(key)
-        except GatewayError:
+            for subject in subjects:
+                if not subject.limits.any:
+                    continue
+                headers: dict[str, str] = {}
+                try:
+                    admission.grants.append(await self._admit(subject, headers))
+                finally:
+                    if subject is subjects[0]:
+                        admission.headers = headers
+        except GatewayError as exc:
+            exc.headers.update(admission.headers)
+            await self._release_all(admission.grants)
             raise
         except self.storage.base_exceptions as exc:
+            await self._release_all(admission.grants)
             raise LimitStoreUnavailableError(
                 f"the rate-limit store is unreachable ({type(exc).__name__})"
             ) from exc
+        return admission
 
-    async def _admit(self, key: VirtualKey) -> Admission:
-        limits, headers = key.limits, {}
+    async def _release_all(self, grants: Sequence[Grant]) -> None:
+        """Give back what earlier subjects granted a request a later one refused: it costs
+        nothing."""
+        with anyio.CancelScope(shield=True):
+            for grant in grants:
+                try:
+                    await self._give_back(grant)
+                except Exception:
+                    logger.exception("could not give back a grant of %s", grant.subject.id)
+
+    async def _give_back(self, grant: Grant) -> None:
+        if grant.concurrency_key is not None:
+            await self.storage.incr(grant.concurrency_key, CONCURRENCY_TTL_S, -1)
+        if grant.rpm_window is not None:
+            await self.storage.incr(grant.rpm_window, 60, -1)
+
+    async def _admit(self, subject: Subject, headers: dict[str, str]) -> Grant:
+        limits, who = subject.limits, subject.label
         clock = time.time()
         tpm = _tpm(limits)
         if tpm is not None:
-            stats = await self._window.get_window_stats(tpm, key.id, "tokens")
+            stats = await self._window.get_window_stats(tpm, subject.id, "tokens")
             reset_s = max(0.0, stats.reset_time - clock) if stats.remaining < tpm.amount else 60.0
             headers["x-ratelimit-limit-tokens"] = str(tpm.amount)
             headers["x-ratelimit-remaining-tokens"] = str(stats.remaining)
             headers["x-ratelimit-reset-tokens"] = format_reset(reset_s)
             if stats.remaining <= 0:
                 raise RateLimitError(
-                    f"Rate limit reached for key {key.name} on tokens per min (TPM): limit "
+                    f"Rate limit reached for {who} on tokens per min (TPM): limit "
                     f"{tpm.amount}. Please try again in {format_reset(reset_s)}.",
                     retry_after_s=math.ceil(reset_s),
                     kind="tokens",
-                    headers=headers,
                 )
         now = datetime.fromtimestamp(clock, UTC)
-        for budget in _budgets(key, now):
+        for budget in _budgets(subject, now):
             if await self._window.test(budget.item, *budget.ids):
                 continue
             wait = (budget.resets_at - now).total_seconds()
             raise QuotaExceededError(
-                f"Key {key.name} has spent its {budget.label} token budget of "
+                f"The {who} has spent its {budget.label} token budget of "
                 f"{budget.item.amount}; it renews at {budget.resets_at.isoformat()}.",
                 retry_after_s=math.ceil(wait),
-                headers=headers,
             )
         rpm = _rpm(limits)
+        rpm_window = None
         if rpm is not None:
             # The fixed window's hit, keeping the count it returns: a separate read would see
             # other replicas' hits, and each answer must say what remained after its own.
-            window = rpm.key_for(key.id, "requests")
+            window = rpm.key_for(subject.id, "requests")
             count = await self.storage.incr(window, rpm.get_expiry(), amount=1)
-            allowed = count <= rpm.amount
             reset_s = max(0.0, await self.storage.get_expiry(window) - clock)
             headers["x-ratelimit-limit-requests"] = str(rpm.amount)
             headers["x-ratelimit-remaining-requests"] = str(max(0, rpm.amount - count))
             headers["x-ratelimit-reset-requests"] = format_reset(reset_s)
-            if not allowed:
+            if count > rpm.amount:
                 raise RateLimitError(
-                    f"Rate limit reached for key {key.name} on requests per min (RPM): limit "
+                    f"Rate limit reached for {who} on requests per min (RPM): limit "
                     f"{rpm.amount}. Please try again in {format_reset(reset_s)}.",
                     retry_after_s=math.ceil(reset_s),
-                    headers=headers,
                 )
-        admission = Admission(limiter=self, key=key, headers=headers)
-        if limits.max_concurrent is not None:
-            slot = f"{NAMESPACE}/{key.id}/concurrent"
-            running = await self.storage.incr(slot, CONCURRENCY_TTL_S, 1)
-            if running > limits.max_concurrent:
-                await self.storage.incr(slot, CONCURRENCY_TTL_S, -1)
-                if rpm is not None:  # a refused request costs nothing
-                    await self.storage.incr(rpm.key_for(key.id, "requests"), 60, -1)
-                    headers["x-ratelimit-remaining-requests"] = str(
-                        int(headers["x-ratelimit-remaining-requests"]) + 1
-                    )
-                raise RateLimitError(
-                    f"Key {key.name} already has {limits.max_concurrent} requests running "
-                    "(its concurrency limit); retry when one has finished.",
-                    retry_after_s=1,
-                    headers=headers,
-                )
-            admission.concurrency_key = slot
-        return admission
+            rpm_window = window
+        if limits.max_concurrent is None:
+            return Grant(subject, rpm_window)
+        slot = f"{NAMESPACE}/{subject.id}/concurrent"
+        running = await self.storage.incr(slot, CONCURRENCY_TTL_S, 1)
+        if running > limits.max_concurrent:
+            await self.storage.incr(slot, CONCURRENCY_TTL_S, -1)
+            if rpm_window is not None:  # a refused request costs nothing
+                await self.storage.incr(rpm_window, 60, -1)
+                remaining = int(headers["x-ratelimit-remaining-requests"]) + 1
+                headers["x-ratelimit-remaining-requests"] = str(remaining)
+            raise RateLimitError(
+                f"The {who} already has {limits.max_concurrent} requests running "
+                "(its concurrency limit); retry when one has finished.",
+                retry_after_s=1,
+            )
+        return Grant(subject, rpm_window, slot)
 
-    async def charge(self, key: VirtualKey, tokens: int, concurrency_key: str | None) -> None:
-        if concurrency_key is not None:
-            await self.storage.incr(concurrency_key, CONCURRENCY_TTL_S, -1)
+    async def charge(self, grant: Grant, tokens: int) -> None:
+        if grant.concurrency_key is not None:
+            await self.storage.incr(grant.concurrency_key, CONCURRENCY_TTL_S, -1)
         if tokens <= 0:
             return
-        tpm = _tpm(key.limits)
+        subject = grant.subject
+        tpm = _tpm(subject.limits)
         if tpm is not None:
-            await self._window.hit(tpm, key.id, "tokens", cost=tokens)
-        for budget in _budgets(key, datetime.now(UTC)):
+            await self._window.hit(tpm, subject.id, "tokens", cost=tokens)
+        for budget in _budgets(subject, datetime.now(UTC)):
             await self._window.hit(budget.item, *budget.ids, cost=tokens)

@@ -27,10 +27,11 @@ from datetime import UTC, datetime
 
 from pydantic import SecretStr
 
+from gateway.auth.adapter_limits import AdapterLimitStore, adapter_subject
 from gateway.auth.client_keys import MAX_AUTHORIZATION_CHARS, ApiKeyAuth
 from gateway.auth.key_store import KeyStore
-from gateway.auth.keys import SECRET_PREFIX, VirtualKey, hash_secret
-from gateway.auth.limits import Admission, KeyLimiter, unlimited
+from gateway.auth.keys import SECRET_PREFIX, KeyLimits, VirtualKey, hash_secret
+from gateway.auth.limits import Admission, KeyLimiter, Subject, unlimited
 from gateway.auth.usage_records import NO_KEY, STATIC_KEY, UsageRecorder
 from gateway.errors import AuthenticationError
 from gateway.inference.routing import unknown_model
@@ -61,6 +62,7 @@ class Tenants:
         static_keys: Sequence[SecretStr] = (),
         *,
         usage: UsageRecorder | None = None,
+        adapter_limits: AdapterLimitStore | None = None,
         cache_ttl_s: float = DEFAULT_CACHE_TTL_S,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -72,11 +74,23 @@ class Tenants:
         self._clock = clock
         self._keys: dict[str, tuple[float, VirtualKey | None]] = {}
         self._any_key: tuple[float, bool] | None = None
+        self.adapter_limits = adapter_limits
+        self._adapter_limits: tuple[float, dict[str, KeyLimits]] | None = None
 
     def forget(self) -> None:
         """Drop every cached lookup (the admin API calls it after each change here)."""
         self._keys.clear()
         self._any_key = None
+        self._adapter_limits = None
+
+    async def _limits_of(self, model: str) -> KeyLimits | None:
+        if self.adapter_limits is None:
+            return None
+        now = self._clock()
+        if self._adapter_limits is None or self._adapter_limits[0] <= now:
+            rows = await asyncio.to_thread(self.adapter_limits.all)
+            self._adapter_limits = (now + self._ttl, rows)
+        return self._adapter_limits[1].get(model)
 
     async def _keys_required(self) -> bool:
         if self._static is not None:
@@ -139,15 +153,21 @@ class Tenants:
         return key
 
     async def admit(self, principal: Principal, model: str) -> Admission:
-        """Before routing: 404 for a model out of scope (as for an unknown one); 429 over limits."""
-        if principal.key is None:
-            admission = unlimited()
-            admission.usage_key = STATIC_KEY if self._static is not None else NO_KEY
-        else:
+        """Before routing: 404 for a model out of scope (as for an unknown one); 429 over the
+        key's limits or the model's own."""
+        subjects: list[Subject] = []
+        if principal.key is not None:
             if not principal.key.may_use(model):
                 raise unknown_model(model)
-            admission = await self.limiter.admit(principal.key)
+            subjects.append(Subject.of_key(principal.key))
+        model_limits = await self._limits_of(model)
+        if model_limits is not None:
+            subjects.append(adapter_subject(model, model_limits))
+        admission = await self.limiter.admit(subjects) if subjects else unlimited()
+        if principal.key is not None:
             admission.usage_key = principal.key.id
+        else:
+            admission.usage_key = STATIC_KEY if self._static is not None else NO_KEY
         admission.usage = self.usage
         return admission
 

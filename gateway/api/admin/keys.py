@@ -9,6 +9,8 @@ require_admin`); included by :func:`gateway.app.create_app`. ``{key}`` is a key'
     PATCH  /admin/keys/{key}           {name?, models?, limits?, expires_at?}
     POST   /admin/keys/{key}/revoke    refused from now on (every replica within the cache TTL)
     POST   /admin/keys/{key}/rotate    a new secret for the same key: the secret, once
+    GET    /admin/adapters/{name}/limits    an adapter's own limits, whoever calls it
+    PUT    /admin/adapters/{name}/limits    {rpm?, tpm?, max_concurrent?}: replaces them
 
 Model patterns are checked against the models the gateway serves now (the base and the
 registered adapters): one that matches nothing is a 400 naming it, since it is most likely a typo.
@@ -23,23 +25,30 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Path
 
+from adapters.db import NAME_LENGTH
 from gateway.api.admin.adapters import require_admin
 from gateway.api.admin.keys_protocol import (
+    AdapterLimitsIn,
+    AdapterLimitsOut,
     CreateKeyRequest,
     IssuedKeyOut,
     KeyListOut,
     KeyOut,
     UpdateKeyRequest,
+    adapter_limits_out,
     issued_key_out,
     key_out,
 )
 from gateway.api.deps import RouterDep, TenantsDep
+from gateway.auth.adapter_limits import AdapterLimitStore
 from gateway.auth.key_store import KEY_NAME_LENGTH
 from gateway.auth.keys import KeyLimits, unmatched_patterns
-from gateway.errors import InvalidRequestError
-from gateway.inference.routing import Router
+from gateway.auth.tenants import Tenants
+from gateway.errors import GatewayError, InvalidRequestError
+from gateway.inference.routing import Router, unknown_model
 
 KeyRef = Annotated[str, Path(min_length=1, max_length=KEY_NAME_LENGTH)]
+ModelName = Annotated[str, Path(min_length=1, max_length=2 * NAME_LENGTH)]
 MAX_NAMES_IN_ERROR = 20
 
 
@@ -129,4 +138,34 @@ def build_keys_router() -> APIRouter:
         tenants.forget()
         return issued_key_out(issued)
 
+    @router.get("/adapters/{name}/limits")
+    async def get_adapter_limits(
+        name: ModelName, tenants: TenantsDep, routing: RouterDep
+    ) -> AdapterLimitsOut:
+        store = _adapter_limit_store(tenants)
+        _served(name, routing)
+        limits = (await asyncio.to_thread(store.all)).get(name, KeyLimits())
+        return adapter_limits_out(name, limits)
+
+    @router.put("/adapters/{name}/limits")
+    async def set_adapter_limits(
+        name: ModelName, body: AdapterLimitsIn, tenants: TenantsDep, routing: RouterDep
+    ) -> AdapterLimitsOut:
+        store = _adapter_limit_store(tenants)
+        _served(name, routing)
+        limits = await asyncio.to_thread(store.set, name, body.to_limits())
+        tenants.forget()
+        return adapter_limits_out(name, limits)
+
     return router
+
+
+def _adapter_limit_store(tenants: Tenants) -> AdapterLimitStore:
+    if tenants.adapter_limits is None:
+        raise GatewayError("adapter limits are not stored on this gateway", code="no_limit_store")
+    return tenants.adapter_limits
+
+
+def _served(name: str, router: Router) -> None:
+    if name not in {model.id for model in router.public_models()}:
+        raise unknown_model(name)

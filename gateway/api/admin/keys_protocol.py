@@ -151,3 +151,27 @@ def key_out(key: VirtualKey) -> KeyOut:
 
 def issued_key_out(issued: IssuedKey) -> IssuedKeyOut:
     return IssuedKeyOut(**key_out(issued.key).model_dump(), secret=issued.secret)
+
+
+class AdapterLimitsIn(_Strict):
+    """An adapter's own limits; each null or absent means none of that kind (all none: removed)."""
+
+    rpm: int | None = Field(default=None, ge=1, le=MAX_RPM, description="Requests per minute.")
+    tpm: int | None = Field(default=None, ge=1, le=MAX_TOKENS, description="Tokens per minute.")
+    max_concurrent: int | None = Field(default=None, ge=1, le=MAX_CONCURRENT)
+
+    def to_limits(self) -> KeyLimits:
+        return KeyLimits(rpm=self.rpm, tpm=self.tpm, max_concurrent=self.max_concurrent)
+
+
+class AdapterLimitsOut(BaseModel):
+    model: str
+    rpm: int | None
+    tpm: int | None
+    max_concurrent: int | None
+
+
+def adapter_limits_out(model: str, limits: KeyLimits) -> AdapterLimitsOut:
+    return AdapterLimitsOut(
+        model=model, rpm=limits.rpm, tpm=limits.tpm, max_concurrent=limits.max_concurrent
+    )

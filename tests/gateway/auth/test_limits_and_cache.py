@@ -9,7 +9,14 @@ import pytest
 
 from gateway.auth.key_store import KeyStore
 from gateway.auth.keys import ALL_MODELS, KeyLimits, VirtualKey
-from gateway.auth.limits import KeyLimiter, _next_month, format_reset, open_storage, storage_uri
+from gateway.auth.limits import (
+    KeyLimiter,
+    Subject,
+    _next_month,
+    format_reset,
+    open_storage,
+    storage_uri,
+)
 from gateway.auth.tenants import Tenants
 from gateway.errors import RateLimitError
 from gateway.inference.record import RequestInfo
@@ -59,19 +66,19 @@ def _info(prompt: int | None, completion: int | None) -> RequestInfo:
 async def test_a_request_refused_for_concurrency_costs_no_request() -> None:
     limiter = KeyLimiter(open_storage(None))
     key = _key(rpm=5, max_concurrent=1)
-    first = await limiter.admit(key)
+    first = await limiter.admit([Subject.of_key(key)])
     assert first.headers["x-ratelimit-remaining-requests"] == "4"
     with pytest.raises(RateLimitError) as caught:
-        await limiter.admit(key)
+        await limiter.admit([Subject.of_key(key)])
     assert caught.value.headers["x-ratelimit-remaining-requests"] == "4"
     await first.finish(_info(3, 4))
-    second = await limiter.admit(key)
+    second = await limiter.admit([Subject.of_key(key)])
     assert second.headers["x-ratelimit-remaining-requests"] == "3"
     await second.finish(_info(None, None))
     await second.finish(_info(None, None))  # once only: the slot is not freed twice
-    third = await limiter.admit(key)
+    third = await limiter.admit([Subject.of_key(key)])
     with pytest.raises(RateLimitError):
-        await limiter.admit(key)
+        await limiter.admit([Subject.of_key(key)])
     await third.finish(_info(0, 0))
 
 

@@ -314,3 +314,53 @@ async def test_expired_and_unknown_keys_get_401(fresh: Gateway) -> None:
         response = await fresh.http.get("/v1/models", headers={"authorization": f"Bearer {key}"})
         assert response.status_code == 401
     assert (await fresh.http.get("/v1/models")).json()["error"]["code"] == "missing_api_key"
+
+
+# --- per-adapter limits ----------------------------------------------------------------------
+async def test_an_adapters_own_limits_hold_for_every_caller(fresh: Gateway) -> None:
+    set_limits = await admin(fresh, "PUT", "/adapters/legal-v1/limits", {"rpm": 3})
+    assert set_limits.status_code == 200 and set_limits.json()["rpm"] == 3
+    assert (await admin(fresh, "GET", "/adapters/legal-v1/limits")).json()["rpm"] == 3
+    created = await create_key(fresh, "adapter-limited", limits={"rpm": 100})
+    keyed, static = sdk(fresh, created["secret"]), sdk(fresh, STATIC_KEY)
+    try:
+        await static.completions.create(model="legal-v1", prompt="hi")
+        await static.completions.create(model="legal-v1", prompt="hi")
+        first = await keyed.completions.with_raw_response.create(model="legal-v1", prompt="hi")
+        assert first.headers["x-ratelimit-remaining-requests"] == "99"
+        with pytest.raises(openai.RateLimitError) as caught:
+            await keyed.completions.create(model="legal-v1", prompt="hi")
+        assert "adapter legal-v1" in caught.value.message
+        assert int(caught.value.response.headers["retry-after"]) >= 1
+        with pytest.raises(openai.RateLimitError):
+            await static.completions.create(model="legal-v1", prompt="hi")
+        # The refused request cost the key nothing; other models are not held by it.
+        other = await keyed.completions.with_raw_response.create(model=BASE, prompt="hi")
+        assert other.headers["x-ratelimit-remaining-requests"] == "98"
+        assert len(fresh.fake.requests) == 4
+    finally:
+        await keyed.close()
+        await static.close()
+        cleared = await admin(fresh, "PUT", "/adapters/legal-v1/limits", {})
+        assert cleared.json() == {
+            "model": "legal-v1",
+            "rpm": None,
+            "tpm": None,
+            "max_concurrent": None,
+        }
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "status", "fragment"),
+    [
+        ("/adapters/nope/limits", {"rpm": 1}, 404, "nope"),
+        ("/adapters/legal-v1/limits", {"rpm": -5}, 400, "rpm"),
+        ("/adapters/legal-v1/limits", {"daily_tokens": 5}, 400, "daily_tokens"),
+    ],
+)
+async def test_bad_adapter_limits_get_a_4xx(
+    fresh: Gateway, path: str, body: dict[str, Any], status: int, fragment: str
+) -> None:
+    response = await admin(fresh, "PUT", path, body)
+    assert response.status_code == status, response.text
+    assert fragment in response.json()["error"]["message"]
