@@ -7,6 +7,7 @@ answers; a key revoked through one replica is refused by the other within 2 seco
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
@@ -107,3 +108,21 @@ async def test_revocation_through_one_replica_reaches_the_other_within_2_s(
             await other.models.list()
             await asyncio.sleep(0.05)
     await other.close()
+
+
+async def test_an_unreachable_redis_refuses_limited_keys_with_503(
+    make_gateway: GatewayFactory, tmp_path: Path
+) -> None:
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        dead = f"redis://127.0.0.1:{sock.getsockname()[1]}/0"
+    async with make_gateway(admin_token=SecretStr(ADMIN), redis_url=dead) as gw:
+        secret = await _create(gw, "limited", limits={"rpm": 5})
+        client = openai.AsyncOpenAI(base_url=f"{gw.url}/v1", api_key=secret, max_retries=0)
+        with pytest.raises(openai.InternalServerError) as caught:
+            await client.completions.create(model=BASE, prompt="hi")
+        await client.close()
+        assert caught.value.status_code == 503
+        body = caught.value.body
+        assert isinstance(body, dict) and body["code"] == "limits_unavailable"
+        assert gw.fake.requests == []  # fails closed: nothing reached the engine
