@@ -8,7 +8,8 @@ store, for: an open gateway, one static key, one virtual key with rpm + tpm + co
 limits, and 10,000 such keys used round-robin; with ``limits``' in-memory storage and, given
 ``--redis-url``, with Redis. Requests go one after another (the added latency of one request,
 not a throughput figure); key lookups are warm in the cache (a cold lookup is one indexed
-query, at most once per key per cache TTL). Prints p50/p99 in microseconds.
+query, at most once per key per cache TTL). Prints p50/p99 in microseconds. About 7 minutes on
+a 2-core machine, most of it creating the 10,000 keys one transaction each.
 """
 
 from __future__ import annotations
