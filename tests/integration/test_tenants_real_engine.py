@@ -19,7 +19,6 @@ from pydantic import SecretStr
 from gateway.engines.managed import ManagedVLLMEngine
 from gateway.settings import GatewaySettings
 from tests.integration.conftest import TINY_SERVED_NAME
-from tests.support.adapter_resolver import LoadedAdapter
 from tests.support.gateway_server import serve_gateway_in_thread
 
 pytestmark = pytest.mark.integration
@@ -45,8 +44,10 @@ def gateway_url(
             "redis_url": redis_url,
         }
     )
-    adapters = [LoadedAdapter(ADAPTER, f"{ADAPTER}@v1", tiny_adapters["a1"])]
-    with serve_gateway_in_thread(settings, vllm_engine.url, BASE, adapters) as url:
+    adapters = {ADAPTER: tiny_adapters["a1"]}
+    with serve_gateway_in_thread(
+        settings, vllm_engine.url, BASE, adapters, engine_api_key=vllm_engine.api_key
+    ) as url:
         yield url
 
 

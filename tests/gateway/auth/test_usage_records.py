@@ -48,24 +48,35 @@ async def test_usage_per_key_and_model_as_json_and_csv(gw: Gateway) -> None:
     )
     secret, key_id = created.json()["secret"], created.json()["id"]
     client = openai.AsyncOpenAI(base_url=f"{gw.url}/v1", api_key=secret, max_retries=0)
-    await client.chat.completions.create(model=BASE, messages=MESSAGES)
-    await client.completions.create(model=BASE, prompt="hi")
-    stream = await client.chat.completions.create(model=ADAPTER, messages=MESSAGES, stream=True)
-    _ = [chunk async for chunk in stream]
+    chat = await client.chat.completions.create(model=BASE, messages=MESSAGES)
+    plain = await client.completions.create(model=BASE, prompt="hi")
+    stream = await client.chat.completions.create(
+        model=ADAPTER, messages=MESSAGES, stream=True, stream_options={"include_usage": True}
+    )
+    streamed_usage = [chunk.usage async for chunk in stream if chunk.usage is not None]
     await client.close()
     static = openai.AsyncOpenAI(base_url=f"{gw.url}/v1", api_key=STATIC_KEY, max_retries=0)
     await static.chat.completions.create(model=BASE, messages=MESSAGES)
     await static.close()
+    assert chat.usage is not None and plain.usage is not None and len(streamed_usage) == 1
 
     response = await admin_get(gw, "/usage")
     assert response.status_code == 200
     rows = {(r["key_id"], r["model"]): r for r in response.json()["data"]}
     assert set(rows) == {(key_id, BASE), (key_id, ADAPTER), ("static", BASE)}
     mine = rows[(key_id, BASE)]
-    assert (mine["requests"], mine["prompt_tokens"], mine["completion_tokens"]) == (2, 14, 4)
+    assert (mine["requests"], mine["prompt_tokens"], mine["completion_tokens"]) == (
+        2,
+        chat.usage.prompt_tokens + plain.usage.prompt_tokens,
+        chat.usage.completion_tokens + plain.usage.completion_tokens,
+    )
     assert mine["key_name"] == "usage-a" and mine["adapter"] is None
     streamed = rows[(key_id, ADAPTER)]
-    assert (streamed["requests"], streamed["total_tokens"], streamed["adapter"]) == (1, 9, ADAPTER)
+    assert (streamed["requests"], streamed["total_tokens"], streamed["adapter"]) == (
+        1,
+        streamed_usage[0].total_tokens,
+        ADAPTER,
+    )
     hour = datetime.fromisoformat(mine["hour"])
     assert hour.minute == 0 and hour <= datetime.now(UTC) < hour + timedelta(hours=1)
 
@@ -80,7 +91,9 @@ async def test_usage_per_key_and_model_as_json_and_csv(gw: Gateway) -> None:
     as_csv = await admin_get(gw, "/usage", key=key_id, format="csv")
     assert as_csv.headers["content-type"].startswith("text/csv")
     table = list(csv.DictReader(io.StringIO(as_csv.text)))
-    assert sorted((r["model"], r["total_tokens"]) for r in table) == [(BASE, "18"), (ADAPTER, "9")]
+    assert sorted((r["model"], int(r["total_tokens"])) for r in table) == sorted(
+        [(BASE, mine["total_tokens"]), (ADAPTER, streamed["total_tokens"])]
+    )
 
 
 async def test_usage_filters_are_checked(gw: Gateway) -> None:

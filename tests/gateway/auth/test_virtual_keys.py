@@ -19,10 +19,10 @@ import pytest
 import pytest_asyncio
 from pydantic import SecretStr
 
+from loadtest.fake_vllm import DONE, Recorded, Stream, chunk_event, usage_event
+from tests.adapters.builders import write_adapter
 from tests.gateway.conftest import Gateway, GatewayFactory
 from tests.gateway.openai_env import ADAPTER, BASE
-from tests.support.adapter_resolver import LoadedAdapter
-from tests.support.fake_upstream import DONE, Recorded, chunk_event, usage_event
 
 ADMIN = "test-admin-token-keys-0123456789"
 STATIC_KEY = "sk-static-key-0123456789"
@@ -33,8 +33,11 @@ MESSAGES: Any = [{"role": "user", "content": "hi"}]
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
 async def gw(make_gateway: GatewayFactory) -> AsyncIterator[Gateway]:
     async with make_gateway(admin_token=SecretStr(ADMIN), api_keys=[SecretStr(STATIC_KEY)]) as g:
-        for name in LEGAL:
-            g.adapters.adapters[name] = LoadedAdapter(name, f"{name}@v1")
+        for seed, name in enumerate(LEGAL, start=2):
+            path = write_adapter(
+                g.settings.data_dir / "adapters" / name, base_model=BASE, seed=seed
+            )
+            await g.lifecycle.register(name, path, load=True)
         yield g
 
 
@@ -42,6 +45,11 @@ async def gw(make_gateway: GatewayFactory) -> AsyncIterator[Gateway]:
 def fresh(gw: Gateway) -> Gateway:
     gw.fake.reset()
     return gw
+
+
+def completions(gw: Gateway) -> list[Recorded]:
+    """The completion requests the engine received (not the adapter loads)."""
+    return [r for r in gw.fake.requests if r.path.endswith("completions")]
 
 
 def admin_headers() -> dict[str, str]:
@@ -161,7 +169,7 @@ async def test_scoped_key_gets_404_like_an_unknown_model_and_sees_only_its_model
         assert body["code"] == "model_not_found"
         assert body["message"] == f"The model `{model}` does not exist."
     # Only the allowed call reached the engine; the static key still reaches everything.
-    assert [r.json()["model"] for r in fresh.fake.requests] == ["legal-v2@v1"]
+    assert [r.json()["model"].split("@")[0] for r in completions(fresh)] == ["legal-v2"]
     static = sdk(fresh, STATIC_KEY)
     assert {m.id for m in (await static.models.list()).data} >= {BASE, ADAPTER, *LEGAL}
     await static.close()
@@ -187,7 +195,7 @@ async def test_30_rpm_key_sending_100_requests_gets_30_answers_and_70_429s(
     ok = [r for r in responses if r.status_code == 200]
     refused = [r for r in responses if r.status_code == 429]
     assert (len(ok), len(refused)) == (30, 70)
-    assert len(fresh.fake.requests) == 30  # a refused request reaches no engine
+    assert len(completions(fresh)) == 30  # a refused request reaches no engine
     assert sorted(int(r.headers["x-ratelimit-remaining-requests"]) for r in ok) == list(range(30))
     for response in responses:
         assert response.headers["x-ratelimit-limit-requests"] == "30"
@@ -202,34 +210,43 @@ async def test_30_rpm_key_sending_100_requests_gets_30_answers_and_70_429s(
 async def test_tpm_stops_a_key_after_the_streamed_tokens_it_used(fresh: Gateway) -> None:
     created = await create_key(fresh, "tpm-20", limits={"tpm": 20})
     client = sdk(fresh, created["secret"])
-    remaining = []
-    for _ in range(3):  # 9 tokens each (the fake engine counts 7 + 2): 20, 11, 2 left
-        raw = await client.chat.completions.with_raw_response.create(
-            model=BASE, messages=MESSAGES, stream=True
-        )
-        remaining.append(raw.headers["x-ratelimit-remaining-tokens"])
+    remaining: list[int] = []
+    while True:
+        try:
+            raw = await client.chat.completions.with_raw_response.create(
+                model=BASE, messages=MESSAGES, stream=True
+            )
+        except openai.RateLimitError as exc:
+            refused = exc
+            break
+        remaining.append(int(raw.headers["x-ratelimit-remaining-tokens"]))
         chunks = [chunk async for chunk in raw.parse()]
         assert all(chunk.usage is None for chunk in chunks)  # the client did not ask for it
-    assert remaining == ["20", "11", "2"]
-    with pytest.raises(openai.RateLimitError) as caught:
-        await client.chat.completions.create(model=BASE, messages=MESSAGES, stream=True)
+        assert len(remaining) < 30, "the tpm limit never stopped the key"
     await client.close()
-    body = caught.value.body
+    # Every stream cost what the engine counted (the same here): 20, 20-d, 20-2d, ... > 0.
+    step = remaining[0] - remaining[1]
+    assert step > 0 and remaining == list(range(20, 0, -step))
+    body = refused.body
     assert isinstance(body, dict)
     assert body["type"] == "tokens" and body["code"] == "rate_limit_exceeded"
-    assert caught.value.response.headers["x-ratelimit-remaining-tokens"] == "0"
-    assert int(caught.value.response.headers["retry-after"]) >= 1
-    assert len(fresh.fake.requests) == 3
+    assert refused.response.headers["x-ratelimit-remaining-tokens"] == "0"
+    assert int(refused.response.headers["retry-after"]) >= 1
+    assert len(completions(fresh)) == len(remaining)
 
 
 async def test_a_spent_daily_budget_is_insufficient_quota(fresh: Gateway) -> None:
     created = await create_key(fresh, "budget", limits={"daily_tokens": 10})
     client = sdk(fresh, created["secret"])
-    await client.completions.create(model=BASE, prompt="hi")  # 9 tokens: 1 left
-    await client.completions.create(model=BASE, prompt="hi")  # allowed in, ends at 18
+    first = await client.completions.create(model=BASE, prompt="hi")
+    assert first.usage is not None
+    per_request, answered = first.usage.total_tokens, 1
     with pytest.raises(openai.RateLimitError) as caught:
-        await client.completions.create(model=BASE, prompt="hi")
+        while answered < 20:  # admitted while the day's total is under 10
+            await client.completions.create(model=BASE, prompt="hi")
+            answered += 1
     await client.close()
+    assert answered == -(-10 // per_request)
     body = caught.value.body
     assert isinstance(body, dict) and body["code"] == "insufficient_quota"
     midnight = (datetime.now(UTC) + timedelta(days=1)).replace(hour=0, minute=0, second=0)
@@ -241,8 +258,10 @@ async def test_max_concurrent_refuses_while_the_slot_is_taken(fresh: Gateway) ->
     created = await create_key(fresh, "one-at-a-time", limits={"max_concurrent": 1})
     release = asyncio.Event()
 
-    async def held(recorded: Recorded) -> Any:
-        return fresh.fake.stream([chunk_event(BASE, "x"), release, usage_event(BASE, 1, 1), DONE])
+    async def held(recorded: Recorded) -> Stream | None:
+        if not recorded.path.endswith("completions"):
+            return None
+        return Stream([chunk_event(BASE, "x"), release, usage_event(BASE, 1, 1), DONE])
 
     fresh.fake.handler = held
     client = sdk(fresh, created["secret"])
@@ -337,7 +356,7 @@ async def test_an_adapters_own_limits_hold_for_every_caller(fresh: Gateway) -> N
         # The refused request cost the key nothing; other models are not held by it.
         other = await keyed.completions.with_raw_response.create(model=BASE, prompt="hi")
         assert other.headers["x-ratelimit-remaining-requests"] == "98"
-        assert len(fresh.fake.requests) == 4
+        assert len(completions(fresh)) == 4
     finally:
         await keyed.close()
         await static.close()
