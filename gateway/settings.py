@@ -70,6 +70,20 @@ class GatewaySettings(BaseSettings):
         default=None,
         description="Bearer token for /admin. Unset: generated at first start into the data dir.",
     )
+    redis_url: str | None = Field(
+        default=None,
+        description="Redis for the per-key limits shared by replicas (redis://host:port/db); "
+        "unset: each process counts alone, in memory.",
+    )
+    key_cache_ttl_s: float = Field(
+        default=1.0,
+        gt=0,
+        le=60,
+        description="How long a virtual-key lookup is cached; a revocation takes this long.",
+    )
+    usage_flush_interval_s: float = Field(
+        default=5.0, gt=0, le=3600, description="How often token usage is written to the DB."
+    )
     max_body_bytes: int = Field(default=1 << 20, ge=1024, description="Request body limit.")
     log_level: str = "INFO"
     log_format: LogFormat = Field(

@@ -14,7 +14,8 @@ from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from gateway.api.anthropic.protocol import CountTokensRequest, MessagesRequest
-from gateway.api.deps import ProxyDep, RequestInfoDep
+from gateway.api.deps import PrincipalDep, ProxyDep, RequestInfoDep, TenantsDep
+from gateway.api.openai.admission import forward_admitted
 from gateway.api.openai.body import parse_body
 from gateway.inference.proxy import ProxyCall, StreamKind
 from gateway.inference.sampling import MESSAGES_DEFAULTS
@@ -27,7 +28,13 @@ def build_messages_router() -> APIRouter:
     router = APIRouter(tags=["anthropic"])
 
     @router.post(MESSAGES)
-    async def create_message(request: Request, proxy: ProxyDep, info: RequestInfoDep) -> Response:
+    async def create_message(
+        request: Request,
+        proxy: ProxyDep,
+        info: RequestInfoDep,
+        principal: PrincipalDep,
+        tenants: TenantsDep,
+    ) -> Response:
         raw = await request.body()
         body = parse_body(MessagesRequest, raw)
         call = ProxyCall(
@@ -39,14 +46,21 @@ def build_messages_router() -> APIRouter:
             sent=body.sent_keys,
             stream_kind=StreamKind.MESSAGES,
         )
-        return await proxy.forward(call, info, request.receive)
+        admission = await tenants.admit(principal, body.model)
+        return await forward_admitted(admission, info, proxy.forward(call, info, request.receive))
 
     @router.post(COUNT_TOKENS)
-    async def count_tokens(request: Request, proxy: ProxyDep, info: RequestInfoDep) -> Response:
+    async def count_tokens(
+        request: Request,
+        proxy: ProxyDep,
+        info: RequestInfoDep,
+        principal: PrincipalDep,
+        tenants: TenantsDep,
+    ) -> Response:
         raw = await request.body()
         body = parse_body(CountTokensRequest, raw)
-        return await proxy.forward(
-            ProxyCall(COUNT_TOKENS, body.model, False, raw), info, request.receive
-        )
+        admission = await tenants.admit(principal, body.model)
+        call = ProxyCall(COUNT_TOKENS, body.model, False, raw)
+        return await forward_admitted(admission, info, proxy.forward(call, info, request.receive))
 
     return router

@@ -1,8 +1,9 @@
 """``GET /v1/models`` and ``GET /v1/models/{id}`` (the SDK's ``models.list`` / ``models.retrieve``).
 
 What the :class:`~gateway.inference.routing.Router` can route to: the base model and every
-servable registered adapter, with vLLM's lineage fields (``root``, ``parent``). An id nobody
-serves is a 404 ``model_not_found``, the same answer a completion for it gets. Included by
+servable registered adapter the caller's key may use, with vLLM's lineage fields (``root``,
+``parent``). An id nobody serves (or the key may not use) is a 404 ``model_not_found``, the same
+answer a completion for it gets. Included by
 :func:`gateway.api.openai.routes.build_openai_router`.
 """
 
@@ -10,7 +11,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from gateway.api.deps import RouterDep
+from gateway.api.deps import PrincipalDep, RouterDep
 from gateway.api.openai.protocol import ModelCard, ModelList
 from gateway.inference.routing import PublicModel, unknown_model
 
@@ -29,14 +30,18 @@ def build_models_router() -> APIRouter:
     router = APIRouter(tags=["openai"])
 
     @router.get("/v1/models", response_model=ModelList)
-    async def list_models(routing: RouterDep) -> ModelList:
-        return ModelList(data=[model_card(m) for m in routing.public_models()])
+    async def list_models(routing: RouterDep, principal: PrincipalDep) -> ModelList:
+        return ModelList(
+            data=[model_card(m) for m in routing.public_models() if principal.may_use(m.id)]
+        )
 
     # ``:path``: a base model is often served under its Hub id, ``org/name``.
     @router.get("/v1/models/{model_id:path}", response_model=ModelCard)
-    async def retrieve_model(model_id: str, routing: RouterDep) -> ModelCard:
+    async def retrieve_model(
+        model_id: str, routing: RouterDep, principal: PrincipalDep
+    ) -> ModelCard:
         for model in routing.public_models():
-            if model.id == model_id:
+            if model.id == model_id and principal.may_use(model.id):
                 return model_card(model)
         raise unknown_model(model_id)
 

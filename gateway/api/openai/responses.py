@@ -19,7 +19,8 @@ from urllib.parse import urlencode
 from fastapi import APIRouter, Path, Query, Request
 from starlette.responses import Response
 
-from gateway.api.deps import ProxyDep, RequestInfoDep, RouterDep
+from gateway.api.deps import PrincipalDep, ProxyDep, RequestInfoDep, RouterDep, TenantsDep
+from gateway.api.openai.admission import forward_admitted
 from gateway.api.openai.body import parse_body
 from gateway.api.openai.protocol import MAX_RESPONSE_ID, ResponsesRequest
 from gateway.errors import NotSupportedError
@@ -37,7 +38,12 @@ def build_responses_router() -> APIRouter:
 
     @router.post(RESPONSES)
     async def create_response(
-        request: Request, proxy: ProxyDep, routing: RouterDep, info: RequestInfoDep
+        request: Request,
+        proxy: ProxyDep,
+        routing: RouterDep,
+        info: RequestInfoDep,
+        principal: PrincipalDep,
+        tenants: TenantsDep,
     ) -> Response:
         raw = await request.body()
         body = parse_body(ResponsesRequest, raw)
@@ -57,7 +63,8 @@ def build_responses_router() -> APIRouter:
             stream_kind=StreamKind.RESPONSES,
             new_response_id=True,
         )
-        return await proxy.forward(call, info, request.receive)
+        admission = await tenants.admit(principal, body.model)
+        return await forward_admitted(admission, info, proxy.forward(call, info, request.receive))
 
     @router.get(RESPONSES + "/{response_id}")
     async def retrieve_response(

@@ -12,7 +12,8 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
-from gateway.api.deps import ProxyDep, RequestInfoDep
+from gateway.api.deps import PrincipalDep, ProxyDep, RequestInfoDep, TenantsDep
+from gateway.api.openai.admission import forward_admitted
 from gateway.api.openai.body import parse_body
 from gateway.api.openai.models import build_models_router
 from gateway.api.openai.protocol import ChatCompletionRequest, CompletionRequest
@@ -32,9 +33,16 @@ def build_openai_router() -> APIRouter:
     router.include_router(build_responses_router())
 
     @router.post(CHAT_COMPLETIONS)
-    async def chat_completions(request: Request, proxy: ProxyDep, info: RequestInfoDep) -> Response:
+    async def chat_completions(
+        request: Request,
+        proxy: ProxyDep,
+        info: RequestInfoDep,
+        principal: PrincipalDep,
+        tenants: TenantsDep,
+    ) -> Response:
         raw = await request.body()
         body = parse_body(ChatCompletionRequest, raw)
+        admission = await tenants.admit(principal, body.model)
         call = ProxyCall(
             CHAT_COMPLETIONS,
             body.model,
@@ -44,12 +52,19 @@ def build_openai_router() -> APIRouter:
             defaults=CHAT_DEFAULTS,
             sent=body.sent_keys,
         )
-        return await proxy.forward(call, info, request.receive)
+        return await forward_admitted(admission, info, proxy.forward(call, info, request.receive))
 
     @router.post(COMPLETIONS)
-    async def completions(request: Request, proxy: ProxyDep, info: RequestInfoDep) -> Response:
+    async def completions(
+        request: Request,
+        proxy: ProxyDep,
+        info: RequestInfoDep,
+        principal: PrincipalDep,
+        tenants: TenantsDep,
+    ) -> Response:
         raw = await request.body()
         body = parse_body(CompletionRequest, raw)
+        admission = await tenants.admit(principal, body.model)
         call = ProxyCall(
             COMPLETIONS,
             body.model,
@@ -59,6 +74,6 @@ def build_openai_router() -> APIRouter:
             defaults=COMPLETION_DEFAULTS,
             sent=body.sent_keys,
         )
-        return await proxy.forward(call, info, request.receive)
+        return await forward_admitted(admission, info, proxy.forward(call, info, request.receive))
 
     return router

@@ -11,7 +11,8 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
-from gateway.api.deps import ProxyDep, RequestInfoDep, RouterDep
+from gateway.api.deps import PrincipalDep, ProxyDep, RequestInfoDep, RouterDep, TenantsDep
+from gateway.api.openai.admission import forward_admitted
 from gateway.api.openai.body import parse_body
 from gateway.api.openai.protocol import DetokenizeRequest, TokenizeRequest
 from gateway.inference.proxy import ProxyCall
@@ -25,20 +26,34 @@ def build_tokenize_router() -> APIRouter:
 
     @router.post(TOKENIZE)
     async def tokenize(
-        request: Request, proxy: ProxyDep, routing: RouterDep, info: RequestInfoDep
+        request: Request,
+        proxy: ProxyDep,
+        routing: RouterDep,
+        info: RequestInfoDep,
+        principal: PrincipalDep,
+        tenants: TenantsDep,
     ) -> Response:
         raw = await request.body()
         body = parse_body(TokenizeRequest, raw)
-        call = ProxyCall(TOKENIZE, body.model or routing.base_model, False, raw)
-        return await proxy.forward(call, info, request.receive)
+        model = body.model or routing.base_model
+        admission = await tenants.admit(principal, model)
+        call = ProxyCall(TOKENIZE, model, False, raw)
+        return await forward_admitted(admission, info, proxy.forward(call, info, request.receive))
 
     @router.post(DETOKENIZE)
     async def detokenize(
-        request: Request, proxy: ProxyDep, routing: RouterDep, info: RequestInfoDep
+        request: Request,
+        proxy: ProxyDep,
+        routing: RouterDep,
+        info: RequestInfoDep,
+        principal: PrincipalDep,
+        tenants: TenantsDep,
     ) -> Response:
         raw = await request.body()
         body = parse_body(DetokenizeRequest, raw)
-        call = ProxyCall(DETOKENIZE, body.model or routing.base_model, False, raw)
-        return await proxy.forward(call, info, request.receive)
+        model = body.model or routing.base_model
+        admission = await tenants.admit(principal, model)
+        call = ProxyCall(DETOKENIZE, model, False, raw)
+        return await forward_admitted(admission, info, proxy.forward(call, info, request.receive))
 
     return router
