@@ -18,11 +18,27 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from adapters.contract import VLLM_LORA_RANKS
 
 DEFAULT_BASE_MODEL = "smollm2-135m-instruct"
+#: Longest client API key: with "Bearer " it must fit the header bound of gateway.auth.
+MAX_API_KEY_CHARS = 1000
 
 
 def _default_data_dir() -> Path:
     root = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
     return Path(root) / "lora-gateway"
+
+
+def key_problem(key: str) -> str | None:
+    """Why ``key`` cannot be a bearer key (empty, too long, unsendable), or None if it can."""
+    if not key.strip():
+        return "is empty or whitespace-only"
+    if len(key) > MAX_API_KEY_CHARS:
+        return f"is too long: at most {MAX_API_KEY_CHARS} characters"
+    if any(char.isspace() or not char.isprintable() for char in key):
+        return (
+            "contains whitespace or control characters; no client could send it in an "
+            "'Authorization: Bearer <key>' header"
+        )
+    return None
 
 
 class EngineDType(StrEnum):
@@ -71,6 +87,11 @@ class GatewaySettings(BaseSettings):
         default_factory=list,
         description="vLLM servers run by someone else; empty: the gateway runs its own engine.",
     )
+    engine_api_key: SecretStr | None = Field(
+        default=None,
+        description="The --api-key (VLLM_API_KEY) of the engines at engine_urls, sent with "
+        "every request to them. Unused for the managed engine: it gets a new key at each start.",
+    )
     max_loras: int = Field(default=2, ge=1, le=256)
     max_cpu_loras: int | None = Field(default=None, ge=1, le=4096)
     max_lora_rank: int = Field(default=16)
@@ -111,6 +132,35 @@ class GatewaySettings(BaseSettings):
         if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
+
+    @field_validator("api_keys")
+    @classmethod
+    def _usable_keys(cls, keys: list[SecretStr]) -> list[SecretStr]:
+        # Messages never quote a key: they name its position only.
+        for position, secret in enumerate(keys, start=1):
+            if problem := key_problem(secret.get_secret_value()):
+                raise ValueError(
+                    f"key {position} {problem}"
+                    + (
+                        "; it would accept a bare 'Authorization: Bearer' header. Give a real "
+                        "key, or none for an open /v1"
+                        if "empty" in problem
+                        else ""
+                    )
+                )
+        return keys
+
+    @field_validator("engine_api_key", mode="before")
+    @classmethod
+    def _empty_engine_key_is_unset(cls, value: object) -> object:
+        return None if value == "" else value
+
+    @field_validator("engine_api_key")
+    @classmethod
+    def _usable_engine_key(cls, key: SecretStr | None) -> SecretStr | None:
+        if key is not None and (problem := key_problem(key.get_secret_value())):
+            raise ValueError(f"the engine key {problem}")
+        return key
 
     @field_validator("max_lora_rank")
     @classmethod

@@ -27,6 +27,8 @@ class ApiKeyAuth:
     def __init__(self, keys: Sequence[SecretStr]) -> None:
         if not keys:
             raise ValueError("ApiKeyAuth needs at least one key")
+        if any(not key.get_secret_value().strip() for key in keys):
+            raise ValueError("ApiKeyAuth refuses an empty key (a bare 'Bearer' would pass)")
         self._keys = [key.get_secret_value().encode() for key in keys]
 
     def check(self, authorization: str | None) -> None:

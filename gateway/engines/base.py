@@ -49,6 +49,7 @@ class Engine(abc.ABC):
         base_model: str,
         lora_capacity: int,
         client_limits: ClientLimits | None = None,
+        api_key: str | None = None,
     ) -> None:
         self.name = name
         #: The id of the base model on the engine (vLLM's --served-model-name).
@@ -58,12 +59,24 @@ class Engine(abc.ABC):
         self._ready_listeners: list[ReadyListener] = []
         self._client_limits = client_limits or ClientLimits()
         self._client: EngineClient | None = None
+        self._api_key = api_key
+
+    @property
+    def api_key(self) -> str | None:
+        """The key the engine's API wants (``Authorization: Bearer``); None: it wants none."""
+        return self._api_key
+
+    async def _use_api_key(self, key: str | None) -> None:
+        """Switch to a new engine key; the client made with the old one is closed."""
+        if key != self._api_key:
+            self._api_key = key
+            await self.close_client()
 
     @property
     def client(self) -> EngineClient:
         """The one pooled HTTP client for this engine, made on first use."""
         if self._client is None:
-            self._client = EngineClient(self.url, self._client_limits)
+            self._client = EngineClient(self.url, self._client_limits, api_key=self._api_key)
         return self._client
 
     async def close_client(self) -> None:

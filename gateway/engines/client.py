@@ -10,6 +10,9 @@ Every byte the gateway sends to a vLLM server goes through an :class:`EngineClie
   :meth:`load_lora` / :meth:`unload_lora`, engine supervision :meth:`health` and
   :meth:`list_models`, metrics :meth:`metrics_text`.
 
+Both send the engine's key (``Authorization: Bearer``) when the engine has one: a managed engine
+makes a new one at each start, a remote engine takes ``settings.engine_api_key``.
+
 Library exceptions become :mod:`gateway.errors` here and nowhere else: httpx's in
 :func:`translate_errors`, aiohttp's in :func:`translate_session_errors`.
 """
@@ -111,8 +114,24 @@ def translate_session_errors(engine_url: str) -> Iterator[None]:
         raise _failed(engine_url, exc) from exc
 
 
+#: The code of the error raised when an engine answers 401: it refused the gateway's engine key.
+ENGINE_KEY_REFUSED = "engine_key_refused"
+
+
 def upstream_error_from(response_status: int, body: bytes) -> UpstreamHTTPError:
-    """Build the pass-through error for an engine's error response, keeping its message."""
+    """Build the pass-through error for an engine's error response, keeping its message.
+
+    A 401 is the exception: the engine refused the gateway's own key (a configuration fault,
+    not the client's key), so the client sees a 502 that says so.
+    """
+    if response_status == 401:
+        return UpstreamHTTPError(
+            502,
+            "the engine refused the gateway's engine key (for a remote engine, set "
+            "LORA_GATEWAY_ENGINE_API_KEY to its --api-key)",
+            error_type="upstream_error",
+            code=ENGINE_KEY_REFUSED,
+        )
     message = body.decode("utf-8", "replace").strip() or f"engine answered {response_status}"
     error_type = param = code = None
     try:
@@ -144,12 +163,17 @@ CONTROL_PLANE_KEEPALIVE_S = 2.0
 class EngineClient:
     """Pooled async HTTP clients bound to one engine's base URL."""
 
-    def __init__(self, base_url: str, limits: ClientLimits | None = None) -> None:
+    def __init__(
+        self, base_url: str, limits: ClientLimits | None = None, *, api_key: str | None = None
+    ) -> None:
         self.base_url = base_url.rstrip("/")
         self.limits = limits or ClientLimits()
         self._session: aiohttp.ClientSession | None = None
+        #: Sent with every request of both pools; never logged.
+        self._auth_headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self.http = httpx.AsyncClient(
             base_url=self.base_url,
+            headers=self._auth_headers,
             timeout=httpx.Timeout(
                 connect=self.limits.connect_timeout_s,
                 read=self.limits.read_timeout_s,
@@ -187,6 +211,7 @@ class EngineClient:
                 ),
                 auto_decompress=False,
                 skip_auto_headers=("User-Agent",),
+                headers=self._auth_headers,
             )
         return self._session
 

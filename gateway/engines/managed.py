@@ -12,6 +12,12 @@ supervision task owns the child's whole life:
 vLLM runs in its own session (process group) so its API server, engine core and workers are
 ended together, and on Linux it gets SIGTERM if the gateway dies without stopping it. Its output
 goes to :attr:`ManagedVLLMEngine.log_path`. Nothing here imports vLLM or torch.
+
+The engine is not an open door: each start gets a new random key, handed to vLLM in its
+environment (``VLLM_API_KEY``, not argv, so ``ps`` does not show it) and enforced on every path
+but the read-only probes by :class:`gateway.engines.engine_guard.EngineKeyGuard`; the engine's
+client sends it. The child inherits only an allow-list of the gateway's environment
+(:mod:`gateway.engines.child_env`), so none of the gateway's own secrets.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ import asyncio
 import logging
 import math
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -28,8 +35,10 @@ from collections.abc import Mapping
 
 from gateway.engines.base import Engine, EngineState, EngineStatus
 from gateway.engines.basemodels import BaseModelSpec, locate_base_model, prepare_command
+from gateway.engines.child_env import child_environment
 from gateway.engines.client import ClientLimits
 from gateway.engines.cpu_lora_fix import PLUGIN_NAME
+from gateway.engines.engine_guard import KEY_ENV, EngineKeyGuard
 from gateway.engines.process_group import (
     free_loopback_port,
     group_alive,
@@ -42,6 +51,11 @@ from gateway.engines.process_group import (
 from gateway.settings import GatewaySettings
 
 logger = logging.getLogger(__name__)
+
+#: The guard vLLM loads (``--middleware``): its import path, checked against the class here.
+GUARD_MIDDLEWARE = f"{EngineKeyGuard.__module__}.{EngineKeyGuard.__qualname__}"
+#: Bytes of randomness in each engine key.
+ENGINE_KEY_BYTES = 32
 
 #: Consecutive failed health checks of a READY engine before it counts as DOWN.
 UNHEALTHY_CHECKS_TO_DOWN = 3
@@ -177,12 +191,16 @@ class ManagedVLLMEngine(Engine):
             str(s.cpu_lora_capacity),
             "--max-lora-rank",
             str(s.max_lora_rank),
+            "--middleware",
+            GUARD_MIDDLEWARE,
             *s.engine_extra_args,
         ]
 
     def environment(self) -> dict[str, str]:
-        env = dict(os.environ)
-        env.update(
+        """The child's environment: an allow-list of the gateway's (no gateway secrets, see
+        :mod:`gateway.engines.child_env`), vLLM's settings, then :attr:`extra_env`."""
+        env = child_environment(
+            os.environ,
             {
                 "VLLM_CPU_KVCACHE_SPACE": str(max(1, math.ceil(self.settings.engine_kv_cache_gib))),
                 "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True",
@@ -190,8 +208,12 @@ class ManagedVLLMEngine(Engine):
                 "HF_HUB_OFFLINE": "1",
                 "VLLM_NO_USAGE_STATS": "1",
                 "PYTHONUNBUFFERED": "1",
-            }
+            },
         )
+        # The engine's key is this start's, never one inherited from the gateway's environment.
+        env.pop(KEY_ENV, None)
+        if self.api_key is not None:
+            env[KEY_ENV] = self.api_key
         # A set VLLM_PLUGINS (even empty) loads only the plugins it names: keep the LoRA fix.
         if "VLLM_PLUGINS" in env:
             named = [name for name in env["VLLM_PLUGINS"].split(",") if name.strip()]
@@ -264,6 +286,8 @@ class ManagedVLLMEngine(Engine):
         if self._spawns and not port_is_free(self._port):
             self._port = free_loopback_port()
             await self.close_client()  # it points at the old port; the next use makes a new one
+        # A new key for each start: a key read from an earlier child is worth nothing now.
+        await self._use_api_key(secrets.token_urlsafe(ENGINE_KEY_BYTES))
         self._spawns += 1
         self._process = self._popen(self.command(), f"start #{self._spawns}")
         self._set_state(EngineState.STARTING, "starting")

@@ -6,6 +6,7 @@ same states as the managed engine, STARTING until the server answers, READY (rea
 run, so the adapter lifecycle re-applies adapters after the server was restarted elsewhere),
 DOWN after repeated failed checks, READY again when it is back. On each transition to READY it
 reads the served base model name from the server's ``/v1/models`` (the entry without a parent).
+Its requests carry ``settings.engine_api_key`` (the server's ``--api-key``) when one is set.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import time
 import httpx
 
 from gateway.engines.base import Engine, EngineState, EngineStatus
-from gateway.engines.client import ClientLimits
+from gateway.engines.client import ENGINE_KEY_REFUSED, ClientLimits
 from gateway.errors import GatewayError, InvalidRequestError
 from gateway.settings import GatewaySettings
 
@@ -37,6 +38,9 @@ class RemoteVLLMEngine(Engine):
             settings.served_model_name or settings.base_model,
             settings.cpu_lora_capacity,
             ClientLimits.from_settings(settings),
+            api_key=(
+                settings.engine_api_key.get_secret_value() if settings.engine_api_key else None
+            ),
         )
         self.settings = settings
         self._url = _checked_url(url)
@@ -96,7 +100,10 @@ class RemoteVLLMEngine(Engine):
         try:
             models = await self.client.list_models()
         except GatewayError as exc:
-            self._cause = f"healthy but /v1/models failed: {exc.message}"
+            cause = f"healthy but /v1/models failed: {exc.message}"
+            if exc.code == ENGINE_KEY_REFUSED and cause != self._cause:
+                logger.warning("engine %s at %s: %s", self.name, self._url, exc.message)
+            self._cause = cause
             return
         bases = [str(model["id"]) for model in models if model.get("parent") is None]
         if not bases:

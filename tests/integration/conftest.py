@@ -10,7 +10,8 @@ Fixtures (all session-scoped unless said otherwise):
   (whole process tree) at the end of the session.
 * ``tiny_adapters``: two PEFT adapter directories for the tiny model (``{"a1": path, "a2":
   path}``, seeds 1 and 2), written by :func:`loadtest.adapters_gen.write_random_lora`.
-* ``engine_openai`` (function scope): an ``openai.AsyncOpenAI`` talking to the engine's own API.
+* ``engine_openai`` (function scope): an ``openai.AsyncOpenAI`` talking to the engine's own API,
+  with the engine's key (``vllm_engine.api_key``; the engine refuses requests without it).
 
 Building the gateway around the same engine (no second vLLM)::
 
@@ -108,7 +109,10 @@ def tiny_adapters(
 @pytest_asyncio.fixture(loop_scope="session")
 async def engine_openai(vllm_engine: ManagedVLLMEngine) -> AsyncIterator[AsyncOpenAI]:
     client = AsyncOpenAI(
-        base_url=f"{vllm_engine.url}/v1", api_key="unused", max_retries=0, timeout=120.0
+        base_url=f"{vllm_engine.url}/v1",
+        api_key=vllm_engine.api_key,  # the key of this start (a new one after each restart)
+        max_retries=0,
+        timeout=120.0,
     )
     try:
         yield client

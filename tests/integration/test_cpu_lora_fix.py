@@ -80,13 +80,15 @@ async def test_unfixed_engine_corrupts_mixed_batches(
     # A VLLM_PLUGINS that names another plugin makes vLLM skip ours.
     engine = ManagedVLLMEngine(settings, name="unfixed", extra_env={"VLLM_PLUGINS": "none"})
     await engine.start()
-    client = AsyncOpenAI(base_url=f"{engine.url}/v1", api_key="unused", max_retries=0)
+    client: AsyncOpenAI | None = None
     try:
         await engine.wait_ready(300)
+        client = AsyncOpenAI(base_url=f"{engine.url}/v1", api_key=engine.api_key, max_retries=0)
         assert "lora_gateway_cpu_lora_fix active" not in engine.log_path.read_text()
         clean_base, result = await _run_check(engine, client, tiny_adapters)
     finally:
-        await client.close()
+        if client is not None:
+            await client.close()
         await engine.stop()
     base = engine.base_model
     corrupted_solo = [p for p in PROMPTS if result.solo[(base, p)] != clean_base[(base, p)]]

@@ -45,7 +45,9 @@ def gateway_url(
         LoadedAdapter(A1, f"{A1}@v1", tiny_adapters["a1"]),
         LoadedAdapter(A2, f"{A2}@v1", tiny_adapters["a2"]),
     ]
-    with serve_gateway_in_thread(settings, vllm_engine.url, BASE, adapters) as url:
+    with serve_gateway_in_thread(
+        settings, vllm_engine.url, BASE, adapters, engine_api_key=vllm_engine.api_key
+    ) as url:
         yield url
 
 
@@ -227,7 +229,12 @@ def test_bad_input_is_400_and_engine_4xx_passes_through(
     raw = httpx.post(f"{gateway_url}/v1/chat/completions", content=b'{"model": "tiny", ')
     assert raw.status_code == 400 and raw.json()["error"]["code"] == "invalid_json"
     too_long = {"model": BASE, "prompt": PROMPT, "max_tokens": 4000}
-    direct = httpx.post(f"{vllm_engine.url}/v1/completions", json=too_long, timeout=30)
+    direct = httpx.post(
+        f"{vllm_engine.url}/v1/completions",
+        json=too_long,
+        headers={"Authorization": f"Bearer {vllm_engine.api_key}"},
+        timeout=30,
+    )
     via = httpx.post(f"{gateway_url}/v1/completions", json=too_long, timeout=30)
     assert direct.status_code == via.status_code == 400
     assert via.json()["error"]["message"] == direct.json()["error"]["message"]

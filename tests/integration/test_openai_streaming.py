@@ -103,7 +103,11 @@ async def token_counts(http: httpx.AsyncClient, model: str) -> tuple[float, floa
 async def direct_events(
     engine: ManagedVLLMEngine, path: str, request: dict[str, Any]
 ) -> list[dict[str, Any] | str]:
-    async with httpx.AsyncClient(base_url=engine.url, timeout=120) as direct_http:
+    async with httpx.AsyncClient(
+        base_url=engine.url,
+        headers={"Authorization": f"Bearer {engine.api_key}"},
+        timeout=120,
+    ) as direct_http:
         async with direct_http.stream("POST", path, json=request) as direct:
             assert direct.status_code == 200
             return await sse_events(direct)

@@ -296,12 +296,16 @@ ADAPTERS = {"obs-a1": "obs-a1@v1", "obs-a2": "obs-a2@v1"}
 
 @contextmanager
 def gateway_with_adapters(
-    settings: GatewaySettings, engine_url: str, base_model: str, adapter_dirs: dict[str, Path]
+    settings: GatewaySettings,
+    engine_url: str,
+    base_model: str,
+    adapter_dirs: dict[str, Path],
+    engine_api_key: str | None = None,
 ) -> Iterator[str]:
     """create_app (its own metrics) over adapters loaded onto the engine, served from a thread."""
 
     async def build(stack: AsyncExitStack) -> ASGIApp:
-        engine = StaticEngine(engine_url, base_model, name="engine-0")
+        engine = StaticEngine(engine_url, base_model, name="engine-0", api_key=engine_api_key)
         stack.push_async_callback(engine.close_client)
         resolver = EngineAdapters(
             engine,
@@ -325,7 +329,9 @@ async def test_prometheus_counts_real_requests_to_two_adapters(
 ) -> None:
     settings = engine_settings.model_copy(update={"data_dir": tmp_path / "gateway"})
     dirs = {"obs-a1": tiny_adapters["a1"], "obs-a2": tiny_adapters["a2"]}
-    with gateway_with_adapters(settings, vllm_engine.url, vllm_engine.base_model, dirs) as url:
+    with gateway_with_adapters(
+        settings, vllm_engine.url, vllm_engine.base_model, dirs, vllm_engine.api_key
+    ) as url:
         client = AsyncOpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=60)
         async with run_prometheus(tmp_path / "prom", url) as prometheus:
             sent = await send_traffic(client)
@@ -458,7 +464,9 @@ async def test_full_app_admin_api_to_prometheus(
     )
 
     async def build(stack: AsyncExitStack) -> ASGIApp:
-        engine = StaticEngine(vllm_engine.url, vllm_engine.base_model, name="engine-0")
+        engine = StaticEngine(
+            vllm_engine.url, vllm_engine.base_model, name="engine-0", api_key=vllm_engine.api_key
+        )
         stack.push_async_callback(engine.close_client)
         return gateway_app.create_app(settings, engines=[engine])
 

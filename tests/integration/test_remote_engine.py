@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from pydantic import SecretStr
 
 from gateway.engines.base import EngineState
 from gateway.engines.factory import build_engines
@@ -19,6 +20,7 @@ async def test_remote_engine_reads_the_served_base_model(
     settings = engine_settings.model_copy(
         update={
             "engine_urls": [vllm_engine.url],
+            "engine_api_key": SecretStr(vllm_engine.api_key or ""),  # model_copy: no validation
             "served_model_name": None,
             "base_model": "something-else",
         }

@@ -39,12 +39,14 @@ class StaticEngine(Engine):
         name: str = "static",
         lora_capacity: int = 2,
         client_limits: ClientLimits | None = None,
+        api_key: str | None = None,
     ) -> None:
         super().__init__(
             name=name,
             base_model=base_model,
             lora_capacity=lora_capacity,
             client_limits=client_limits,
+            api_key=api_key,
         )
         self._url = url.rstrip("/")
         self.state = EngineState.READY
@@ -163,6 +165,8 @@ def serve_gateway_in_thread(
     engine_url: str,
     base_model: str,
     adapters: list[LoadedAdapter],
+    *,
+    engine_api_key: str | None = None,
 ) -> Iterator[str]:
     """The real gateway app in front of the engine at ``engine_url``, served from a thread.
 
@@ -171,7 +175,7 @@ def serve_gateway_in_thread(
     """
 
     async def build(stack: AsyncExitStack) -> ASGIApp:
-        engine = StaticEngine(engine_url, base_model)
+        engine = StaticEngine(engine_url, base_model, api_key=engine_api_key)
         stack.push_async_callback(engine.close_client)
         resolver = EngineAdapters(engine, adapters)
         await resolver.load_all()

@@ -38,6 +38,8 @@ def test_models_prepare_rejects_unknown_names(tmp_path: Path) -> None:
         (["--max-lora-rank", "7"], "max_lora_rank"),
         (["--port", "70000"], "port"),
         (["--max-loras", "0"], "max_loras"),
+        (["--api-key", ""], "api_keys"),
+        (["--api-key", "  "], "empty or whitespace-only"),
     ],
 )
 def test_serve_rejects_bad_flags_before_starting_anything(

@@ -289,3 +289,68 @@ async def test_child_gets_sigterm_when_the_gateway_dies(tmp_path: Path, health_r
     while not _group_gone(child_pid):
         assert time.monotonic() < deadline, "the engine child outlived its gateway"
         await asyncio.sleep(0.05)
+
+
+SECRETS = {
+    "LORA_GATEWAY_ADMIN_TOKEN": "admin-token-secret-1",
+    "LORA_GATEWAY_API_KEYS": "sk-client-secret-2,sk-client-secret-3",
+    "LORA_GATEWAY_ENGINE_API_KEY": "engine-secret-4",
+    "LORA_GATEWAY_DATABASE_URL": "postgresql://u:db-secret-5@db/x",
+    "AWS_SECRET_ACCESS_KEY": "aws-secret-6",
+    "GITHUB_TOKEN": "gh-secret-7",
+}
+NEEDED = {
+    "PATH": "/usr/bin:/bin",
+    "HOME": "/home/someone",
+    "LANG": "C.UTF-8",
+    "TMPDIR": "/tmp",
+    "HF_HOME": "/cache/hf",
+    "OMP_NUM_THREADS": "2",
+    "VLLM_CPU_SGL_KERNEL": "0",
+    "CUDA_VISIBLE_DEVICES": "0",
+    "PYTHONPATH": "/src",
+}
+
+
+def test_child_environment_is_an_allow_list(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for key, value in {**SECRETS, **NEEDED}.items():
+        monkeypatch.setenv(key, value)
+    settings = _settings(
+        tmp_path,
+        admin_token="admin-flag-secret-8",
+        api_keys=["sk-flag-secret-9"],
+    )
+    env = ManagedVLLMEngine(settings, model=BaseModelSpec(tmp_path, "m")).environment()
+    for key, value in NEEDED.items():
+        assert env[key] == value, key
+    leaked = [key for key in env if key in SECRETS or key.startswith("LORA_GATEWAY_")]
+    assert leaked == []
+    text = "\n".join(f"{k}={v}" for k, v in env.items())
+    for secret in [*SECRETS.values(), "admin-flag-secret-8", "sk-flag-secret-9"]:
+        assert secret not in text
+
+
+async def test_spawned_child_sees_no_gateway_secret(
+    tmp_path: Path, health_root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for key, value in SECRETS.items():
+        monkeypatch.setenv(key, value)
+    dump = tmp_path / "child.env"
+    server = f"{sys.executable} -m http.server 0 --bind 127.0.0.1"
+    script = f"env > {dump}.part && mv {dump}.part {dump}; exec {server}"
+    engine = FakeVLLMEngine(_settings(tmp_path), health_root, script=script)
+    await engine.start()
+    try:
+        deadline = time.monotonic() + 10
+        while not dump.exists():
+            assert time.monotonic() < deadline, "the child never wrote its environment"
+            await asyncio.sleep(0.05)
+    finally:
+        await engine.stop()
+    seen = dump.read_text()
+    assert "PATH=" in seen and "VLLM_ALLOW_RUNTIME_LORA_UPDATING=True" in seen
+    for secret in SECRETS.values():
+        assert secret not in seen
+    assert "LORA_GATEWAY_" not in seen
