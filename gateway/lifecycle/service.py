@@ -26,6 +26,9 @@ leases of that name, and the hot path (a loaded adapter) takes no lock at all.
   at once without calling the engine, and the first request after it loads again (an admin
   ``load`` retries at once). An unreachable engine gets no cool-down: its supervision marks it
   not ready.
+* Remote sources: :meth:`fetch` hands an ``s3://`` or ``hf://`` source to the
+  :class:`~gateway.lifecycle.fetching.AdapterFetcher` (one background task per name, state
+  ``fetching``), which registers the fetched directory through :meth:`register` like a local one.
 * Files: registration copies an adapter's files into the content-addressed, read-only
   :class:`~adapters.store.AdapterStore` and validates the copy; engines only ever load that
   copy, so the source directory may change (or be retrained in place) without changing what
@@ -45,10 +48,12 @@ import math
 import time
 from collections.abc import AsyncIterator, Callable, KeysView, Mapping, Sequence
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from pathlib import Path
 
 from adapters.errors import AdapterError
 from adapters.registry import AdapterRecord, AdapterVersion, NewVersion, Registry
+from adapters.sources import Sources
 from adapters.state import AdapterState
 from adapters.store import AdapterStore
 from adapters.validation import validate_name
@@ -64,6 +69,7 @@ from gateway.errors import (
     UpstreamHTTPError,
 )
 from gateway.inference.routing import PublicModel, Route, unknown_model
+from gateway.lifecycle.fetching import AdapterFetcher, Fetch, FetchLimits
 from gateway.lifecycle.types import (
     AdapterView,
     LifecycleObserver,
@@ -90,6 +96,7 @@ class AdapterLifecycle:
         *,
         capacity: int | None = None,
         observer: LifecycleObserver | None = None,
+        fetcher: AdapterFetcher | None = None,
         drain_timeout_s: float = 30.0,
         slot_wait_s: float = 10.0,
         load_retry_s: float = 30.0,
@@ -101,6 +108,12 @@ class AdapterLifecycle:
         self.registry = registry
         self.store = store
         self.engines = list(engines)
+        #: Remote sources (s3://, hf://) are fetched by it, then registered here.
+        self.fetcher = fetcher or AdapterFetcher(
+            Sources(),
+            store.root.parent / ".fetch",
+            FetchLimits(max_adapter_bytes=store.validator.limits.max_adapter_bytes),
+        )
         self.observer: LifecycleObserver = observer or NullLifecycleObserver()
         self.drain_timeout_s = drain_timeout_s
         #: How long a load waits for a busy slot to free up before answering CapacityError.
@@ -153,6 +166,7 @@ class AdapterLifecycle:
     async def close(self) -> None:
         """Stop background work. Loaded adapters stay loaded (the engine may outlive us)."""
         self._closed = True
+        await self.fetcher.close()
         for engine in self.engines:
             engine.remove_ready_listener(self.on_engine_ready)
         for task in list(self._tasks):
@@ -200,7 +214,7 @@ class AdapterLifecycle:
     async def _acquire(self, name: str) -> tuple[Slot, Engine]:
         record = self._records.get(name)
         if record is None:
-            raise unknown_model(name)
+            raise self.fetcher.unavailable(name) or unknown_model(name)
         # Fast path, no lock and no await: the active version is loaded on a current engine.
         slot = self._table.get(record.active.upstream_name)
         engine = self._table.pick_engine(slot) if slot is not None and slot.accepting else None
@@ -429,11 +443,15 @@ class AdapterLifecycle:
         pinned: bool | None = None,
         load: bool = False,
         new_version: bool = False,
+        origin: str | None = None,
     ) -> tuple[AdapterView, bool]:
-        """Validate and record an adapter; (view, created). Same name and content: no-op."""
+        """Validate and record an adapter; (view, created). Same name and content: no-op.
+        ``origin``: the remote source ``path`` was fetched from (recorded as its source)."""
         validate_name(name, base_model=self.engines[0].base_model)
         layout = await asyncio.to_thread(self.store.admit, name, path)
         new = NewVersion.from_layout(layout, base_model=self.engines[0].base_model)
+        if origin is not None:
+            new = replace(new, source_path=origin)
         async with self._lock(name):
             record = self._records.get(name)
             if record is not None:
@@ -483,6 +501,26 @@ class AdapterLifecycle:
                     self._failed.clear(record.active.upstream_name)
                     raise
             return self.view(name), True
+
+    def fetch(
+        self,
+        name: str,
+        source: str,
+        *,
+        pinned: bool | None = None,
+        load: bool = False,
+        new_version: bool = False,
+    ) -> Fetch:
+        """Start (or join) the background fetch of ``name`` from a remote ``source``; once
+        fetched it is registered as :meth:`register` would (see gateway.lifecycle.fetching)."""
+        validate_name(name, base_model=self.engines[0].base_model)
+
+        async def register(directory: Path, origin: str) -> tuple[AdapterView, bool]:
+            return await self.register(
+                name, directory, pinned=pinned, load=load, new_version=new_version, origin=origin
+            )
+
+        return self.fetcher.start(name, source, register)
 
     async def _load_soft(self, version: AdapterVersion) -> None:
         """Load now if possible; with no engine up or no free slot, it loads later (on the next
@@ -599,7 +637,10 @@ class AdapterLifecycle:
 
     async def delete(self, name: str) -> None:
         """Unload every version of ``name`` (after in-flight requests) and forget it."""
+        fetching = await self.fetcher.cancel(name)
         async with self._lock(name):
+            if fetching and name not in self._records:
+                return
             record = self._get(name)
             slots = [s for s in self._table if s.name == name]
             for slot in slots:
