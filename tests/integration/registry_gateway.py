@@ -94,6 +94,7 @@ async def registry_gateway(
     *,
     capacity: int | None = None,
     adapters_dir: Path | None = None,
+    settings_update: dict[str, object] | None = None,
 ) -> AsyncIterator[RegistryGateway]:
     settings = engine_settings.model_copy(
         update={
@@ -102,6 +103,7 @@ async def registry_gateway(
             "adapter_roots": [adapter_root],
             "admin_token": SecretStr(ADMIN_TOKEN),
             "adapters_dir": adapters_dir,
+            **(settings_update or {}),
         }
     )
     lifecycle = build_lifecycle(settings, [engine], capacity=capacity)

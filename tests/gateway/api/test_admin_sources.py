@@ -362,3 +362,20 @@ async def test_fetch_and_register_time_of_a_20mb_adapter(
         )
         print(f"\nfetch+register of a {size / 1e6:.1f} MB adapter from local S3: {seconds:.2f} s")
         assert seconds < 120
+
+
+async def test_deleting_an_adapter_while_it_is_fetched_stops_the_fetch(admin: Admin) -> None:
+    gated = GatedS3(admin.lifecycle.fetcher.sources.s3)
+    admin.lifecycle.fetcher.sources.s3 = gated
+    url = admin.upload(admin.adapter("cut"))
+    started = await admin.http.post("/admin/adapters", json={"name": "cut", "source": url})
+    assert started.status_code == 202
+    fetch = admin.lifecycle.fetcher.get("cut")
+    assert fetch is not None and fetch.task is not None
+    deleted = await admin.http.delete("/admin/adapters/cut")
+    assert deleted.status_code == 200, deleted.text
+    assert fetch.task.cancelled() and fetch.policy.cancel.is_set()
+    gated.gate.set()  # the thread goes on, sees the cancel and stops before any download
+    error_of(await admin.http.get("/admin/adapters/cut"), 404)
+    assert admin.lifecycle.registry.list() == [] and admin.store_dirs() == []
+    assert admin.staging_left() == []
