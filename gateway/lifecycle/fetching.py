@@ -212,12 +212,13 @@ class AdapterFetcher:
         except asyncio.CancelledError:
             fetch.policy.cancel.set()  # the thread stops at its next chunk
             raise
-        except OSError as exc:  # the staging directory (disk full, permissions)
+        except Exception as exc:  # the staging directory (disk full), or a bug: never "fetching"
             fetch.state = FetchState.FAILED
             fetch.error = GatewayError(
-                f"fetching adapter {fetch.name!r} failed locally: {exc}", code="fetch_failed"
+                f"fetching adapter {fetch.name!r} failed inside the gateway: {exc}",
+                code="fetch_failed",
             )
-            logger.error("adapter %s: fetch failed: %s", fetch.name, exc)
+            logger.exception("adapter %s: fetch failed", fetch.name)
         else:
             if self._fetches.get(fetch.name) is fetch:
                 del self._fetches[fetch.name]
