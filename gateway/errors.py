@@ -27,14 +27,21 @@ Lower libraries' exceptions (httpx, SQLAlchemy, OS errors) are translated into t
 ``raise ... from exc`` at the module that talks to that library. The ``adapters`` package has
 its own errors (a kind, no status); :func:`from_adapter_error` is the one place that gives them
 a status, used by the app's error handler and by any gateway code that reports one.
+
+A client sees ``message``: public names and a short reason. What only an operator should see
+(versioned upstream names, slot states, file paths, an engine's own words) goes in ``detail``,
+which is never rendered: :func:`log_detail` writes it to the log at WARNING with the request id.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from typing import Any, ClassVar
 
 from adapters.errors import AdapterError, AdapterErrorKind
+
+logger = logging.getLogger(__name__)
 
 
 class GatewayError(Exception):
@@ -51,12 +58,15 @@ class GatewayError(Exception):
         param: str | None = None,
         code: str | int | None = None,
         headers: dict[str, str] | None = None,
+        detail: str | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message
         self.param = param
         self.code = code if code is not None else self.default_code
         self.headers = dict(headers or {})
+        #: For the log only, never for the client (see the module docstring).
+        self.detail = detail
 
     @property
     def status(self) -> int:
@@ -202,3 +212,15 @@ _ADAPTER_ERRORS: dict[AdapterErrorKind, type[GatewayError]] = {
 def from_adapter_error(error: AdapterError) -> GatewayError:
     """The gateway's error (status, OpenAI type) for an adapters-package error of that kind."""
     return _ADAPTER_ERRORS[error.kind](error.message, param=error.param, code=error.code)
+
+
+def log_detail(error: GatewayError, request_id: str | None) -> None:
+    """Log what a client was not shown of ``error``, under its request id (if it has detail)."""
+    if error.detail:
+        logger.warning(
+            "request %s: %s (%s): %s",
+            request_id or "-",
+            error.message,
+            error.code or error.error_type,
+            error.detail,
+        )

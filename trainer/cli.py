@@ -1,8 +1,10 @@
 """``lora-trainer``: train, evaluate, merge and register LoRA adapters.
 
-    lora-trainer train --base-model MODEL_DIR --data rows.jsonl --output adapters/my-lora
+    lora-trainer train --base-model MODEL_DIR --data rows.jsonl --output adapters/my-lora \
+        [--default-temperature 0.2 --default-top-p 0.9 ...]
     lora-trainer eval adapters/my-lora
     lora-trainer merge adapters/my-lora --output models/my-lora-merged
+    lora-trainer combine adapters/a adapters/b --weights 0.7,0.3 --method cat --output adapters/ab
     lora-trainer register adapters/my-lora --url http://127.0.0.1:8000 --name my-lora
 
 The console script ``lora-trainer`` (pyproject) calls :func:`main`. Each command parses flags
@@ -32,6 +34,10 @@ from trainer.register import register_adapter
 
 console = Console(stderr=True)
 T = TypeVar("T")
+_DEFAULTS_HELP = (
+    "Sampling default written to the manifest's sampling_defaults: the gateway uses it when a "
+    "request to this adapter omits the parameter."
+)
 
 app = typer.Typer(
     name="lora-trainer",
@@ -79,6 +85,17 @@ def train(
     ] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace a non-empty --output.")] = False,
     quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
+    default_temperature: Annotated[float | None, typer.Option(help=_DEFAULTS_HELP)] = None,
+    default_top_p: Annotated[float | None, typer.Option(help=_DEFAULTS_HELP)] = None,
+    default_top_k: Annotated[int | None, typer.Option(help=_DEFAULTS_HELP)] = None,
+    default_min_p: Annotated[float | None, typer.Option(help=_DEFAULTS_HELP)] = None,
+    default_max_tokens: Annotated[int | None, typer.Option(help=_DEFAULTS_HELP)] = None,
+    default_stop: Annotated[
+        list[str] | None, typer.Option(help=_DEFAULTS_HELP + " Repeat for several.")
+    ] = None,
+    default_frequency_penalty: Annotated[float | None, typer.Option(help=_DEFAULTS_HELP)] = None,
+    default_presence_penalty: Annotated[float | None, typer.Option(help=_DEFAULTS_HELP)] = None,
+    default_repetition_penalty: Annotated[float | None, typer.Option(help=_DEFAULTS_HELP)] = None,
 ) -> None:
     """Train an adapter with TRL (SFTTrainer, or DPOTrainer for --method dpo)."""
     from trainer.train import configure_offline_defaults
@@ -109,6 +126,17 @@ def train(
             beta=beta,
             logging_steps=logging_steps,
             name=name,
+            sampling_defaults=_given(
+                temperature=default_temperature,
+                top_p=default_top_p,
+                top_k=default_top_k,
+                min_p=default_min_p,
+                max_tokens=default_max_tokens,
+                stop=default_stop,
+                frequency_penalty=default_frequency_penalty,
+                presence_penalty=default_presence_penalty,
+                repetition_penalty=default_repetition_penalty,
+            ),
         )
     )
     if register and cfg.method is Method.DORA:
@@ -217,6 +245,67 @@ def merge(
     console.print(f"[green]merged model[/] {merged}")
 
 
+@app.command("combine")
+def combine_command(
+    adapters: Annotated[list[Path], typer.Argument(help="Adapter directories, 2 to 8.")],
+    output: Annotated[Path, typer.Option(help="Adapter directory to write.")],
+    weights: Annotated[str, typer.Option(help="One weight per adapter, e.g. 0.7,0.3.")],
+    method: Annotated[
+        str, typer.Option(help="linear, cat (rank = sum), svd (PEFT's default), ties, dare_linear.")
+    ] = "svd",
+    svd_rank: Annotated[int | None, typer.Option(help="svd: the rank (default: largest).")] = None,
+    density: Annotated[
+        float | None, typer.Option(help="ties, dare_linear: share of values kept (default 0.5).")
+    ] = None,
+    seed: Annotated[int, typer.Option(help="dare_linear: seed of the random drop.")] = 0,
+    max_rank: Annotated[
+        int, typer.Option(help="The engine's --max-lora-rank: refuse a larger result.")
+    ] = 512,
+    base_model: Annotated[Path | None, typer.Option(help="(default: from the adapters)")] = None,
+    name: Annotated[str | None, typer.Option(help="Adapter name (default: output dir).")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace a non-empty --output.")] = False,
+    register: Annotated[
+        str | None, typer.Option(help="Gateway URL: register the combined adapter.")
+    ] = None,
+    admin_token: Annotated[
+        str | None, typer.Option(envvar="LORA_GATEWAY_ADMIN_TOKEN", show_envvar=True)
+    ] = None,
+) -> None:
+    """Combine adapters of one base model with PEFT's add_weighted_adapter."""
+    from trainer.combine import combine_planned, plan_combine
+    from trainer.train import configure_offline_defaults
+
+    try:
+        parsed = [float(part) for part in weights.split(",")]
+    except ValueError:
+        _fail(f"--weights must be numbers separated by commas, got {weights[:100]!r}")
+    plan = _checked(
+        lambda: plan_combine(
+            adapters,
+            parsed,
+            method,
+            output=output,
+            base_model=base_model,
+            name=name,
+            svd_rank=svd_rank,
+            density=density,
+            seed=seed,
+            max_rank=max_rank,
+            overwrite=overwrite,
+        )
+    )
+    configure_offline_defaults()
+    combined = _checked(lambda: combine_planned(plan))
+    parents = ", ".join(
+        f"{p.name} x {w:g}" for p, w in zip(plan.parents, plan.weights, strict=True)
+    )
+    console.print(
+        f"[green]combined adapter[/] {combined}  {plan.method} of {parents}, rank {plan.rank}"
+    )
+    if register:
+        _register(register, plan.name, combined, admin_token)
+
+
 @app.command("register")
 def register_command(
     adapter: Annotated[Path, typer.Argument(help="Adapter directory.")],
@@ -250,6 +339,11 @@ def _checked(step: Callable[[], T]) -> T:
 def _fail(message: str) -> NoReturn:
     console.print(f"[red]error:[/] {message}", highlight=False)
     raise typer.Exit(2)
+
+
+def _given(**values: object) -> dict[str, object]:
+    """The sampling defaults the user passed (flags left unset are not defaults)."""
+    return {key: value for key, value in values.items() if value is not None and value != []}
 
 
 def _num(value: float | None) -> str:

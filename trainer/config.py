@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from adapters.contract import MANIFEST_ADAPTER_NAME, NAME_RULE, VLLM_LORA_RANKS, is_valid_name
+from adapters.sampling import SamplingDefaultsError, validate_sampling_defaults
 
 E = TypeVar("E", bound=StrEnum)
 
@@ -89,12 +90,14 @@ class TrainConfig:
     beta: float = 0.1  # DPO temperature; unused by the SFT methods
     logging_steps: int = 5
     name: str | None = None  # the adapter's name when registered; default: output dir name
+    # what the gateway uses when a request omits them (adapters.sampling); None or {}: none
+    sampling_defaults: dict[str, Any] | None = None
     extra: dict[str, Any] = field(default_factory=dict)  # free-form notes saved in the manifest
 
     def __post_init__(self) -> None:
-        self.base_model = Path(self.base_model)
-        self.data = Path(self.data)
-        self.output = Path(self.output)
+        self.base_model = _expand(self.base_model)
+        self.data = _expand(self.data)
+        self.output = _expand(self.output)  # trainer.output checks it before training
         self.method = _enum(Method, self.method, "method")
         self.scheduler = _enum(Scheduler, self.scheduler, "scheduler")
         if self.optimizer is None:
@@ -127,6 +130,11 @@ class TrainConfig:
         _int_in("logging_steps", self.logging_steps, 1, 100_000)
         if self.name is not None and not is_valid_name(self.name):
             raise ConfigError(f"name must be {NAME_RULE}, got {self.name!r}")
+        if self.sampling_defaults is not None:
+            try:
+                self.sampling_defaults = validate_sampling_defaults(self.sampling_defaults) or None
+            except SamplingDefaultsError as exc:
+                raise ConfigError(str(exc)) from None
         if self.output.exists() and not self.output.is_dir():
             raise ConfigError(f"output {str(self.output)!r} exists and is not a directory")
 
@@ -192,6 +200,14 @@ def _parse_targets(value: str | Sequence[str]) -> str | tuple[str, ...]:
                 "nor a module name"
             )
     return names
+
+
+def _expand(path: Path | str) -> Path:
+    """``~`` means the home directory in every path option (a literal ``~`` dir helps nobody)."""
+    try:
+        return Path(path).expanduser()
+    except RuntimeError:  # ~user naming no user: left as is, refused where it is used
+        return Path(path)
 
 
 def _enum(kind: type[E], value: object, name: str) -> E:

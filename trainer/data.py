@@ -209,6 +209,14 @@ def _text(value: object, name: str) -> str:
         raise ValueError(f"'{name}' must be a string, got {type(value).__name__}")
     if not value.strip():
         raise ValueError(f"'{name}' is empty")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        # JSON's "\ud800" escape decodes to a lone surrogate: no tokenizer or UTF-8 file takes it.
+        raise ValueError(
+            f"'{name}' holds a lone surrogate (\\u{ord(value[exc.start]):04x}) at character "
+            f"{exc.start}: text must be valid Unicode"
+        ) from None
     return value
 
 

@@ -6,6 +6,15 @@ gateway reads are the contract, :mod:`adapters.contract`), read back by
 resolved config, the data (sha256, format, row counts), the base model's identity (path, a
 sha256 of its config.json, the recipe marker that ``gateway.engines.basemodels`` leaves), eval loss
 before and after, library versions, wall time and tokens/s. No torch import here.
+
+Optional top-level key ``sampling_defaults`` (:data:`adapters.sampling.SAMPLING_DEFAULTS_KEY`):
+an object of default sampling parameters for requests to this adapter that omit them, written
+only when the user gave some (``lora-trainer train --default-temperature 0.2 --default-top-p
+0.9 --default-stop '###' ...``, or ``TrainConfig(sampling_defaults=...)``). Keys, all optional,
+bounds checked by :func:`adapters.sampling.validate_sampling_defaults`: ``temperature`` [0, 2],
+``top_p`` (0, 1], ``top_k`` -1 or 1..1000, ``min_p`` [0, 1], ``max_tokens`` 1..131072,
+``stop`` a list of 1-4 strings, ``frequency_penalty`` and ``presence_penalty`` [-2, 2],
+``repetition_penalty`` (0, 2]. The gateway applies them; the client's own values always win.
 """
 
 from __future__ import annotations
@@ -27,6 +36,7 @@ from adapters.contract import (
     MANIFEST_BASE_MODEL,
     MANIFEST_BASE_NAME,
 )
+from adapters.sampling import SAMPLING_DEFAULTS_KEY, validate_sampling_defaults
 
 MANIFEST_VERSION = 1
 # The recipe marker gateway.engines.basemodels writes into a prepared model directory.
@@ -91,7 +101,7 @@ def build_manifest(
     figures: RunFigures,
 ) -> dict[str, Any]:
     dpo = config["method"] == "dpo"
-    return {
+    manifest = {
         "manifest_version": MANIFEST_VERSION,
         MANIFEST_ADAPTER_NAME: config[MANIFEST_ADAPTER_NAME],
         "method": config["method"],
@@ -121,6 +131,17 @@ def build_manifest(
         },
         "versions": library_versions(),
     }
+    return with_sampling_defaults(manifest, config.get(SAMPLING_DEFAULTS_KEY))
+
+
+def with_sampling_defaults(
+    manifest: dict[str, Any], defaults: dict[str, Any] | None
+) -> dict[str, Any]:
+    """``manifest`` with its ``sampling_defaults`` key, checked; no key when there are none."""
+    checked = validate_sampling_defaults(defaults) if defaults else {}
+    if checked:
+        manifest[SAMPLING_DEFAULTS_KEY] = checked
+    return manifest
 
 
 def write_manifest(directory: Path, manifest: dict[str, Any]) -> Path:

@@ -6,21 +6,21 @@ Called by ``lora-trainer merge`` (:mod:`trainer.cli`) and tests. The base is loa
 (float32 unless ``dtype`` says otherwise, also for QLoRA adapters), the adapter applied with
 PEFT and folded in with ``merge_and_unload``. The base's tokenizer and generation files are
 copied verbatim, so the merged model formats chats exactly like its base. This is also the way
-to serve a DoRA adapter: vLLM loads LoRA adapters but not DoRA ones. Like training, the result
-is written to a staging directory and renamed into place.
+to serve a DoRA adapter: vLLM loads LoRA adapters but not DoRA ones. Like training, the output
+is checked first and the result written beside it and swapped in whole (:mod:`trainer.output`).
 """
 
 from __future__ import annotations
 
 import json
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Literal
 
 from adapters.contract import ADAPTER_CONFIG
 from trainer.manifest import base_model_identity, read_manifest
 from trainer.models import ModelLoadError, adapter_base_path, check_model_dir
+from trainer.output import checked_output, publish
 
 MERGE_INFO_FILE = "merged_from.json"
 # Files that make a model directory's tokenizer and generation defaults, copied from the base.
@@ -52,38 +52,27 @@ def merge(
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    adapter, output = Path(adapter), Path(output)
+    adapter = Path(adapter).expanduser()
     if not (adapter / ADAPTER_CONFIG).is_file():
         raise ModelLoadError(f"{adapter} is not a PEFT adapter directory (no {ADAPTER_CONFIG})")
-    if output.exists() and any(output.iterdir()) and not overwrite:
-        raise ModelLoadError(f"output {str(output)!r} is not empty; pass --overwrite to replace it")
+    output = checked_output(output, overwrite=overwrite)
     base = check_model_dir(base_model or adapter_base_path(adapter))
     torch_dtype = getattr(torch, dtype)
 
     model = AutoModelForCausalLM.from_pretrained(str(base), dtype=torch_dtype, device_map="cpu")
     merged = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
 
-    output.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.partial-", dir=output.parent))
-    try:
+    def write(staging: Path) -> None:
         merged.save_pretrained(str(staging))
         for name in BASE_FILES:
             if (base / name).is_file():
                 shutil.copyfile(base / name, staging / name)
-        manifest = read_manifest(adapter)
         info = {
             "adapter": str(adapter.resolve()),
-            "adapter_manifest": manifest,
+            "adapter_manifest": read_manifest(adapter),
             "base_model": base_model_identity(base),
             "dtype": dtype,
         }
         (staging / MERGE_INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")
-        staging.chmod(0o755)
-        for path in staging.iterdir():
-            path.chmod(0o644)
-        if output.exists():
-            shutil.rmtree(output)
-        staging.rename(output)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return output
+
+    return publish(output, write)

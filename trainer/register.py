@@ -3,7 +3,8 @@
     lora-trainer train ... --register http://127.0.0.1:8000 --name legal-lora
     lora-trainer register adapters/legal-lora --url http://127.0.0.1:8000 --name legal-lora
 
-Called by ``lora-trainer train --register`` / ``lora-trainer register`` (:mod:`trainer.cli`).
+Called by ``lora-trainer train --register``, ``lora-trainer combine --register`` and
+``lora-trainer register`` (:mod:`trainer.cli`).
 The trainer's policy over the one admin client (:class:`adapters.client.AdminClient`): the
 adapter is loaded into the engine at once (a refusal shows now, not at the first request) and
 a retrained adapter under a registered name becomes that name's next version (the gateway keeps

@@ -13,15 +13,15 @@ Called by ``lora-trainer train`` (:mod:`trainer.cli`) and by tests. The story:
    ``dora``), the loss on the completion only;
 4. on CPU, cast the trainable LoRA weights TRL made bf16 for 4-bit models back to float32;
 5. eval loss before, train (tqdm bar with the loss), eval loss after;
-6. save the PEFT adapter and ``manifest.json`` into a staging directory, then rename it into
-   ``cfg.output`` (a registry never sees half an adapter).
+6. save the PEFT adapter and ``manifest.json`` into a staging directory beside ``cfg.output``,
+   then swap it in (:mod:`trainer.output`: a registry never sees half an adapter, a crash
+   leaves the old or the new one whole, nothing is written or deleted through a symlink).
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -39,15 +39,16 @@ from trainer.models import (
     load_base_model,
     load_tokenizer,
 )
+from trainer.output import checked_output, publish
 
 log = logging.getLogger("trainer")
 
 
 def train(cfg: TrainConfig, *, progress: bool = True, overwrite: bool = False) -> Path:
-    """Train one adapter as ``cfg`` says; return its directory (``cfg.output``)."""
+    """Train one adapter as ``cfg`` says; return its directory (``cfg.output``, absolute)."""
     started = time.perf_counter()
     base_path = check_model_dir(cfg.base_model)
-    _check_output(cfg.output, overwrite)
+    output = checked_output(cfg.output, overwrite=overwrite)
 
     data = load_training_data(cfg.data)
     _check_method_fits_data(cfg.method, data)
@@ -99,27 +100,20 @@ def train(cfg: TrainConfig, *, progress: bool = True, overwrite: bool = False) -
         base_model=base_path,
         figures=figures,
     )
-    _save_atomically(trainer.model, manifest, cfg.output)
-    return cfg.output
+    return _save(trainer.model, manifest, output)
 
 
 # --- steps ---------------------------------------------------------------------------------------
 
 
-def _save_atomically(model: Any, manifest: dict[str, Any], output: Path) -> None:
-    """PEFT files + manifest.json into a sibling staging dir, then renamed to ``output``."""
-    parent = output.expanduser().resolve().parent
-    parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.partial-", dir=parent))
-    try:
+def _save(model: Any, manifest: dict[str, Any], output: Path) -> Path:
+    """PEFT files + manifest.json, put in place whole at ``output`` by :func:`publish`."""
+
+    def write(staging: Path) -> None:
         model.save_pretrained(str(staging))
         write_manifest(staging, manifest)
-        _make_readable(staging)
-        if output.exists():
-            shutil.rmtree(output)
-        staging.rename(output)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+
+    return publish(output, write)
 
 
 def _resolved_config(cfg: TrainConfig, peft_model: Any) -> dict[str, Any]:
@@ -140,18 +134,6 @@ def _data_summary(
         "train_rows": len(train_rows),
         "eval_rows": len(eval_rows),
     }
-
-
-def _make_readable(directory: Path) -> None:
-    """mkdtemp and safetensors create owner-only files; an engine may run as another user."""
-    directory.chmod(0o755)
-    for path in directory.iterdir():
-        path.chmod(0o644)
-
-
-def _check_output(output: Path, overwrite: bool) -> None:
-    if output.exists() and any(output.iterdir()) and not overwrite:
-        raise ConfigError(f"output {str(output)!r} is not empty; pass --overwrite to replace it")
 
 
 def _check_method_fits_data(method: Method, data: TrainingData) -> None:

@@ -24,7 +24,7 @@ from starlette.responses import Response
 from starlette.types import Scope
 
 from adapters.errors import AdapterError
-from gateway.errors import GatewayError, InvalidRequestError, from_adapter_error
+from gateway.errors import GatewayError, InvalidRequestError, from_adapter_error, log_detail
 from gateway.inference.record import request_info_of
 
 MAX_ERROR_DETAILS = 5
@@ -41,8 +41,10 @@ def error_response(error: GatewayError) -> Response:
 
 def record_error(scope: Scope, error: GatewayError) -> None:
     """Note the error on the request's record (set up by the request middleware): its code for
-    the access log, the error itself for metrics (engine failures are counted by kind)."""
+    the access log, the error itself for metrics (engine failures are counted by kind); its
+    ``detail``, which the client does not see, goes to the log with the request id."""
     info = request_info_of(scope)
+    log_detail(error, info.request_id if info is not None else None)
     if info is not None:
         info.error = str(error.code or error.error_type)
         info.failure = error

@@ -32,7 +32,7 @@ from starlette.responses import Response
 from starlette.types import Receive
 
 from gateway.engines.client import translate_session_errors, upstream_error_from
-from gateway.errors import GatewayError
+from gateway.errors import GatewayError, log_detail
 from gateway.inference.record import NullObserver, RequestInfo, RequestObserver
 from gateway.inference.routing import Route, Router
 from gateway.inference.streaming import SSEProxyResponse
@@ -261,7 +261,7 @@ class OpenAIProxy:
                 ) as response:
                     status, content = response.status, await response.read()
             if status != 200:
-                raise upstream_error_from(status, content)
+                raise _engine_error(route, status, content)
             if route.upstream_model != route.public_model:
                 rename = ModelRename(route.upstream_model, route.public_model)
                 content = rename.apply_to_body(content)
@@ -285,7 +285,7 @@ class OpenAIProxy:
                 # the engine sees the client leave and aborts the generation.
                 cleanup.callback(response.close)
                 if response.status != 200:
-                    raise upstream_error_from(response.status, await response.read())
+                    raise _engine_error(route, response.status, await response.read())
         except BaseException:
             await cleanup.aclose()
             raise
@@ -303,6 +303,7 @@ class OpenAIProxy:
             info.client_disconnected = True
 
         def failed(error: GatewayError) -> None:
+            log_detail(error, info.request_id)
             info.error = str(error.code or error.error_type)
             info.failure = error
 
@@ -319,3 +320,13 @@ class OpenAIProxy:
     def _note_route(info: RequestInfo, route: Route) -> None:
         info.adapter = route.adapter
         info.engine = route.engine.name
+
+
+def _engine_error(route: Route, status: int, content: bytes) -> GatewayError:
+    """The engine's error answer, passed through under the public model name: the versioned
+    upstream name stays in the log (``detail``)."""
+    error = upstream_error_from(status, content)
+    if route.upstream_model != route.public_model and route.upstream_model in error.message:
+        error.detail = error.message
+        error.message = error.message.replace(route.upstream_model, route.public_model)
+    return error

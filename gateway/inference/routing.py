@@ -96,8 +96,10 @@ class Router:
         """A ready engine, round-robin; EngineUnavailableError (503) when none is ready."""
         ready = [engine for engine in self._engines if engine.ready]
         if not ready:
+            states = ", ".join(f"{e.name} {e.status().state}" for e in self._engines)
             reasons = "; ".join(f"{e.name}: {e.status().reason}" for e in self._engines)
-            raise EngineUnavailableError(f"no engine is ready ({reasons})")
+            # The engines' own reasons (pids, exit causes) are for the log.
+            raise EngineUnavailableError(f"no engine is ready ({states})", detail=reasons)
         return ready[next(self._turn) % len(ready)]
 
     @asynccontextmanager

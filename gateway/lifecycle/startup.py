@@ -33,7 +33,8 @@ from adapters.validation import AdapterValidator, ValidationLimits
 from gateway.engines.base import Engine
 from gateway.errors import GatewayError
 from gateway.lifecycle.fetching import AdapterFetcher, FetchLimits
-from gateway.lifecycle.service import AdapterLifecycle, LifecycleObserver
+from gateway.lifecycle.service import AdapterLifecycle
+from gateway.lifecycle.types import LifecycleObserver
 from gateway.settings import GatewaySettings
 
 logger = logging.getLogger(__name__)

@@ -1,6 +1,6 @@
 """The adapter slot table: which adapter versions occupy the engines' LoRA slots, and who uses
-them. Pure bookkeeping, no I/O: the lifecycle (:mod:`gateway.lifecycle.service`) decides, this
-module counts.
+them. Pure bookkeeping, no I/O: the lifecycle (:mod:`gateway.lifecycle.lease`,
+:mod:`gateway.lifecycle.loader`) decides and does the engine I/O, this module counts.
 
 A :class:`Slot` is one adapter version that is loading, loaded or unloading, with the engines
 that hold it (each with its restart count at load time, so a restarted engine that forgot the
@@ -35,7 +35,16 @@ class Slot:
     accepting: bool = True
     #: An old version after a swap, to unload once drained.
     retiring: bool = False
+    #: An admin unload or delete waits for this slot's leases to end (no new lease meanwhile).
+    draining: bool = False
     drained: asyncio.Event = field(default_factory=asyncio.Event)
+    #: The engine load or unload in progress (:mod:`gateway.lifecycle.loader`), if any.
+    job: asyncio.Task[None] | None = None
+
+    @property
+    def busy(self) -> bool:
+        """An engine load or unload of this slot is still running."""
+        return self.job is not None and not self.job.done()
 
     def transition(self, new: AdapterState) -> None:
         self.state = check_transition(self.state, new)
@@ -108,8 +117,12 @@ class SlotTable:
         self._freed.set()
         self._freed = asyncio.Event()
 
+    def notify(self) -> None:
+        """Wake every waiter of :meth:`wait_freed` (e.g. a drain ended or was given up)."""
+        self._notify_freed()
+
     async def wait_freed(self, timeout_s: float) -> bool:
-        """Wait until a lease ends or a slot goes; False on timeout."""
+        """Wait until a lease ends, a slot goes or :meth:`notify`; False on timeout."""
         try:
             await asyncio.wait_for(self._freed.wait(), timeout_s)
         except TimeoutError:

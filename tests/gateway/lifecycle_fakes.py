@@ -4,9 +4,9 @@
 load, 400 "already been loaded" on a duplicate name, 404 for a missing path or an unknown name
 on unload, 500 for any other failure while loading) through ``httpx.MockTransport``, so the
 real :class:`~gateway.engines.client.EngineClient` code runs. It can refuse adapters, fail loads,
-drop off the network, slow loads down and "restart" (forget every adapter). It also checks the
-lifecycle's invariants: never more adapters loaded than allowed, never a request for an adapter
-that is not loaded. Behaviour against a real vLLM is covered by
+drop off the network, slow loads and unloads down and "restart" (forget every adapter). It also
+checks the lifecycle's invariants: never more adapters loaded than allowed, never a request for
+an adapter that is not loaded. Behaviour against a real vLLM is covered by
 tests/integration/test_registry_*.py.
 """
 
@@ -39,6 +39,7 @@ class FakeLoraUpstream:
         self.fail_loads_with: str | None = None
         self.unreachable = False
         self.load_delay_s = 0.0
+        self.unload_delay_s = 0.0
         self.violations: list[str] = []
 
     async def handle(self, request: httpx.Request) -> httpx.Response:
@@ -73,6 +74,7 @@ class FakeLoraUpstream:
         if path == "/v1/unload_lora_adapter":
             name = body["lora_name"]
             self.calls.append(("unload", name))
+            await asyncio.sleep(self.unload_delay_s)
             if self.loaded.pop(name, None) is None:
                 return _error(404, "NotFoundError", f"The lora adapter '{name}' cannot be found.")
             return httpx.Response(200, text="ok")

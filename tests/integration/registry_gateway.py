@@ -33,12 +33,42 @@ ADAPTER_SCALE = 0.1
 
 
 @dataclass
+class LifecycleCounts:
+    """The lifecycle's events counted in process (its observer in these tests)."""
+
+    loads: int = 0
+    unloads: int = 0
+    evictions: int = 0
+    load_failures: int = 0
+    load_seconds_total: float = 0.0
+    load_seconds_max: float = 0.0
+
+    def on_load(self, name: str, seconds: float) -> None:
+        self.loads += 1
+        self.load_seconds_total += seconds
+        self.load_seconds_max = max(self.load_seconds_max, seconds)
+
+    def on_unload(self, name: str) -> None:
+        self.unloads += 1
+
+    def on_evict(self, name: str) -> None:
+        self.evictions += 1
+
+    def on_load_failed(self, name: str) -> None:
+        self.load_failures += 1
+
+    def on_delete(self, name: str) -> None:
+        pass
+
+
+@dataclass
 class RegistryGateway:
     url: str
     openai: AsyncOpenAI
     admin: httpx.AsyncClient
     lifecycle: AdapterLifecycle
     settings: GatewaySettings
+    events: LifecycleCounts
 
     async def register(self, name: str, path: Path, **extra: object) -> dict[str, object]:
         response = await self.admin.post(
@@ -106,7 +136,8 @@ async def registry_gateway(
             **(settings_update or {}),
         }
     )
-    lifecycle = build_lifecycle(settings, [engine], capacity=capacity)
+    events = LifecycleCounts()
+    lifecycle = build_lifecycle(settings, [engine], capacity=capacity, observer=events)
     try:
         await lifecycle.start()
         if adapters_dir is not None:
@@ -120,7 +151,7 @@ async def registry_gateway(
                 base_url=url, timeout=120.0, headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}
             ) as admin:
                 try:
-                    yield RegistryGateway(url, client, admin, lifecycle, settings)
+                    yield RegistryGateway(url, client, admin, lifecycle, settings, events)
                 finally:
                     await client.close()
     finally:

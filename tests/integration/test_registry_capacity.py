@@ -61,7 +61,7 @@ async def test_hot_load_unload_cycles_while_streaming(
 
         assert failures == []
         assert served["hot-y"] > 0 and served["hot-z"] > 0 and served["hot-x"] == CYCLES // 10
-        stats = gw.lifecycle.stats
+        stats = gw.events
         assert stats.load_failures == 0
         assert stats.loads >= CYCLES and stats.unloads >= CYCLES
         print(
@@ -105,7 +105,7 @@ async def test_twenty_adapters_two_slots(
         assert all(answers[name] for name in names)
         assert len(set(answers.values())) > 1  # different adapters, different outputs
 
-        stats = gw.lifecycle.stats
+        stats = gw.events
         assert stats.loads == 20 and stats.evictions == 18 and stats.load_failures == 0
         states = Counter(a["state"] for a in (await gw.admin.get("/admin/adapters")).json()["data"])
         assert states == {"loaded": 2, "registered": 18}

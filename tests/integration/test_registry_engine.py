@@ -44,7 +44,7 @@ async def test_register_then_model_answers(
         assert text != await gw.complete(vllm_engine.base_model)  # the adapter changes output
         detail = (await gw.admin.get("/admin/adapters/reg-a1")).json()
         assert detail["state"] == "loaded" and detail["engines"] == [vllm_engine.name]
-        assert gw.lifecycle.stats.loads == 1 and gw.lifecycle.stats.load_seconds_total > 0
+        assert gw.events.loads == 1 and gw.events.load_seconds_total > 0
 
         deleted = await gw.admin.delete("/admin/adapters/reg-a1")
         assert deleted.status_code == 200

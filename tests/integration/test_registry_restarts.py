@@ -97,4 +97,4 @@ async def test_engine_restart_gets_adapters_back(
         detail = (await gw.admin.get("/admin/adapters/rs-used")).json()
         assert detail["state"] == "loaded" and detail["engines"] == [vllm_engine.name]
         assert await gw.complete("rs-used") == expected
-        assert gw.lifecycle.stats.load_failures == 0
+        assert gw.events.load_failures == 0

@@ -99,3 +99,26 @@ def test_explicit_targets_are_checked_against_the_model() -> None:
     check_target_modules("all-linear", linear)  # presets are PEFT's to resolve
     with pytest.raises(ConfigError, match=r"\['c_attn'\].*gate_proj"):
         check_target_modules(["q_proj", "c_attn"], linear)
+
+
+def test_sampling_defaults_are_checked_and_saved_in_the_resolved_config() -> None:
+    cfg = config(sampling_defaults={"temperature": 0.2, "top_p": 0.9, "stop": "###"})
+    assert cfg.sampling_defaults == {"temperature": 0.2, "top_p": 0.9, "stop": ["###"]}
+    assert cfg.resolved()["sampling_defaults"] == cfg.sampling_defaults
+    assert config().sampling_defaults is None
+    assert config(sampling_defaults={}).sampling_defaults is None
+    with pytest.raises(ConfigError, match=r"sampling_defaults\.top_p must be a number in \(0, 1\]"):
+        config(sampling_defaults={"top_p": 1.5})
+    with pytest.raises(ConfigError, match=r"unknown keys \['temp'\]"):
+        config(sampling_defaults={"temp": 0.2})
+
+
+def test_tilde_in_paths_is_the_home_directory(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HOME", "/home/someone")
+    cfg = config(base_model="~/m", data="~/d.jsonl", output="~/out")
+    assert (cfg.base_model, cfg.data, cfg.output) == (
+        Path("/home/someone/m"),
+        Path("/home/someone/d.jsonl"),
+        Path("/home/someone/out"),
+    )
+    assert cfg.adapter_name == "out"

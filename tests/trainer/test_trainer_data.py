@@ -202,3 +202,23 @@ def test_split_is_deterministic_and_disjoint(jsonl: Jsonl) -> None:
     tiny = load_training_data(jsonl([{"prompt": "Q?", "completion": "A."}]))
     with pytest.raises(DataError, match="too few rows"):
         tiny.split(0.1, seed=7)
+
+
+def test_lone_surrogates_are_refused_naming_the_row(jsonl: Jsonl) -> None:
+    # json.dumps writes "\ud800" as an escape that json.loads turns into a lone surrogate:
+    # no tokenizer can encode it, and a UTF-8 writer fails on it later, far from the data.
+    rows: list[object] = [
+        {"prompt": "Q?", "completion": "A."},
+        {"prompt": "bad \ud800 prompt", "completion": "A."},
+        {"prompt": "Q?", "completion": "A.", "system": "sys \udfff"},
+        {"prompt": [{"role": "user", "content": "hi \udc80"}], "completion": "A."},
+        {"prompt": "Q?", "completion": "pair \ud83d\ude00 is fine"},
+    ]
+    with pytest.raises(DataError) as caught:
+        load_training_data(jsonl(rows))
+    errors = {error.row: error.message for error in caught.value.errors}
+    assert set(errors) == {2, 3, 4}
+    assert "'prompt' holds a lone surrogate (\\ud800) at character 4" in errors[2]
+    assert "'system' holds a lone surrogate (\\udfff)" in errors[3]
+    assert "'prompt[0].content' holds a lone surrogate (\\udc80)" in errors[4]
+    assert errors[2].endswith("text must be valid Unicode")

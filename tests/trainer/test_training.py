@@ -61,6 +61,8 @@ def lora_adapter(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory)
         "train", "--base-model", str(tiny_model_dir), "--data", str(STYLED), "--output", str(out),
         "--method", "lora", "--rank", "16", "--target-modules", "all-linear", "--lr", "3e-3",
         "--max-steps", "20", "--batch-size", "8", "--eval-fraction", "0.1", "--quiet",
+        "--default-temperature", "0.2", "--default-top-p", "0.9", "--default-max-tokens", "64",
+        "--default-stop", "###", "--default-stop", "END",
     ]  # fmt: skip
     result = runner.invoke(app, argv)
     assert result.exit_code == 0, result.output
@@ -168,6 +170,12 @@ def test_lora_manifest_tells_what_was_done(lora_adapter: Path, tiny_model_dir: P
     assert figures["tokens_per_s"] > 0
     assert 0 < figures["train_runtime_s"] < figures["wall_time_s"]
     assert manifest["versions"]["peft"] and manifest["versions"]["trl"]
+    assert manifest["sampling_defaults"] == {
+        "temperature": 0.2,
+        "top_p": 0.9,
+        "max_tokens": 64,
+        "stop": ["###", "END"],
+    }
 
     adapter_config = json.loads((lora_adapter / ADAPTER_CONFIG).read_text())
     assert (adapter_config["r"], adapter_config["lora_alpha"]) == (16, 32)
@@ -244,6 +252,7 @@ def test_qlora_trains_4bit_with_float32_lora_weights(qlora_adapter: Path) -> Non
     # about 0.7 on AVX512-BF16 CPUs without _keep_4bit_layers_differentiable
     assert manifest["eval"]["loss_after"] < 0.6 * manifest["eval"]["loss_before"]
     assert manifest["config"]["optimizer"] == "paged_adamw_8bit"
+    assert "sampling_defaults" not in manifest  # none given, none written
     assert manifest["train"]["quantization"] == {
         "quant_method": "bitsandbytes",
         "load_in_4bit": True,
@@ -319,6 +328,11 @@ def test_cli_refuses_bad_rows_targets_and_outputs(
     result = runner.invoke(app, [*argv, "--rank", "12"])
     assert result.exit_code == 2
     assert "rank must be one of" in result.output
+
+    result = runner.invoke(app, [*argv, "--default-top-p", "1.5"])
+    assert result.exit_code == 2
+    assert "sampling_defaults.top_p must be a number in (0, 1]" in " ".join(result.output.split())
+    assert not (tmp_path / "o2").exists()
 
     occupied = tmp_path / "occupied"
     occupied.mkdir()

@@ -203,3 +203,40 @@ def test_generated_admin_token_file(tmp_path: Path, caplog: pytest.LogCaptureFix
     from_env = load_admin_token(GatewaySettings(data_dir=tmp_path / "other", admin_token="abc"))  # type: ignore[arg-type]
     assert from_env.path is None and from_env.verify("abc")
     assert not (tmp_path / "other" / TOKEN_FILE).exists()
+
+
+async def test_client_facing_errors_hide_internal_names_paths_and_engine_messages(
+    admin: Admin, caplog: pytest.LogCaptureFixture
+) -> None:
+    """OpenAI routes and the admin API answer with public names and a short reason; versioned
+    upstream names, slot states, file paths and the engine's words go to the log (WARNING,
+    with the request id)."""
+    refused = admin.adapter("refused")
+    await admin.http.post("/admin/adapters", json={"name": "refused", "path": refused})
+    admin.upstream.refuse_names.add("refused")
+    hidden = (refused, "@v", "/store/", "loading", "loaded", "unloading")
+
+    def public(error: dict[str, Any]) -> str:
+        message = str(error["message"])
+        assert not [word for word in hidden if word in message], message
+        return message
+
+    caplog.set_level(logging.WARNING, logger="gateway.errors")
+    body = {"model": "refused", "prompt": "hi", "max_tokens": 1}
+    for _ in range(2):  # the engine's refusal, then the cool-down's answer
+        response = await admin.http.post("/v1/completions", json=body)
+        assert "'refused'" in public(error_of(response, 502))
+        request_id = response.headers["x-request-id"]
+        logged = [r.getMessage() for r in caplog.records if request_id in r.getMessage()]
+        assert logged and "refused@v1." in logged[0]
+    public(error_of(await admin.http.post("/admin/adapters/refused/load"), 502))
+
+    # Every slot busy: the 503 names no other adapter's versioned name nor slot state.
+    admin.lifecycle.slot_wait_s = 0.05
+    for name in ("b", "c", "d"):
+        await admin.http.post("/admin/adapters", json={"name": name, "path": admin.adapter(name)})
+    async with admin.lifecycle.lease("b"), admin.lifecycle.lease("c"):
+        response = await admin.http.post("/v1/completions", json={**body, "model": "d"})
+        assert "'d'" in public(error_of(response, 503))
+        assert any("b@v1." in r.getMessage() for r in caplog.records)
+        public(error_of(await admin.http.post("/admin/adapters/d/load"), 503))

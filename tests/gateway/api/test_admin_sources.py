@@ -9,6 +9,7 @@ not changing what is served, an unreachable endpoint leaving nothing half-regist
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import threading
 import time
@@ -156,11 +157,13 @@ class GatedS3(S3Source):
     def __init__(self, inner: S3Source) -> None:
         super().__init__(endpoint_url=inner.endpoint_url)
         self.gate = threading.Event()
+        self.entered = threading.Event()
         self.calls = 0
 
     def fetch(self, url: str, staging: Path, policy: FetchPolicy, progress: Progress) -> Path:
         self.calls += 1
         progress(0, 1234)
+        self.entered.set()
         assert self.gate.wait(30)
         return super().fetch(url, staging, policy, progress)
 
@@ -173,6 +176,7 @@ async def test_fetching_is_a_state_requests_get_503_until_it_is_registered(admin
     assert started.status_code == 202, started.text
     fetch = started.json()
     assert fetch["object"] == "adapter.fetch" and fetch["state"] == "fetching"
+    assert await asyncio.to_thread(gated.entered.wait, 30)
     assert fetch["source"] == url and fetch["error"] is None
 
     # The same registration again joins the running fetch: one task per adapter.
@@ -284,7 +288,7 @@ async def assert_nothing_registered(admin: Admin, name: str, code: str) -> None:
     assert shown["object"] == "adapter.fetch" and shown["state"] == "failed"
     assert shown["error"]["code"] == code
     assert name not in admin.lifecycle.registered_names()
-    assert await __import__("asyncio").to_thread(admin.lifecycle.registry.list) == []
+    assert await asyncio.to_thread(admin.lifecycle.registry.list) == []
     assert admin.store_dirs() == [] and admin.staging_left() == []
     assert [m["id"] for m in (await admin.http.get("/v1/models")).json()["data"]] == [BASE]
     chat = await admin.http.post(

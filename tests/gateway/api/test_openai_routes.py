@@ -176,6 +176,22 @@ async def test_engine_4xx_is_passed_through_with_its_message(gateway: Gateway) -
     assert assert_openai_error(streamed, 400)["message"] == message
 
 
+async def test_engine_errors_name_the_adapter_not_its_versioned_name(gateway: Gateway) -> None:
+    async def refuse(recorded: Recorded) -> Response:
+        message = f"The model `{ADAPTER_UPSTREAM}` cannot take this request."
+        return JSONResponse(
+            {"error": {"message": message, "type": "BadRequestError", "param": None, "code": 400}},
+            status_code=400,
+        )
+
+    gateway.fake.handler = refuse
+    for body in (chat(ADAPTER), chat(ADAPTER, stream=True)):
+        response = await gateway.http.post("/v1/chat/completions", json=body)
+        error = assert_openai_error(response, 400)
+        assert error["message"] == f"The model `{ADAPTER}` cannot take this request."
+        assert ADAPTER_UPSTREAM not in response.text
+
+
 async def test_unreachable_engine_is_503_with_retry_after(make_gateway: GatewayFactory) -> None:
     async with make_gateway() as gw:
         gw.engine._url = unused_url()
@@ -194,7 +210,8 @@ async def test_engine_down_is_503_then_recovers(gateway: Gateway) -> None:
     gateway.engine.reason = "restarting after exit code -9"
     response = await gateway.http.post("/v1/chat/completions", json=chat())
     error = assert_openai_error(response, 503, "engine_unavailable")
-    assert "restarting" in error["message"]
+    # The state is public; the engine's own reason (exit codes, pids) is logged, not shown.
+    assert "down" in error["message"] and "exit code" not in error["message"]
     assert "retry-after" in response.headers
     gateway.engine.state = EngineState.READY
     response = await gateway.http.post("/v1/chat/completions", json=chat())

@@ -124,7 +124,8 @@ async def request(lifecycle: AdapterLifecycle, name: str, hold: float = 0.0) -> 
 
 async def test_loads_on_first_request_and_lists_models(env: Env, make: MakeLifecycle) -> None:
     upstream = FakeLoraUpstream()
-    lifecycle = await make(FakeEngine(upstream))
+    events = Events()
+    lifecycle = await make(FakeEngine(upstream), observer=events)
     view, created = await lifecycle.register("a1", env.adapter("a1"))
     assert created and view.active.state is AdapterState.REGISTERED
     assert upstream.calls == []
@@ -137,9 +138,8 @@ async def test_loads_on_first_request_and_lists_models(env: Env, make: MakeLifec
     assert lifecycle.view("a1").active.state is AdapterState.LOADED
     assert lifecycle.view("a1").active.engines == ("fake",)
     assert lifecycle.loaded_per_engine() == {"fake": 1}
-    assert lifecycle.public_name_of(first) == "a1" and "a1" in lifecycle.registered_names()
-    assert lifecycle.public_name_of("a1") is None and lifecycle.public_name_of("zz@v1.x") is None
-    assert lifecycle.stats.loads == 1 and lifecycle.stats.load_seconds_total > 0
+    assert "a1" in lifecycle.registered_names()
+    assert events.seen == [("load", "a1")]
     with pytest.raises(ModelNotFoundError):
         await request(lifecycle, "nobody")
 
@@ -175,7 +175,7 @@ async def test_lru_eviction_skips_pinned_and_in_flight(env: Env, make: MakeLifec
     assert lifecycle.view("b").active.state is AdapterState.REGISTERED
     assert lifecycle.view("a").active.state is AdapterState.LOADED
     assert loaded == {AdapterState.LOADED, AdapterState.REGISTERED}
-    assert lifecycle.stats.evictions == 1 and ("evict", "b") in events.seen
+    assert [e for e in events.seen if e[0] == "evict"] == [("evict", "b")]
 
     # A request in flight holds its adapter: the other one (c... LRU is a) must go instead.
     async with lifecycle.lease("a"):
@@ -212,7 +212,8 @@ async def test_lru_eviction_skips_pinned_and_in_flight(env: Env, make: MakeLifec
 async def test_concurrent_requests_never_exceed_capacity(env: Env, make: MakeLifecycle) -> None:
     upstream = FakeLoraUpstream(max_loaded=2)
     upstream.load_delay_s = 0.01
-    lifecycle = await make(FakeEngine(upstream), capacity=2)
+    events = Events()
+    lifecycle = await make(FakeEngine(upstream), capacity=2, observer=events)
     names = [f"n{i}" for i in range(5)]
     for name in names:
         await lifecycle.register(name, env.adapter(name))
@@ -224,8 +225,9 @@ async def test_concurrent_requests_never_exceed_capacity(env: Env, make: MakeLif
     assert len(served) == 120
     assert upstream.violations == []
     assert upstream.peak_loaded <= 2
-    assert lifecycle.stats.evictions > 0
-    assert lifecycle.stats.loads - lifecycle.stats.unloads == len(upstream.loaded)
+    kinds = [kind for kind, _ in events.seen]
+    assert kinds.count("evict") > 0
+    assert kinds.count("load") - kinds.count("unload") == len(upstream.loaded)
 
 
 async def test_conflict_new_version_swap_drains_then_restore(env: Env, make: MakeLifecycle) -> None:

@@ -1,0 +1,168 @@
+"""The request path of the adapter lifecycle: lease an adapter's active version for one request.
+
+:class:`LeaseBroker` implements the ``lease`` of :class:`gateway.inference.routing.AdapterResolver`
+for :class:`gateway.lifecycle.service.AdapterLifecycle`. A loaded adapter is leased with no lock
+and no await. Otherwise the request takes the name's lock, settles any load or unload in
+progress, makes room (evicting the least recently used loaded version that is not pinned, not
+leased and not locked) and loads the version (:mod:`gateway.lifecycle.loader`, shielded from the
+request), then takes its lease before letting the lock go. When no slot can be freed, or the
+version drains for an admin unload or delete, it lets the lock go and waits, up to
+``slot_wait_s`` of its own, for a lease to end or a slot to go, then tries again: requests that
+wait do so side by side, never one behind another's lock.
+
+The admin ``load`` and the restart recovery use :meth:`LeaseBroker.ensure_loaded` (one try,
+under the lock) and :meth:`LeaseBroker.load` (tries until loaded or out of time).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from adapters.registry import AdapterVersion
+from adapters.state import AdapterState
+from gateway.engines.base import Engine
+from gateway.errors import CapacityError, EngineUnavailableError
+from gateway.inference.routing import Route, unknown_model
+from gateway.lifecycle.context import LifecycleContext
+from gateway.lifecycle.loader import EngineLoader
+from gateway.lifecycle.types import UnloadCause
+from gateway.placement.slots import Slot
+
+logger = logging.getLogger(__name__)
+
+
+class LeaseBroker:
+    def __init__(self, ctx: LifecycleContext, loader: EngineLoader) -> None:
+        self._ctx = ctx
+        self._loader = loader
+
+    @asynccontextmanager
+    async def lease(self, name: str) -> AsyncIterator[Route]:
+        """Hold ``name``'s active version loaded (not evictable) while the block runs."""
+        slot, engine = await self._acquire(name)
+        try:
+            yield Route(
+                engine=engine, upstream_model=slot.upstream, public_model=name, adapter=name
+            )
+        finally:
+            self._ctx.table.release(slot)
+
+    async def _acquire(self, name: str) -> tuple[Slot, Engine]:
+        ctx = self._ctx
+        deadline = ctx.clock() + ctx.slot_wait_s
+        while True:
+            record = ctx.records.get(name)
+            if record is None:
+                raise unknown_model(name)
+            # Fast path, no lock and no await: the active version is loaded on a current engine.
+            slot = ctx.table.get(record.active.upstream_name)
+            engine = ctx.table.pick_engine(slot) if slot is not None and slot.accepting else None
+            if slot is not None and engine is not None:
+                ctx.table.take(slot)
+                return slot, engine
+            if name not in ctx.deleting:
+                async with ctx.lock(name):
+                    record = ctx.records.get(name)
+                    if record is None:
+                        raise unknown_model(name)
+                    slot = None if name in ctx.deleting else await self.ensure_loaded(record.active)
+                    if slot is not None:
+                        engine = ctx.table.pick_engine(slot)
+                        if engine is None:
+                            raise EngineUnavailableError(f"no ready engine holds adapter {name!r}")
+                        ctx.table.take(slot)
+                        return slot, engine
+            await self._wait(name, deadline)
+
+    async def load(self, name: str) -> None:
+        """Load ``name``'s active version, waiting up to ``slot_wait_s`` for a free slot."""
+        ctx = self._ctx
+        deadline = ctx.clock() + ctx.slot_wait_s
+        while True:
+            async with ctx.lock(name):
+                if await self.ensure_loaded(ctx.get(name).active) is not None:
+                    return
+            await self._wait(name, deadline)
+
+    async def _wait(self, name: str, deadline: float) -> None:
+        """Wait (holding no lock) until a lease ends or a slot goes; raise when out of time."""
+        remaining = deadline - self._ctx.clock()
+        if remaining <= 0 or not await self._ctx.table.wait_freed(remaining):
+            raise self._wait_error(name)
+
+    def _wait_error(self, name: str) -> CapacityError:
+        record = self._ctx.records.get(name)
+        slot = self._ctx.table.get(record.active.upstream_name) if record is not None else None
+        if name in self._ctx.deleting or (slot is not None and slot.draining):
+            return CapacityError(
+                f"adapter {name!r} is being unloaded once its requests in flight finish; "
+                "retry shortly",
+                headers={"Retry-After": "1"},
+            )
+        return self.capacity_error(name)
+
+    # --- under the name's lock -------------------------------------------------------------
+    async def ensure_loaded(self, version: AdapterVersion) -> Slot | None:
+        """One try to have ``version`` loaded on every ready engine (the caller holds its
+        name's lock): its slot, or None when it must wait (no free slot, or draining)."""
+        ctx = self._ctx
+        slot = ctx.table.get(version.upstream_name)
+        while slot is not None and slot.busy:
+            await self._loader.settle(slot)
+            slot = ctx.table.get(version.upstream_name)
+        ctx.failures.check(version)
+        ready = [engine for engine in ctx.engines if engine.ready]
+        if not ready:
+            raise EngineUnavailableError("no engine is ready to load adapters")
+        if slot is not None:
+            if slot.draining:
+                return None
+            slot.accepting = True
+            slot.retiring = False
+            current = ctx.table.current_engines(slot)
+            missing = [e for e in ready if e.name not in current]
+            if not missing:
+                return slot
+            slot.transition(AdapterState.LOADING)
+        else:
+            slot = await self._reserve(version)
+            if slot is None:
+                return None
+            missing = ready
+        await self._loader.load(slot, missing)
+        return slot
+
+    async def _reserve(self, version: AdapterVersion) -> Slot | None:
+        """A new LOADING slot for ``version``, evicting LRU adapters until one fits; None when
+        none can go now (every slot leased or locked)."""
+        ctx = self._ctx
+        while ctx.table.full:
+            if all(ctx.pinned(s) for s in ctx.table):
+                raise self.capacity_error(version.name)
+            victim = ctx.table.pick_victim(version.name, ctx.pinned, ctx.locked)
+            if victim is None:
+                return None
+            if victim.name == version.name:  # our own old version: we hold its lock
+                await self._loader.unload(victim, UnloadCause.REPLACED)
+            else:
+                async with ctx.lock(victim.name):
+                    if ctx.table.evictable(victim, ctx.pinned):
+                        await self._loader.unload(victim, UnloadCause.EVICTED)
+        return ctx.table.open(
+            version.name, version.version, version.upstream_name, version.load_path
+        )
+
+    def capacity_error(self, name: str) -> CapacityError:
+        ctx = self._ctx
+        busy = ", ".join(
+            f"{s.upstream} ({'pinned' if ctx.pinned(s) else s.state}, {s.leases} in flight)"
+            for s in ctx.table
+        )
+        return CapacityError(
+            f"no adapter slot is free for {name!r}: all {ctx.table.capacity} are in use; "
+            "retry shortly",
+            headers={"Retry-After": "1"},
+            detail=f"slots: {busy}; unpin an adapter or raise LORA_GATEWAY_MAX_CPU_LORAS",
+        )
