@@ -10,7 +10,8 @@ is a registered version like any other.
 
 Nothing is half-registered: the registry only ever holds versions whose files are in the
 store. A fetch that fails stays here as ``failed`` with its reason (and the error a waiting
-admin call raises) until a new registration of the name, a delete, or a restart; nothing of it
+admin call raises) until a new registration of the name (fetched or local), a delete, or a
+restart; nothing of it
 is in the registry or the store. Fetches live in this process's memory: one interrupted by a
 restart is gone (register it again); leftovers of its staging directory are removed at start.
 
@@ -180,6 +181,12 @@ class AdapterFetcher:
             param="model",
             code="adapter_fetch_failed",
         )
+
+    def forget_failed(self, name: str) -> None:
+        """Drop ``name``'s failed fetch (it was registered from elsewhere since)."""
+        fetch = self._fetches.get(name)
+        if fetch is not None and fetch.state is FetchState.FAILED:
+            del self._fetches[name]
 
     async def cancel(self, name: str) -> bool:
         """Stop and forget ``name``'s fetch; whether there was one."""

@@ -210,6 +210,8 @@ class AdapterLifecycle:
         new = NewVersion.from_layout(layout, base_model=self.engines[0].base_model)
         if origin is not None:
             new = replace(new, source_path=origin)
+        else:
+            self.fetcher.forget_failed(name)
         return await self._ctx.shielded(self._register(name, new, pinned, load, new_version))
 
     async def _register(

@@ -277,7 +277,15 @@ async def test_an_unreachable_endpoint_is_a_clear_error_and_nothing_is_half_regi
     assert dead in error["message"] and "after 2 tries" in error["message"]
     await assert_nothing_registered(admin, "gone", "source_unavailable")
 
-    # Deleting the failed fetch forgets it.
+    # Registering the name from a local directory replaces the failed fetch.
+    local = admin.settings.managed_adapters_dir / "gone-local"
+    write_adapter(local, base_model=BASE, seed=5)
+    registered = await admin.http.post("/admin/adapters", json={"name": "gone", "path": str(local)})
+    assert registered.status_code == 201, registered.text
+    shown = (await admin.http.get("/admin/adapters/gone")).json()
+    assert shown["object"] == "adapter" and shown["fetch"] is None
+
+    # Deleting it forgets it.
     deleted = await admin.http.delete("/admin/adapters/gone")
     assert deleted.status_code == 200
     error_of(await admin.http.get("/admin/adapters/gone"), 404)
