@@ -175,6 +175,13 @@ class AdminClient:
         path = f"{ADMIN_ADAPTERS_PATH}?wait=true" if wait else ADMIN_ADAPTERS_PATH
         return self._call("POST", path, body)
 
+    def fetches(self) -> list[JSONObject]:
+        """The fetches of names with no registered version yet (in progress or failed)."""
+        fetching = self._call("GET", ADMIN_ADAPTERS_PATH).get("fetching", [])
+        if not isinstance(fetching, list):
+            raise self._unexpected(ADMIN_ADAPTERS_PATH, "fetching is not a list")
+        return fetching
+
     def list(self) -> list[JSONObject]:
         data = self._call("GET", ADMIN_ADAPTERS_PATH).get("data")
         if not isinstance(data, list):

@@ -95,14 +95,22 @@ class HubSource(AdapterSource):
                     etag_timeout=max(1.0, min(policy.remaining_s(), 10.0)),
                 )
             except errors.LocalEntryNotFoundError as exc:
-                # Offline (or the Hub unreachable) and not in the cache; a subclass of
-                # EntryNotFoundError, so caught first.
-                if name == MANIFEST and huggingface_hub.constants.is_offline_mode():
+                # Not in the cache, and offline or the Hub unreachable (a subclass of
+                # EntryNotFoundError, so caught first). Offline, no retry can help.
+                offline = huggingface_hub.constants.is_offline_mode()
+                if name == MANIFEST and offline:
                     continue
+                if offline:
+                    raise AdapterError(
+                        AdapterErrorKind.NOT_FOUND,
+                        f"{what} is not in the Hub cache ({self.cache_dir or 'HF_HUB_CACHE'}) "
+                        "and HF_HUB_OFFLINE is set: download it once online, or unset it",
+                        code="source_not_cached",
+                        param="source",
+                    ) from exc
                 raise AdapterError(
                     AdapterErrorKind.UNAVAILABLE,
-                    f"{what} is not in the Hub cache and the Hub cannot be reached "
-                    f"(offline mode: {huggingface_hub.constants.is_offline_mode()}): {exc}",
+                    f"{what} is not in the Hub cache and the Hub cannot be reached: {exc}",
                     code="source_unavailable",
                     param="source",
                 ) from exc

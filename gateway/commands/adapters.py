@@ -136,6 +136,7 @@ def list_(
     """Show every registered adapter."""
     with _admin(url, admin_token, data_dir) as admin:
         adapters = admin.list()
+        fetches = admin.fetches()
     table = Table("name", "version", "state", "pinned", "in flight", "engines", "last error")
     for adapter in adapters:
         table.add_row(
@@ -150,6 +151,8 @@ def list_(
     Console().print(table)
     if not adapters:
         typer.echo("no adapters registered")
+    for fetch in fetches:
+        typer.echo(_fetch_summary(fetch))
 
 
 @app.command("show")

@@ -81,8 +81,8 @@ def test_not_in_the_cache_while_offline_is_a_clear_error(tmp_path: Path) -> None
         with pytest.raises(AdapterError) as caught:
             fetch(cache, url, tmp_path / f"s-{url[-3:]}")
         error = caught.value
-        assert error.kind is AdapterErrorKind.UNAVAILABLE and error.code == "source_unavailable"
-        assert "offline mode: True" in error.message and ADAPTER_CONFIG in error.message
+        assert error.kind is AdapterErrorKind.NOT_FOUND and error.code == "source_not_cached"
+        assert "HF_HUB_OFFLINE" in error.message and ADAPTER_CONFIG in error.message
 
 
 def test_over_the_limit_in_the_cache_is_refused(tmp_path: Path) -> None:

@@ -142,3 +142,5 @@ def test_add_from_s3_and_show(
         assert code == 1 and "source_not_found" in out
         code, out = served.cli("show", "s2", *common)
         assert code == 0 and "fetching s2 from s3://cli-bucket/missing failed" in out
+        code, out = served.cli("list", *common)
+        assert code == 0 and "s1" in out and "fetching s2 from" in out
