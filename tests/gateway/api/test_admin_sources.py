@@ -1,5 +1,5 @@
 """Registering adapters from s3:// and hf:// through the admin API (in-process ASGI app, the
-FAKE engine of lifecycle_fakes.py) against a real S3-compatible server (moto's server mode) and
+FAKE vLLM of loadtest/fake_vllm) against a real S3-compatible server (moto's server mode) and
 a Hub cache laid out as huggingface_hub writes it, offline.
 
 Covers: fetching is a state of its own (202, bytes done/total, 503 + Retry-After for requests,
@@ -29,9 +29,10 @@ from adapters.sources import FetchPolicy, Progress, S3Source
 from gateway.app import create_app
 from gateway.lifecycle.service import AdapterLifecycle
 from gateway.settings import GatewaySettings
+from loadtest.fake_vllm import FakeVLLM
 from tests.adapters.builders import write_adapter, write_base_model
 from tests.adapters.sources.test_hf_source import cache_snapshot
-from tests.gateway.lifecycle_fakes import FakeEngine, FakeLoraUpstream
+from tests.support.fake_engine import FakeEngine
 from tests.support.s3_server import S3Server, free_port
 
 BASE = "tinybase"
@@ -44,7 +45,7 @@ class Admin:
     http: httpx.AsyncClient
     tmp: Path
     settings: GatewaySettings
-    upstream: FakeLoraUpstream
+    upstream: FakeVLLM
     lifecycle: AdapterLifecycle
     s3: S3Server
 
@@ -90,11 +91,11 @@ async def running_admin(
         fetch_timeout_s=30,
         fetch_wait_max_s=60,
     )  # type: ignore[arg-type]
-    upstream = FakeLoraUpstream()
+    upstream = FakeVLLM()
     engine = FakeEngine(upstream, base_model=BASE)
     lifecycle = build_lifecycle(settings, [engine], capacity=2)
     await lifecycle.start()
-    app = create_app(settings, engines=[engine], adapter_resolver=lifecycle)
+    app = create_app(settings, engines=[engine], lifecycle=lifecycle)
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(
@@ -128,7 +129,8 @@ def digest(directory: Path) -> dict[str, str]:
 
 
 async def served_files(admin: Admin, name: str) -> dict[str, str]:
-    """What the engine is told to load for ``name`` on a request: its files' hashes."""
+    """What the engine is told to load for ``name`` on a request (the lease a request takes):
+    its files' hashes. Completions from a real vLLM: tests/integration/test_registry_sources.py."""
     async with admin.lifecycle.lease(name) as route:
         return digest(Path(admin.upstream.loaded[route.upstream_model]))
 
