@@ -44,6 +44,7 @@ from contextlib import asynccontextmanager
 from fastapi import Depends, FastAPI
 
 from gateway.api.admin.adapters import build_admin_router
+from gateway.api.admin.status import build_status_router
 from gateway.api.deps import Services
 from gateway.api.error_handlers import install_error_handlers
 from gateway.api.health import build_health_router
@@ -165,12 +166,13 @@ def create_app(
     app.add_middleware(
         RequestContextMiddleware,
         max_body_bytes=settings.max_body_bytes,
-        access_log=AccessLog(json_lines=settings.log_json),
+        access_log=AccessLog(),
         observer=observer,
     )
     app.include_router(build_health_router())
     app.include_router(build_metrics_router(metrics))
     app.include_router(build_admin_router())
+    app.include_router(build_status_router())
     v1_dependencies = [Depends(ApiKeyAuth(settings.api_keys))] if settings.api_keys else []
     app.include_router(build_openai_router(), dependencies=v1_dependencies)
     return app

@@ -145,3 +145,22 @@ def test_add_from_s3_and_show(
         assert code == 0 and "fetching s2 from s3://cli-bucket/missing failed" in out
         code, out = served.cli("list", *common)
         assert code == 0 and "s1" in out and "fetching s2 from" in out
+
+
+def test_status_on_one_screen(served: Served, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("LORA_GATEWAY_ADMIN_TOKEN", raising=False)
+    common = ["--url", served.url, "--data-dir", str(served.data_dir)]
+    path = write_adapter(served.roots / "a1", base_model=BASE, seed=1)
+    assert served.cli("add", "a1", str(path), "--load", *common)[0] == 0
+    result = CliRunner().invoke(build_cli(), ["status", *common])
+    assert result.exit_code == 0, result.output
+    assert f"gateway {served.url}: ready, 0 request(s) in flight, 1 of 1 adapter(s) loaded" in (
+        result.output
+    )
+    engine_row = next(line for line in result.output.splitlines() if "fake" in line)
+    assert "ready" in engine_row and "1/2" in engine_row
+    assert any("a1" in line and "loaded" in line for line in result.output.splitlines())
+    raw = CliRunner().invoke(build_cli(), ["status", "--json", *common])
+    assert raw.exit_code == 0 and '"object": "gateway.status"' in raw.output
+    bad = CliRunner().invoke(build_cli(), ["status", "--url", served.url, "--admin-token", "no"])
+    assert bad.exit_code == 1 and "admin token is not valid" in bad.output
