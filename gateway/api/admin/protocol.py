@@ -14,7 +14,9 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from adapters.db import NAME_LENGTH, PATH_LENGTH
 from adapters.sampling import SamplingDefaultsError, validate_sampling_defaults
+from adapters.sources import MAX_SOURCE_LENGTH
 from adapters.state import AdapterState
+from gateway.lifecycle.fetching import Fetch, FetchState
 from gateway.lifecycle.types import AdapterView, VersionView
 
 MAX_VERSION = 1_000_000
@@ -30,16 +32,30 @@ class RegisterAdapterRequest(_Strict):
         max_length=NAME_LENGTH,
         description="Public model id clients use; letters, digits, '.', '_', '-'.",
     )
-    path: str = Field(
+    path: str | None = Field(
+        default=None,
         min_length=1,
         max_length=PATH_LENGTH,
         description="Absolute path of the PEFT directory, under an allowed root.",
+    )
+    source: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=MAX_SOURCE_LENGTH,
+        description="Where to fetch it from: s3://BUCKET/PREFIX, hf://ORG/NAME[@REV], or a "
+        "local path. A remote source is fetched in the background (state 'fetching').",
     )
     pinned: bool | None = Field(default=None, description="Keep loaded; never evicted.")
     load: bool = Field(default=False, description="Load now instead of on first request.")
     new_version: bool = Field(
         default=False, description="Same name, different content: register version N+1."
     )
+
+    @model_validator(mode="after")
+    def _one_origin(self) -> RegisterAdapterRequest:
+        if (self.path is None) == (self.source is None):
+            raise ValueError("give exactly one of 'path' (a local directory) and 'source' (a URL)")
+        return self
 
 
 class UpdateAdapterRequest(_Strict):
@@ -95,6 +111,25 @@ class AdapterVersionOut(BaseModel):
     updated_at: datetime
 
 
+class FetchErrorOut(BaseModel):
+    message: str
+    code: str | int | None
+
+
+class AdapterFetchOut(BaseModel):
+    """An adapter being fetched from a remote source, or whose fetch failed."""
+
+    object: Literal["adapter.fetch"] = "adapter.fetch"
+    name: str
+    source: str
+    state: FetchState
+    bytes_done: int
+    bytes_total: int | None
+    error: FetchErrorOut | None
+    started_at: datetime
+    finished_at: datetime | None
+
+
 class AdapterOut(BaseModel):
     object: Literal["adapter"] = "adapter"
     name: str
@@ -111,11 +146,15 @@ class AdapterOut(BaseModel):
     updated_at: datetime
     #: Every version, oldest first (only in the single-adapter responses).
     versions: list[AdapterVersionOut] | None = None
+    #: A new version being fetched (or whose fetch failed), if any.
+    fetch: AdapterFetchOut | None = None
 
 
 class AdapterListOut(BaseModel):
     object: Literal["list"] = "list"
     data: list[AdapterOut]
+    #: Adapters with no registered version yet: fetching, or their fetch failed.
+    fetching: list[AdapterFetchOut] = Field(default_factory=list)
 
 
 class AdapterDeletedOut(BaseModel):
@@ -151,7 +190,23 @@ def _version_out(view: VersionView, active: int) -> AdapterVersionOut:
     )
 
 
-def adapter_out(view: AdapterView, *, with_versions: bool = True) -> AdapterOut:
+def fetch_out(fetch: Fetch) -> AdapterFetchOut:
+    error = fetch.error
+    return AdapterFetchOut(
+        name=fetch.name,
+        source=fetch.source,
+        state=fetch.state,
+        bytes_done=fetch.bytes_done,
+        bytes_total=fetch.bytes_total,
+        error=FetchErrorOut(message=error.message, code=error.code) if error is not None else None,
+        started_at=fetch.started_at,
+        finished_at=fetch.finished_at,
+    )
+
+
+def adapter_out(
+    view: AdapterView, *, with_versions: bool = True, fetch: Fetch | None = None
+) -> AdapterOut:
     record, active = view.record, view.active
     return AdapterOut(
         name=record.name,
@@ -170,6 +225,7 @@ def adapter_out(view: AdapterView, *, with_versions: bool = True) -> AdapterOut:
             if with_versions
             else None
         ),
+        fetch=fetch_out(fetch) if fetch is not None else None,
     )
 
 
