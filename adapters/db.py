@@ -1,8 +1,9 @@
 """SQLAlchemy 2 schema of the adapter registry, and its engine/session set-up.
 
-Three tables: ``adapters`` (one row per public name: which version is active, pinned),
+Four tables: ``adapters`` (one row per public name: which version is active, pinned),
 ``adapter_versions`` (one row per registered version: where it is, what it is, its last settled
-state) and ``registry_generation`` (one row: a counter every change bumps, which is also the lock
+state), ``aliases`` (a public name split over adapter versions by weight) and
+``registry_generation`` (one row: a counter every change bumps, which is also the lock
 that serializes writers; see :class:`GenerationRow`). Only portable column types and ORM
 statements are used, so the same code runs on the default SQLite file in the data dir and on
 PostgreSQL (``postgresql+psycopg://...``, driver ``psycopg`` 3); columns added later are added
@@ -105,6 +106,23 @@ class AdapterVersionRow(Base):
         DateTime(timezone=True), default=utcnow, onupdate=utcnow
     )
     adapter: Mapped[AdapterRow] = relationship(back_populates="versions")
+
+
+class AliasRow(Base):
+    """An alias: a public name that splits requests over adapter versions by weight.
+
+    ``targets`` is a JSON list of ``{"adapter": str, "version": int, "weight": int}``
+    (weights sum to 100; checked by :meth:`adapters.registry.Registry.put_alias`).
+    """
+
+    __tablename__ = "aliases"
+
+    name: Mapped[str] = mapped_column(String(NAME_LENGTH), primary_key=True)
+    targets: Mapped[Any] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), default=utcnow, onupdate=utcnow
+    )
 
 
 class GenerationRow(Base):

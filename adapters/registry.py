@@ -35,6 +35,7 @@ from adapters.db import (
     GENERATION_ID,
     AdapterRow,
     AdapterVersionRow,
+    AliasRow,
     GenerationRow,
     create_schema,
     make_engine,
@@ -168,6 +169,38 @@ class AdapterRecord:
         return max(v.version for v in self.versions)
 
 
+@dataclass(frozen=True, slots=True)
+class AliasTarget:
+    """One version an alias sends a share (``weight`` percent) of its requests to."""
+
+    adapter: str
+    version: int
+    weight: int
+
+
+@dataclass(frozen=True, slots=True)
+class AliasRecord:
+    name: str
+    targets: tuple[AliasTarget, ...]
+    created_at: datetime
+    updated_at: datetime
+
+
+def _alias_out(row: AliasRow) -> AliasRecord:
+    return AliasRecord(
+        name=row.name,
+        targets=tuple(
+            AliasTarget(str(t["adapter"]), int(t["version"]), int(t["weight"])) for t in row.targets
+        ),
+        created_at=_aware(row.created_at),
+        updated_at=_aware(row.updated_at),
+    )
+
+
+def _alias_error(message: str, *, param: str, kind: AdapterErrorKind) -> AdapterError:
+    return AdapterError(kind, message, code="invalid_alias", param=param)
+
+
 def _version_out(row: AdapterVersionRow) -> AdapterVersion:
     targets = row.target_modules
     return AdapterVersion(
@@ -298,6 +331,13 @@ class Registry:
                 select(func.max(AdapterVersionRow.version)).where(AdapterVersionRow.name == name)
             )
             number = (latest or 0) + 1
+            if row is None and session.get(AliasRow, name) is not None:
+                raise AdapterError(
+                    AdapterErrorKind.CONFLICT,
+                    f"{name!r} is an alias's name; delete the alias or pick another name",
+                    code="name_taken",
+                    param="name",
+                )
             if row is None:
                 row = AdapterRow(name=name, active_version=number, pinned=pinned)
                 session.add(row)
@@ -430,3 +470,86 @@ class Registry:
             return True
 
         return self._write("delete", work)
+
+    # --- aliases -------------------------------------------------------------------------
+    def list_aliases(self) -> tuple[AliasRecord, ...]:
+        def work(session: Session) -> tuple[AliasRecord, ...]:
+            rows = session.scalars(select(AliasRow).order_by(AliasRow.name))
+            return tuple(_alias_out(r) for r in rows)
+
+        return self._run("list_aliases", work)
+
+    def put_alias(
+        self, name: str, targets: tuple[AliasTarget, ...], *, base_model: str | None = None
+    ) -> AliasRecord:
+        """Create or replace alias ``name``. Every target must be a registered version, the
+        weights whole, not negative and summing to 100, and ``name`` no adapter's (nor the base
+        model's): an :class:`AdapterError` naming the problem otherwise."""
+        if not targets:
+            raise _alias_error(
+                "an alias needs at least one target", param="targets", kind=AdapterErrorKind.INVALID
+            )
+        if any(t.weight < 0 for t in targets) or sum(t.weight for t in targets) != 100:
+            raise _alias_error(
+                f"alias weights must be >= 0 and sum to 100, got {[t.weight for t in targets]}",
+                param="targets",
+                kind=AdapterErrorKind.INVALID,
+            )
+        if len({(t.adapter, t.version) for t in targets}) != len(targets):
+            raise _alias_error(
+                "an alias lists each adapter version once",
+                param="targets",
+                kind=AdapterErrorKind.INVALID,
+            )
+        if name == base_model:
+            raise _alias_error(
+                f"alias {name!r} is the base model's name",
+                param="name",
+                kind=AdapterErrorKind.CONFLICT,
+            )
+
+        def work(session: Session) -> AliasRecord:
+            if session.get(AdapterRow, name) is not None:
+                raise _alias_error(
+                    f"alias {name!r} clashes with the adapter of that name",
+                    param="name",
+                    kind=AdapterErrorKind.CONFLICT,
+                )
+            for target in targets:
+                adapter = session.get(AdapterRow, target.adapter)
+                if adapter is None:
+                    raise _alias_error(
+                        f"alias target: no adapter named {target.adapter!r} is registered",
+                        param="targets",
+                        kind=AdapterErrorKind.NOT_FOUND,
+                    )
+                if not any(v.version == target.version for v in adapter.versions):
+                    raise _alias_error(
+                        f"alias target: adapter {target.adapter!r} has no version {target.version}",
+                        param="targets",
+                        kind=AdapterErrorKind.NOT_FOUND,
+                    )
+            stored = [
+                {"adapter": t.adapter, "version": t.version, "weight": t.weight} for t in targets
+            ]
+            row = session.get(AliasRow, name)
+            if row is None:
+                row = AliasRow(name=name, targets=stored)
+                session.add(row)
+            else:
+                row.targets = stored
+                row.updated_at = utcnow()
+            session.flush()
+            return _alias_out(row)
+
+        return self._write("put_alias", work)
+
+    def delete_alias(self, name: str) -> bool:
+        def work(session: Session) -> bool:
+            row = session.get(AliasRow, name)
+            if row is None:
+                return False
+            session.delete(row)
+            return True
+
+        return self._write("delete_alias", work)

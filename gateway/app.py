@@ -45,6 +45,7 @@ from contextlib import asynccontextmanager
 from fastapi import Depends, FastAPI
 
 from gateway.api.admin.adapters import build_admin_router
+from gateway.api.admin.aliases import build_aliases_router
 from gateway.api.admin.keys import build_keys_router
 from gateway.api.admin.status import build_status_router
 from gateway.api.admin.usage import build_usage_router
@@ -63,6 +64,7 @@ from gateway.auth.tenants import Tenants
 from gateway.auth.usage_records import UsageRecorder, UsageStore
 from gateway.engines.base import Engine
 from gateway.engines.basemodels import base_sampling_defaults
+from gateway.inference.aliases import AliasBook, AliasMetrics
 from gateway.inference.proxy import OpenAIProxy
 from gateway.inference.routing import Router
 from gateway.lifecycle.service import AdapterLifecycle
@@ -116,6 +118,7 @@ def create_app(
         registry=metrics.registry,
     )
     metrics.add_scrape_hook(activity.refresh)
+    alias_metrics = AliasMetrics(metrics.registry)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -145,12 +148,21 @@ def create_app(
                     registered=adapters.registered_names, loaded=adapters.loaded_per_engine
                 )
                 app.state.lifecycle = adapters
+                aliases = AliasBook(
+                    adapters.registry,
+                    base_model=active[0].base_model,
+                    rollback_window=settings.alias_rollback_window,
+                    rollback_threshold=settings.alias_rollback_threshold,
+                    metrics=alias_metrics,
+                )
+                await aliases.refresh()
                 router = Router(
                     active,
                     adapters,
                     base_sampling_defaults=base_sampling_defaults(
                         settings.base_model, settings.models_dir, settings.served_model_name
                     ),
+                    aliases=aliases,
                 )
                 app.state.services = Services(
                     settings=settings,
@@ -207,6 +219,7 @@ def create_app(
     app.include_router(build_health_router())
     app.include_router(build_metrics_router(metrics))
     app.include_router(build_admin_router())
+    app.include_router(build_aliases_router())
     app.include_router(build_status_router())
     app.include_router(build_keys_router())
     app.include_router(build_usage_router())

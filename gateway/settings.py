@@ -128,6 +128,21 @@ class GatewaySettings(BaseSettings):
     engine_restart_backoff_max_s: float = Field(default=30.0, gt=0)
     engine_health_interval_s: float = Field(default=2.0, gt=0)
 
+    # --- Aliases ------------------------------------------------------------------------------
+    alias_rollback_window: int = Field(
+        default=0,
+        ge=0,
+        le=10_000,
+        description="Automatic canary rollback: the last N requests of an alias's version "
+        "whose 5xx share is watched; 0 turns rollback off.",
+    )
+    alias_rollback_threshold: float = Field(
+        default=0.5,
+        gt=0,
+        le=1,
+        description="The 5xx share over the window at which a version's alias weight drops to 0.",
+    )
+
     # --- Upstream HTTP client -----------------------------------------------------------------
     upstream_connect_timeout_s: float = Field(default=5.0, gt=0)
     upstream_read_timeout_s: float = Field(default=300.0, gt=0)

@@ -96,6 +96,8 @@ class ProxyCall:
     stream_kind: StreamKind = StreamKind.CHAT
     #: Give the engine the response id to use, one naming the engine (Responses API).
     new_response_id: bool = False
+    #: What an alias's version split sticks by (:func:`gateway.inference.aliases.affinity_of`).
+    affinity: str = ""
 
 
 def _escaped(body: bytes, quote_at: int) -> bool:
@@ -290,7 +292,7 @@ class OpenAIProxy:
 
     def _route(self, call: ProxyCall) -> AbstractAsyncContextManager[Route]:
         if call.model is not None:
-            return self.router.route(call.model, engine=call.engine)
+            return self.router.route(call.model, engine=call.engine, affinity=call.affinity)
         return self._engine_route(call.engine)
 
     @asynccontextmanager
@@ -304,14 +306,19 @@ class OpenAIProxy:
         async with self._route(call) as route:
             self._note_route(info, route)
             client = route.engine.client
-            with translate_session_errors(client.base_url):
-                async with client.openai_session().request(
-                    call.method,
-                    client.base_url + call.endpoint,
-                    data=upstream_body(call, call.body, route) if call.body else None,
-                    headers=UPSTREAM_HEADERS,
-                ) as response:
-                    status, content = response.status, await response.read()
+            try:
+                with translate_session_errors(client.base_url):
+                    async with client.openai_session().request(
+                        call.method,
+                        client.base_url + call.endpoint,
+                        data=upstream_body(call, call.body, route) if call.body else None,
+                        headers=UPSTREAM_HEADERS,
+                    ) as response:
+                        status, content = response.status, await response.read()
+            except GatewayError:
+                await self._alias_outcome(route, failed=True)
+                raise
+            await self._alias_outcome(route, failed=status >= 500)
             if status != 200:
                 raise _engine_error(route, status, content)
             if call.model is None:
@@ -337,13 +344,19 @@ class OpenAIProxy:
             route = await cleanup.enter_async_context(self._route(call))
             self._note_route(info, route)
             client = route.engine.client
+            try:
+                with translate_session_errors(client.base_url):
+                    response = await client.openai_session().request(
+                        call.method,
+                        client.base_url + call.endpoint,
+                        data=upstream_body(call, body, route) if body else None,
+                        headers=UPSTREAM_HEADERS,
+                    )
+            except GatewayError:
+                await self._alias_outcome(route, failed=True)
+                raise
+            await self._alias_outcome(route, failed=response.status >= 500)
             with translate_session_errors(client.base_url):
-                response = await client.openai_session().request(
-                    call.method,
-                    client.base_url + call.endpoint,
-                    data=upstream_body(call, body, route) if body else None,
-                    headers=UPSTREAM_HEADERS,
-                )
                 # close(), not release(): an unfinished response's connection is dropped, so
                 # the engine sees the client leave and aborts the generation.
                 cleanup.callback(response.close)
@@ -378,7 +391,14 @@ class OpenAIProxy:
     @staticmethod
     def _note_route(info: RequestInfo, route: Route) -> None:
         info.adapter = route.adapter
+        info.adapter_version = route.version
         info.engine = route.engine.name
+
+    async def _alias_outcome(self, route: Route, *, failed: bool) -> None:
+        """Count the answer of an alias's version (and roll it back when it fails too often)."""
+        aliases = self.router.aliases
+        if route.alias_target is not None and aliases is not None:
+            await aliases.outcome(route.public_model, route.alias_target, failed)
 
 
 def _engine_error(route: Route, status: int, content: bytes) -> GatewayError:

@@ -34,6 +34,8 @@ class RequestInfo:
     status: int = 0
     model: str | None = None
     adapter: str | None = None
+    #: The adapter version that served it (an alias's canary or stable one).
+    adapter_version: int | None = None
     engine: str | None = None
     stream: bool = False
     prompt_tokens: int | None = None

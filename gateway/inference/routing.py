@@ -17,8 +17,10 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, replace
 from typing import Protocol
 
+from adapters.registry import AliasTarget
 from gateway.engines.base import Engine
 from gateway.errors import EngineUnavailableError, ModelNotFoundError
+from gateway.inference.aliases import AliasBook
 from gateway.inference.sampling import SamplingDefaults, layered
 
 
@@ -34,6 +36,10 @@ class Route:
     adapter: str | None
     #: Sampling for requests that leave it out (:mod:`gateway.inference.sampling`).
     sampling_defaults: SamplingDefaults | None = None
+    #: The adapter version leased (None for the base model).
+    version: int | None = None
+    #: The alias the request named, and the target it was given (None: no alias).
+    alias_target: AliasTarget | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,10 +55,13 @@ class PublicModel:
 
 
 class AdapterResolver(Protocol):
-    def lease(self, name: str, *, engine: str | None = None) -> AbstractAsyncContextManager[Route]:
+    def lease(
+        self, name: str, *, engine: str | None = None, version: int | None = None
+    ) -> AbstractAsyncContextManager[Route]:
         """Hold adapter ``name`` loaded for one request; ModelNotFoundError if not registered.
 
         ``engine``: the request must run there (it continues a response that engine stored).
+        ``version``: that version (an alias's target) instead of the active one.
         """
         ...
 
@@ -73,6 +82,7 @@ class Router:
         *,
         created: int | None = None,
         base_sampling_defaults: Mapping[str, SamplingDefaults] | None = None,
+        aliases: AliasBook | None = None,
     ) -> None:
         if not engines:
             raise ValueError("the router needs at least one engine")
@@ -85,6 +95,7 @@ class Router:
         self._created = int(time.time()) if created is None else created
         #: Base model name -> its defaults; an adapter's own defaults win over them key by key.
         self._base_defaults = dict(base_sampling_defaults or {})
+        self.aliases = aliases
 
     @property
     def base_model(self) -> str:
@@ -116,10 +127,14 @@ class Router:
         raise EngineUnavailableError(f"no engine named {name}")
 
     @asynccontextmanager
-    async def route(self, model: str, *, engine: str | None = None) -> AsyncIterator[Route]:
+    async def route(
+        self, model: str, *, engine: str | None = None, affinity: str = ""
+    ) -> AsyncIterator[Route]:
         """Where to send a request for ``model``; held (adapter pinned) until the block exits.
 
         ``engine``: run it on that engine (a continued response lives in its memory only).
+        ``affinity``: what an alias's split sticks by (see
+        :func:`gateway.inference.aliases.affinity_of`).
         """
         base_defaults = self._base_defaults.get(self.base_model) if self._base_defaults else None
         if model == self.base_model:
@@ -134,7 +149,15 @@ class Router:
             return
         if engine is not None:
             self.engine_named(engine)  # a clear 503 before any adapter work
-        async with self._adapters.lease(model, engine=engine) as route:
+        target = self.aliases.pick(model, affinity) if self.aliases is not None else None
+        lease = (
+            self._adapters.lease(model, engine=engine)
+            if target is None
+            else self._adapters.lease(target.adapter, engine=engine, version=target.version)
+        )
+        async with lease as route:
+            if target is not None:
+                route = replace(route, public_model=model, alias_target=target)
             if base_defaults:
                 defaults = layered((base_defaults, route.sampling_defaults))
                 route = replace(route, sampling_defaults=defaults)
@@ -148,4 +171,13 @@ class Router:
             parent=None,
             root=self.base_model,
         )
-        return [base, *self._adapters.public_models()]
+        aliases = [
+            PublicModel(
+                id=record.name,
+                created=int(record.created_at.timestamp()),
+                owned_by="lora-gateway",
+                parent=self.base_model,
+            )
+            for record in (self.aliases.all() if self.aliases is not None else [])
+        ]
+        return [base, *self._adapters.public_models(), *aliases]

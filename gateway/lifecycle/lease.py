@@ -21,10 +21,10 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from adapters.registry import AdapterVersion
+from adapters.registry import AdapterRecord, AdapterVersion
 from adapters.state import AdapterState
 from gateway.engines.base import Engine
-from gateway.errors import CapacityError, EngineUnavailableError
+from gateway.errors import CapacityError, EngineUnavailableError, ModelNotFoundError
 from gateway.inference.routing import Route, unknown_model
 from gateway.lifecycle.context import LifecycleContext
 from gateway.lifecycle.loader import EngineLoader
@@ -34,16 +34,32 @@ from gateway.placement.slots import Slot
 logger = logging.getLogger(__name__)
 
 
+def _wanted(record: AdapterRecord, number: int | None) -> AdapterVersion:
+    """The active version, or version ``number`` (404 when it is gone)."""
+    if number is None:
+        return record.active
+    found = record.version(number)
+    if found is None:
+        raise ModelNotFoundError(
+            f"adapter {record.name!r} has no version {number} (an alias names it)",
+            param="model",
+        )
+    return found
+
+
 class LeaseBroker:
     def __init__(self, ctx: LifecycleContext, loader: EngineLoader) -> None:
         self._ctx = ctx
         self._loader = loader
 
     @asynccontextmanager
-    async def lease(self, name: str, *, engine: str | None = None) -> AsyncIterator[Route]:
-        """Hold ``name``'s active version loaded (not evictable) while the block runs; on
-        ``engine`` when given (a continued response lives in that engine's memory only)."""
-        slot, picked = await self._acquire(name, engine)
+    async def lease(
+        self, name: str, *, engine: str | None = None, version: int | None = None
+    ) -> AsyncIterator[Route]:
+        """Hold ``name``'s active version (or ``version``, an alias's target) loaded (not
+        evictable) while the block runs; on ``engine`` when given (a continued response lives
+        in that engine's memory only)."""
+        slot, picked = await self._acquire(name, engine, version)
         try:
             yield Route(
                 engine=picked,
@@ -51,6 +67,7 @@ class LeaseBroker:
                 public_model=name,
                 adapter=name,
                 sampling_defaults=self._sampling_defaults_of(name, slot.upstream),
+                version=slot.version,
             )
         finally:
             self._ctx.table.release(slot)
@@ -63,15 +80,18 @@ class LeaseBroker:
         version = next((v for v in record.versions if v.upstream_name == upstream), None)
         return version.sampling_defaults if version is not None else None
 
-    async def _acquire(self, name: str, prefer: str | None = None) -> tuple[Slot, Engine]:
+    async def _acquire(
+        self, name: str, prefer: str | None = None, number: int | None = None
+    ) -> tuple[Slot, Engine]:
         ctx = self._ctx
         deadline = ctx.clock() + ctx.slot_wait_s
         while True:
             record = ctx.records.get(name)
             if record is None:
                 raise unknown_model(name)
-            # Fast path, no lock and no await: the active version is loaded on a current engine.
-            slot = ctx.table.get(record.active.upstream_name)
+            wanted = _wanted(record, number)
+            # Fast path, no lock and no await: the version is loaded on a current engine.
+            slot = ctx.table.get(wanted.upstream_name)
             engine = (
                 ctx.table.pick_engine(slot, prefer) if slot is not None and slot.accepting else None
             )
@@ -83,7 +103,8 @@ class LeaseBroker:
                     record = ctx.records.get(name)
                     if record is None:
                         raise unknown_model(name)
-                    slot = None if name in ctx.deleting else await self.ensure_loaded(record.active)
+                    wanted = _wanted(record, number)
+                    slot = None if name in ctx.deleting else await self.ensure_loaded(wanted)
                     if slot is not None:
                         engine = ctx.table.pick_engine(slot, prefer)
                         if engine is None:

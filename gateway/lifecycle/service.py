@@ -165,7 +165,9 @@ class AdapterLifecycle:
         await self._recovery.on_engine_ready(engine)
 
     # --- AdapterResolver -------------------------------------------------------------------
-    def lease(self, name: str, *, engine: str | None = None) -> AbstractAsyncContextManager[Route]:
+    def lease(
+        self, name: str, *, engine: str | None = None, version: int | None = None
+    ) -> AbstractAsyncContextManager[Route]:
         """Hold ``name``'s active version loaded (not evictable) while the block runs; on
         ``engine`` when given. A name whose only version is still being fetched: 503 with
         Retry-After."""
@@ -173,7 +175,7 @@ class AdapterLifecycle:
             pending = self.fetcher.unavailable(name)
             if pending is not None:
                 raise pending
-        return self._broker.lease(name, engine=engine)
+        return self._broker.lease(name, engine=engine, version=version)
 
     def public_models(self) -> list[PublicModel]:
         base = self.engines[0].base_model

@@ -96,6 +96,7 @@ class AccessLog:
             "ttfb_ms": _round(info.ttfb_ms),
             "model": info.model,
             "adapter": info.adapter,
+            "adapter_version": info.adapter_version,
             "engine": info.engine,
             "stream": info.stream,
             "prompt_tokens": info.prompt_tokens,

@@ -78,7 +78,9 @@ async def test_body_over_the_limit_is_413_declared_or_chunked(
 
 
 class ExplodingResolver:
-    def lease(self, name: str, *, engine: str | None = None) -> AbstractAsyncContextManager[Route]:
+    def lease(
+        self, name: str, *, engine: str | None = None, version: int | None = None
+    ) -> AbstractAsyncContextManager[Route]:
         raise RuntimeError("a bug in a resolver")
 
     def public_models(self) -> list[PublicModel]:
