@@ -15,7 +15,7 @@ from starlette.responses import Response
 
 from gateway.api.anthropic.protocol import CountTokensRequest, MessagesRequest
 from gateway.api.deps import PrincipalDep, ProxyDep, RequestInfoDep, TenantsDep
-from gateway.api.openai.admission import forward_admitted
+from gateway.api.openai.admission import forward_admitted, request_affinity
 from gateway.api.openai.body import parse_body
 from gateway.inference.proxy import ProxyCall, StreamKind
 from gateway.inference.sampling import MESSAGES_DEFAULTS
@@ -45,6 +45,7 @@ def build_messages_router() -> APIRouter:
             defaults=MESSAGES_DEFAULTS,
             sent=body.sent_keys,
             stream_kind=StreamKind.MESSAGES,
+            affinity=request_affinity(request, principal),
         )
         admission = await tenants.admit(principal, body.model)
         return await forward_admitted(admission, info, proxy.forward(call, info, request.receive))

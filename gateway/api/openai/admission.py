@@ -6,17 +6,21 @@ is validated and :meth:`gateway.auth.tenants.Tenants.admit` let it in. The answe
 :class:`AdmittedResponse`, a plain ASGI wrapper and not a background task, so the charge runs
 however the response ends: complete, failed mid-stream or dropped by the client. It reads the
 token counts the proxy put on the request's record (the engine's own counts, streams included).
+:func:`request_affinity` is what an alias's version split sticks by for the admitted caller.
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable
 
+from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
 
 from gateway.auth.limits import Admission
+from gateway.auth.tenants import Principal
 from gateway.errors import GatewayError
+from gateway.inference.aliases import affinity_of
 from gateway.inference.record import RequestInfo
 
 
@@ -62,3 +66,11 @@ async def forward_admitted(
     if not admission.holds_anything:
         return response
     return AdmittedResponse(response, admission, info)
+
+
+def request_affinity(request: Request, principal: Principal, user: str | None = None) -> str:
+    """What an alias's version split sticks by for this request: ``user``, else the caller's
+    key, else the client's address (:func:`gateway.inference.aliases.affinity_of`)."""
+    key_id = principal.key.id if principal.key is not None else None
+    client = request.client.host if request.client is not None else None
+    return affinity_of(user, key_id, client)

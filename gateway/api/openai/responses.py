@@ -20,7 +20,7 @@ from fastapi import APIRouter, Path, Query, Request
 from starlette.responses import Response
 
 from gateway.api.deps import PrincipalDep, ProxyDep, RequestInfoDep, RouterDep, TenantsDep
-from gateway.api.openai.admission import forward_admitted
+from gateway.api.openai.admission import forward_admitted, request_affinity
 from gateway.api.openai.body import parse_body
 from gateway.api.openai.protocol import MAX_RESPONSE_ID, ResponsesRequest
 from gateway.errors import NotSupportedError
@@ -62,6 +62,7 @@ def build_responses_router() -> APIRouter:
             engine=engine,
             stream_kind=StreamKind.RESPONSES,
             new_response_id=True,
+            affinity=request_affinity(request, principal, body.user),
         )
         admission = await tenants.admit(principal, body.model)
         return await forward_admitted(admission, info, proxy.forward(call, info, request.receive))

@@ -13,27 +13,17 @@ from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from gateway.api.deps import PrincipalDep, ProxyDep, RequestInfoDep, TenantsDep
-from gateway.api.openai.admission import forward_admitted
+from gateway.api.openai.admission import forward_admitted, request_affinity
 from gateway.api.openai.body import parse_body
 from gateway.api.openai.models import build_models_router
 from gateway.api.openai.protocol import ChatCompletionRequest, CompletionRequest
 from gateway.api.openai.responses import build_responses_router
 from gateway.api.openai.tokenize import build_tokenize_router
-from gateway.auth.tenants import Principal
-from gateway.inference.aliases import affinity_of
 from gateway.inference.proxy import ProxyCall
 from gateway.inference.sampling import CHAT_DEFAULTS, COMPLETION_DEFAULTS
 
 CHAT_COMPLETIONS = "/v1/chat/completions"
 COMPLETIONS = "/v1/completions"
-
-
-def request_affinity(request: Request, principal: Principal, user: str | None) -> str:
-    """What an alias's version split sticks by for this request: ``user``, else the key, else
-    the client's address."""
-    key_id = principal.key.id if principal.key is not None else None
-    client = request.client.host if request.client is not None else None
-    return affinity_of(user, key_id, client)
 
 
 def build_openai_router() -> APIRouter:

@@ -147,6 +147,12 @@ async def test_alias_split_is_sticky_and_answers_under_the_alias(gw: Gateway) ->
     for _ in range(10):
         await client.completions.create(model=ALIAS, prompt="x", user="user-7")
     assert len(set(upstream_models(gw))) == 1
+    # Streamed too: every chunk under the alias.
+    stream = await client.chat.completions.create(
+        model=ALIAS, messages=[{"role": "user", "content": "hi"}], user="user-7", stream=True
+    )
+    assert {chunk.model async for chunk in stream} == {ALIAS}
+    assert len(set(upstream_models(gw))) == 1
     # Listed by /v1/models, and the metrics carry the version.
     assert ALIAS in {m.id async for m in client.models.list()}
     scrape = (await gw.http.get("/metrics")).text
@@ -259,3 +265,27 @@ async def test_alias_names_must_not_clash_and_follow_the_rule(gw: Gateway) -> No
     assert deleted.status_code == 200
     gone = await gw.http.delete("/admin/aliases/temp", headers=admin_headers())
     assert gone.status_code == 404
+
+
+@pytest.mark.asyncio(loop_scope="session")
+async def test_models_list_shows_an_alias_only_to_keys_scoped_to_it(gw: Gateway) -> None:
+    assert (await put_alias(gw, ALIAS, {"targets": split(90, 10)})).status_code == 200
+    secrets = {}
+    for name, models in (("alias-key", [ALIAS]), ("adapter-key", [ADAPTER])):
+        made = await gw.http.post(
+            "/admin/keys", json={"name": name, "models": models}, headers=admin_headers()
+        )
+        assert made.status_code in (200, 201), made.text
+        secrets[name] = made.json()["secret"]
+    scoped = openai.AsyncOpenAI(
+        base_url=f"{gw.url}/v1", api_key=secrets["alias-key"], max_retries=0
+    )
+    assert [m.id async for m in scoped.models.list()] == [ALIAS]
+    answer = await scoped.completions.create(model=ALIAS, prompt="x")
+    assert answer.model == ALIAS
+    other = openai.AsyncOpenAI(
+        base_url=f"{gw.url}/v1", api_key=secrets["adapter-key"], max_retries=0
+    )
+    assert ALIAS not in {m.id async for m in other.models.list()}
+    with pytest.raises(openai.APIStatusError):
+        await other.completions.create(model=ALIAS, prompt="x")
