@@ -201,6 +201,22 @@ def _alias_error(message: str, *, param: str, kind: AdapterErrorKind) -> Adapter
     return AdapterError(kind, message, code="invalid_alias", param=param)
 
 
+def _check_no_alias_targets(session: Session, name: str) -> None:
+    users = [
+        alias.name
+        for alias in session.scalars(select(AliasRow).order_by(AliasRow.name))
+        if any(t["adapter"] == name for t in alias.targets)
+    ]
+    if users:
+        raise AdapterError(
+            AdapterErrorKind.CONFLICT,
+            f"adapter {name!r} is a target of alias(es) {', '.join(users)}; "
+            "change or delete those aliases first",
+            code="adapter_in_alias",
+            param="name",
+        )
+
+
 def _version_out(row: AdapterVersionRow) -> AdapterVersion:
     targets = row.target_modules
     return AdapterVersion(
@@ -462,10 +478,13 @@ class Registry:
         self._run("set_store_path", work)
 
     def delete(self, name: str) -> bool:
+        """Delete ``name`` and its versions; CONFLICT while an alias still sends requests to it."""
+
         def work(session: Session) -> bool:
             row = session.get(AdapterRow, name)
             if row is None:
                 return False
+            _check_no_alias_targets(session, name)
             session.delete(row)
             return True
 
@@ -543,6 +562,10 @@ class Registry:
             return _alias_out(row)
 
         return self._write("put_alias", work)
+
+    def check_deletable(self, name: str) -> None:
+        """CONFLICT naming the aliases that still send requests to adapter ``name``."""
+        self._run("check_deletable", lambda session: _check_no_alias_targets(session, name))
 
     def delete_alias(self, name: str) -> bool:
         def work(session: Session) -> bool:

@@ -420,6 +420,8 @@ class AdapterLifecycle:
         async with ctx.lock(name):
             self._check_not_deleting(name)
             ctx.get(name)
+            # Before draining: an alias still sending requests here refuses the delete.
+            await asyncio.to_thread(self.registry.check_deletable, name)
             for slot in [s for s in ctx.table if s.name == name]:
                 await self._loader.settle(slot)
             slots = [s for s in ctx.table if s.name == name]

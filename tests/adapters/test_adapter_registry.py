@@ -235,3 +235,26 @@ def test_replicas_starting_together_create_the_schema_once(db_url: str) -> None:
     registry = Registry(db_url)
     assert registry.generation() == 0
     registry.close()
+
+
+def test_alias_names_and_adapter_names_do_not_clash_and_targets_stay(db_url: str) -> None:
+    from adapters.registry import AliasTarget
+
+    registry = Registry(db_url)
+    registry.add("legal-lora", new_version("a"), pinned=False)
+    registry.add("legal-lora", new_version("b"), pinned=False)
+    split = (AliasTarget("legal-lora", 1, 90), AliasTarget("legal-lora", 2, 10))
+    made = registry.put_alias("legal", split)
+    assert made.targets == split
+    assert Registry(db_url).list_aliases()[0].targets == split  # persisted
+    with pytest.raises(AdapterError) as taken:
+        registry.add("legal", new_version("c"), pinned=False)
+    assert taken.value.kind is AdapterErrorKind.CONFLICT and "alias" in str(taken.value)
+    with pytest.raises(AdapterError) as targeted:
+        registry.delete("legal-lora")
+    assert targeted.value.kind is AdapterErrorKind.CONFLICT
+    assert "alias(es) legal" in str(targeted.value)
+    before = registry.generation()
+    assert registry.delete_alias("legal")
+    assert registry.generation() > before
+    assert registry.delete("legal-lora")

@@ -257,6 +257,12 @@ async def test_alias_names_must_not_clash_and_follow_the_rule(gw: Gateway) -> No
     assert 400 <= bad.status_code < 500
     missing = await gw.http.get("/admin/aliases/none", headers=admin_headers())
     assert missing.status_code == 404 and "'none'" in missing.json()["error"]["message"]
+    # An adapter an alias targets cannot be deleted (409 naming the alias), and keeps serving.
+    assert (await put_alias(gw, "temp", {"targets": split(100, 0)})).status_code == 200
+    refused = await gw.http.delete(f"/admin/adapters/{ADAPTER}", headers=admin_headers())
+    assert refused.status_code == 409 and "temp" in refused.json()["error"]["message"]
+    answer = await sdk(gw).completions.create(model="temp", prompt="x")
+    assert answer.model == "temp"
     # List, delete.
     assert (await put_alias(gw, "temp", {"targets": split(100, 0)})).status_code == 200
     listed = (await gw.http.get("/admin/aliases", headers=admin_headers())).json()["data"]
