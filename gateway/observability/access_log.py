@@ -23,6 +23,10 @@ def _round(value: float | None) -> float | None:
     return None if value is None else round(value, 3)
 
 
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds * 1000.0, 3)
+
+
 class AccessLog:
     """One line per request on the ``gateway.access`` logger: JSON, or ``key=value`` text."""
 
@@ -40,6 +44,10 @@ class AccessLog:
             "status": info.status,
             "latency_ms": _round(info.latency_ms),
             "ttfb_ms": _round(info.ttfb_ms),
+            "gw_pre_ms": _ms(info.gateway_pre_s),
+            "upstream_ttfb_ms": _ms(info.upstream_ttfb_s),
+            "upstream_ms": _ms(info.upstream_s),
+            "gw_post_ms": _ms(info.gateway_post_s),
             "model": info.model,
             "adapter": info.adapter,
             "engine": info.engine,
