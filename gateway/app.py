@@ -17,10 +17,12 @@ module-level app. What it wires together:
     vLLM per session) or, when ``engines`` is None, built by
     :func:`gateway.engines.factory.build_engines` and then owned: started on startup,
     stopped on shutdown, after the adapter lifecycle closed;
-  - the adapter resolver, made in ONE place (:func:`open_adapter_resolver`: the
-    :class:`~gateway.lifecycle.service.AdapterLifecycle` over the registry, which also scans
-    ``--adapters-dir``) unless passed in; a lifecycle, built here or passed in, also serves
-    the admin API (``app.state.lifecycle``);
+  - the adapter lifecycle (:class:`~gateway.lifecycle.service.AdapterLifecycle` over the
+    registry, which also scans ``--adapters-dir``), opened by :func:`open_adapter_resolver`
+    unless one is passed in (then the caller built it with the same factory,
+    :func:`gateway.lifecycle.startup.build_lifecycle`, and owns it, like passed-in engines).
+    It is the router's only adapter resolver and serves the admin API (``app.state.lifecycle``);
+    there is no other resolver, so tests run the production request path;
   - the :class:`~gateway.inference.routing.Router` and :class:`~gateway.inference.proxy.OpenAIProxy`
     over them.
 
@@ -36,7 +38,7 @@ lifecycle closes, then owned engines stop.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Callable, Collection, Mapping
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import Depends, FastAPI
@@ -52,7 +54,7 @@ from gateway.auth.admin_token import load_admin_token
 from gateway.auth.client_keys import ApiKeyAuth
 from gateway.engines.base import Engine
 from gateway.inference.proxy import OpenAIProxy
-from gateway.inference.routing import AdapterResolver, Router
+from gateway.inference.routing import Router
 from gateway.lifecycle.service import AdapterLifecycle
 from gateway.lifecycle.types import LifecycleObserver
 from gateway.observability.access_log import AccessLog
@@ -70,8 +72,8 @@ async def open_adapter_resolver(
     engines: list[Engine],
     *,
     observer: LifecycleObserver | None = None,
-) -> AsyncIterator[AdapterResolver]:
-    """The app's adapter resolver, for as long as the app runs: THE one place it is built.
+) -> AsyncIterator[AdapterLifecycle]:
+    """The app's adapter lifecycle, for as long as the app runs: THE one place it is opened.
 
     The :class:`~gateway.lifecycle.service.AdapterLifecycle` over the registry in the data dir (or
     ``settings.database_url``); it re-applies the registry's desired state on every ready
@@ -89,26 +91,11 @@ def _build_engines(settings: GatewaySettings) -> list[Engine]:
     return build_engines(settings)
 
 
-def bind_adapter_metrics(metrics: GatewayMetrics, adapters: AdapterResolver) -> None:
-    """Label values and scrape-time counts from the resolver the app runs with."""
-    registered: Callable[[], Collection[str]]
-    loaded: Callable[[], Mapping[str, int]] | None = None
-    if isinstance(adapters, AdapterLifecycle):
-        registered, loaded = adapters.registered_names, adapters.loaded_per_engine
-    else:  # a fixed resolver (tests): its names now are its names for good
-        names = frozenset(model.id for model in adapters.public_models())
-
-        def registered() -> Collection[str]:
-            return names
-
-    metrics.bind_adapters(registered=registered, loaded=loaded)
-
-
 def create_app(
     settings: GatewaySettings,
     *,
     engines: list[Engine] | None = None,
-    adapter_resolver: AdapterResolver | None = None,
+    lifecycle: AdapterLifecycle | None = None,
 ) -> FastAPI:
     metrics = GatewayMetrics()
     observer = RequestMetricsObserver(metrics)
@@ -132,9 +119,11 @@ def create_app(
                     started.append(engine)
             metrics.bind_engines(active)
             activity.bind_engines(active)
-            async with _resolver(active) as adapters:
-                bind_adapter_metrics(metrics, adapters)
-                app.state.lifecycle = adapters if isinstance(adapters, AdapterLifecycle) else None
+            async with _lifecycle(active) as adapters:
+                metrics.bind_adapters(
+                    registered=adapters.registered_names, loaded=adapters.loaded_per_engine
+                )
+                app.state.lifecycle = adapters
                 router = Router(active, adapters)
                 app.state.services = Services(
                     settings=settings,
@@ -155,9 +144,9 @@ def create_app(
                     await engine.close_client()
 
     @asynccontextmanager
-    async def _resolver(active: list[Engine]) -> AsyncIterator[AdapterResolver]:
-        if adapter_resolver is not None:
-            yield adapter_resolver
+    async def _lifecycle(active: list[Engine]) -> AsyncIterator[AdapterLifecycle]:
+        if lifecycle is not None:
+            yield lifecycle
         else:
             async with open_adapter_resolver(
                 settings, active, observer=metrics.adapter_events

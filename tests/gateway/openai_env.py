@@ -12,7 +12,6 @@ from gateway.observability.access_log import ACCESS_LOGGER
 
 BASE = "base-model"
 ADAPTER = "style"
-ADAPTER_UPSTREAM = "style@v2"
 
 
 def chat(model: str = BASE, **extra: Any) -> dict[str, Any]:

@@ -140,7 +140,7 @@ async def registry_gateway(
         await lifecycle.start()
         if adapters_dir is not None:
             await scan_adapters_dir(lifecycle, adapters_dir)
-        app = create_app(settings, engines=[engine], adapter_resolver=lifecycle)
+        app = create_app(settings, engines=[engine], lifecycle=lifecycle)
         async with serve_in_loop(app) as url:
             client = AsyncOpenAI(
                 base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=120.0

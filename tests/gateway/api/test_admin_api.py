@@ -1,7 +1,7 @@
 """The admin API over HTTP (in-process ASGI): auth, every route, errors in the OpenAI shape.
 
 The app is the real ``create_app`` (which serves the admin API) with the lifecycle as its
-adapter resolver; the engine is the FAKE of lifecycle_fakes.py.
+adapter resolver; the engine is the FAKE vLLM of loadtest/fake_vllm.
 """
 
 from __future__ import annotations
@@ -20,8 +20,9 @@ from gateway.app import create_app
 from gateway.auth.admin_token import TOKEN_FILE, load_admin_token
 from gateway.lifecycle.service import AdapterLifecycle
 from gateway.settings import GatewaySettings
+from loadtest.fake_vllm import FakeVLLM
 from tests.adapters.builders import write_adapter, write_base_model
-from tests.gateway.lifecycle_fakes import FakeEngine, FakeLoraUpstream
+from tests.support.fake_engine import FakeEngine
 
 BASE = "tinybase"
 TOKEN = "test-admin-token-0123456789"
@@ -31,7 +32,7 @@ TOKEN = "test-admin-token-0123456789"
 class Admin:
     http: httpx.AsyncClient
     roots: Path
-    upstream: FakeLoraUpstream
+    upstream: FakeVLLM
     lifecycle: AdapterLifecycle
 
     def adapter(self, name: str, seed: int = 0, **kwargs: Any) -> str:
@@ -54,11 +55,11 @@ async def admin(tmp_path: Path) -> AsyncIterator[Admin]:
         admin_token=TOKEN,
         max_adapter_bytes=50_000,
     )  # type: ignore[arg-type]
-    upstream = FakeLoraUpstream()
+    upstream = FakeVLLM()
     engine = FakeEngine(upstream, base_model=BASE)
     lifecycle = build_lifecycle(settings, [engine], capacity=2)
     await lifecycle.start()
-    app = create_app(settings, engines=[engine], adapter_resolver=lifecycle)
+    app = create_app(settings, engines=[engine], lifecycle=lifecycle)
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(
