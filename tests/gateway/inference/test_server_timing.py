@@ -1,6 +1,6 @@
 """Server-Timing on every proxied answer, the same figures in the access log and the metrics.
 
-In-process gateway over the scripted fake upstream (tests/gateway/conftest.py). The fake holds
+In-process gateway over the fake vLLM (tests/gateway/conftest.py). The fake holds
 its answer for a known time, so the ``upstream`` figure must cover it and ``gw-pre`` must not.
 """
 
@@ -12,13 +12,20 @@ import re
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from starlette.responses import JSONResponse, Response
 
 from gateway.inference.record import RequestInfo
 from gateway.observability.server_timing import server_timing_header
+from loadtest.fake_vllm import (
+    DONE,
+    Recorded,
+    Reply,
+    Stream,
+    chunk_event,
+    completion_body,
+    json_reply,
+)
 from tests.gateway.conftest import Gateway
 from tests.gateway.openai_env import ADAPTER, BASE, access_lines, chat
-from tests.support.fake_upstream import DONE, Recorded, chunk_event, completion_body
 
 HOLD_S = 0.15
 _METRIC = re.compile(r"([a-z-]+);dur=([0-9.]+)")
@@ -41,9 +48,11 @@ def overhead_counts(text: str) -> dict[str, float]:
 async def test_full_answer_has_server_timing_and_the_log_has_all_phases(
     gateway: Gateway, caplog: pytest.LogCaptureFixture
 ) -> None:
-    async def slow(recorded: Recorded) -> Response:
+    async def slow(recorded: Recorded) -> Reply | None:
+        if not recorded.path.endswith("completions"):
+            return None
         await asyncio.sleep(HOLD_S)
-        return JSONResponse(completion_body(recorded.json()["model"]))
+        return json_reply(completion_body(recorded.json()["model"]))
 
     gateway.fake.handler = slow
     before = overhead_counts((await gateway.http.get("/metrics")).text)
@@ -73,12 +82,12 @@ async def test_streamed_answer_has_server_timing_before_its_body(
 ) -> None:
     release = asyncio.Event()
 
-    async def slow_stream(recorded: Recorded) -> Response:
+    async def slow_stream(recorded: Recorded) -> Reply | None:
+        if not recorded.path.endswith("completions"):
+            return None
         await asyncio.sleep(HOLD_S)
         model = recorded.json()["model"]
-        return gateway.fake.stream(
-            [chunk_event(model, "a"), release, chunk_event(model, "b"), DONE]
-        )
+        return Stream([chunk_event(model, "a"), release, chunk_event(model, "b"), DONE])
 
     gateway.fake.handler = slow_stream
     with caplog.at_level(logging.INFO, logger="gateway.access"):
