@@ -15,6 +15,8 @@ both share one vocabulary.
     │   └── AdapterNotFoundError      404 code=adapter_not_found
     ├── ConflictError                 409 conflict_error
     ├── PayloadTooLargeError          413 invalid_request_error code=payload_too_large
+    ├── RateLimitError                429 code=rate_limit_exceeded (with Retry-After)
+    │   └── QuotaExceededError        429 insufficient_quota (a spent token budget)
     ├── CapacityError                 429/503 when no adapter slot can be freed
     ├── ServiceUnavailableError       503 a service behind the gateway cannot be reached
     ├── EngineError                   engine-side failures
@@ -130,6 +132,34 @@ class PayloadTooLargeError(GatewayError):
     status_code = 413
     error_type = "invalid_request_error"
     default_code = "payload_too_large"
+
+
+class RateLimitError(GatewayError):
+    """A key is over one of its limits; ``Retry-After`` says when to come back.
+
+    ``type`` says which limit, as OpenAI does: ``requests`` or ``tokens``.
+    """
+
+    status_code = 429
+    error_type = "requests"
+    default_code = "rate_limit_exceeded"
+
+    def __init__(
+        self, message: str, *, retry_after_s: int, kind: str | None = None, **kwargs: Any
+    ) -> None:
+        super().__init__(message, **kwargs)
+        self.kind = kind or self.error_type
+        self.headers.setdefault("Retry-After", str(max(1, retry_after_s)))
+
+    def to_dict(self) -> dict[str, Any]:
+        body = super().to_dict()
+        body["error"]["type"] = self.kind
+        return body
+
+
+class QuotaExceededError(RateLimitError):
+    error_type = "insufficient_quota"
+    default_code = "insufficient_quota"
 
 
 class CapacityError(GatewayError):

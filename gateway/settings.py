@@ -48,6 +48,12 @@ class EngineDType(StrEnum):
     AUTO = "auto"
 
 
+class LogFormat(StrEnum):
+    JSON = "json"
+    TEXT = "text"
+    AUTO = "auto"  # text on a terminal, JSON otherwise
+
+
 class GatewaySettings(BaseSettings):
     """Everything the gateway process needs to know, with limits on every user input."""
 
@@ -64,9 +70,25 @@ class GatewaySettings(BaseSettings):
         default=None,
         description="Bearer token for /admin. Unset: generated at first start into the data dir.",
     )
+    redis_url: str | None = Field(
+        default=None,
+        description="Redis for the per-key limits shared by replicas (redis://host:port/db); "
+        "unset: each process counts alone, in memory.",
+    )
+    key_cache_ttl_s: float = Field(
+        default=1.0,
+        gt=0,
+        le=60,
+        description="How long a virtual-key lookup is cached; a revocation takes this long.",
+    )
+    usage_flush_interval_s: float = Field(
+        default=5.0, gt=0, le=3600, description="How often token usage is written to the DB."
+    )
     max_body_bytes: int = Field(default=1 << 20, ge=1024, description="Request body limit.")
     log_level: str = "INFO"
-    log_json: bool = True
+    log_format: LogFormat = Field(
+        default=LogFormat.AUTO, description="json, text, or auto: text on a terminal, else JSON."
+    )
     drain_timeout_s: float = Field(default=30.0, ge=0, description="SIGTERM drain bound.")
 
     # --- Base model and data ------------------------------------------------------------------
@@ -79,7 +101,9 @@ class GatewaySettings(BaseSettings):
     )
     data_dir: Path = Field(default_factory=_default_data_dir)
     database_url: str | None = Field(
-        default=None, description="SQLAlchemy URL of the registry; SQLite in the data dir if unset."
+        default=None,
+        description="SQLAlchemy URL of the registry; SQLite in the data dir if unset. Gateway "
+        "replicas share one PostgreSQL: postgresql+psycopg://USER:PASSWORD@HOST:5432/DB.",
     )
 
     # --- Engines ------------------------------------------------------------------------------

@@ -68,7 +68,7 @@ def _token(token: str | None, data_dir: Path | None) -> str:
 
 
 @contextmanager
-def _admin(url: str, token: str | None, data_dir: Path | None) -> Iterator[AdminClient]:
+def admin_client(url: str, token: str | None, data_dir: Path | None) -> Iterator[AdminClient]:
     """An admin API client; any failure of the call becomes one red line and exit status 1."""
     try:
         with AdminClient(url, _token(token, data_dir), timeout_s=TIMEOUT_S) as client:
@@ -98,7 +98,7 @@ def add(
     data_dir: DataDirOpt = None,
 ) -> None:
     """Register an adapter directory under NAME (its path as the gateway sees it)."""
-    with _admin(url, admin_token, data_dir) as admin:
+    with admin_client(url, admin_token, data_dir) as admin:
         adapter = admin.register(
             name, path, pinned=True if pinned else None, load=load, new_version=new_version
         )
@@ -110,7 +110,7 @@ def list_(
     url: UrlOpt = DEFAULT_URL, admin_token: TokenOpt = None, data_dir: DataDirOpt = None
 ) -> None:
     """Show every registered adapter."""
-    with _admin(url, admin_token, data_dir) as admin:
+    with admin_client(url, admin_token, data_dir) as admin:
         adapters = admin.list()
     table = Table("name", "version", "state", "pinned", "in flight", "engines", "last error")
     for adapter in adapters:
@@ -133,7 +133,7 @@ def show(
     name: str, url: UrlOpt = DEFAULT_URL, admin_token: TokenOpt = None, data_dir: DataDirOpt = None
 ) -> None:
     """Show one adapter with all its versions."""
-    with _admin(url, admin_token, data_dir) as admin:
+    with admin_client(url, admin_token, data_dir) as admin:
         adapter = admin.get(name)
     typer.echo(_summary(adapter))
     table = Table("version", "active", "state", "rank", "sha256", "path")
@@ -154,7 +154,7 @@ def rm(
     name: str, url: UrlOpt = DEFAULT_URL, admin_token: TokenOpt = None, data_dir: DataDirOpt = None
 ) -> None:
     """Unload and forget an adapter (its files stay where they are)."""
-    with _admin(url, admin_token, data_dir) as admin:
+    with admin_client(url, admin_token, data_dir) as admin:
         admin.delete(name)
     typer.echo(f"removed {name}")
 
@@ -164,7 +164,7 @@ def load(
     name: str, url: UrlOpt = DEFAULT_URL, admin_token: TokenOpt = None, data_dir: DataDirOpt = None
 ) -> None:
     """Load an adapter now (and retry one whose load failed)."""
-    with _admin(url, admin_token, data_dir) as admin:
+    with admin_client(url, admin_token, data_dir) as admin:
         typer.echo(_summary(admin.load(name)))
 
 
@@ -173,7 +173,7 @@ def unload(
     name: str, url: UrlOpt = DEFAULT_URL, admin_token: TokenOpt = None, data_dir: DataDirOpt = None
 ) -> None:
     """Unload an adapter once its requests in flight finish."""
-    with _admin(url, admin_token, data_dir) as admin:
+    with admin_client(url, admin_token, data_dir) as admin:
         typer.echo(_summary(admin.unload(name)))
 
 
@@ -186,5 +186,5 @@ def restore(
     data_dir: DataDirOpt = None,
 ) -> None:
     """Make an earlier VERSION of NAME active again."""
-    with _admin(url, admin_token, data_dir) as admin:
+    with admin_client(url, admin_token, data_dir) as admin:
         typer.echo(_summary(admin.restore(name, version)))

@@ -34,6 +34,15 @@ class EngineState(StrEnum):
     STOPPED = "stopped"  # stopped on purpose
 
 
+class StartPhase(StrEnum):
+    """Where a (re)starting engine is, as the serve command's progress line says it."""
+
+    PREPARING_MODEL = "preparing the base model"
+    STARTING_ENGINE = "starting vLLM"
+    ENGINE_READY = "engine ready"  # ready listeners (adapter re-apply) still running
+    ADAPTERS_APPLIED = "adapters re-applied"
+
+
 @dataclass(frozen=True, slots=True)
 class EngineStatus:
     name: str
@@ -85,6 +94,7 @@ class Engine(abc.ABC):
         self._ready_listeners: list[ReadyListener] = []
         self._client_limits = client_limits or ClientLimits()
         self._client: EngineClient | None = None
+        self._listeners_done = False
         self._api_key = api_key
 
     @property
@@ -121,11 +131,24 @@ class Engine(abc.ABC):
 
     async def _notify_ready(self) -> None:
         # Each listener runs even if an earlier one failed: a failure is logged, not raised.
-        for listener in list(self._ready_listeners):
-            try:
-                await listener(self)
-            except Exception:
-                logger.exception("engine %s: ready listener %r failed", self.name, listener)
+        self._listeners_done = False
+        try:
+            for listener in list(self._ready_listeners):
+                try:
+                    await listener(self)
+                except Exception:
+                    logger.exception("engine %s: ready listener %r failed", self.name, listener)
+        finally:
+            self._listeners_done = True
+
+    def start_phase(self) -> StartPhase | None:
+        """The start phase while STARTING or READY; None when DOWN or STOPPED."""
+        state = self.status().state
+        if state is EngineState.STARTING:
+            return StartPhase.STARTING_ENGINE
+        if state is EngineState.READY:
+            return StartPhase.ADAPTERS_APPLIED if self._listeners_done else StartPhase.ENGINE_READY
+        return None
 
     @property
     @abc.abstractmethod

@@ -38,6 +38,7 @@ from gateway.engines.base import (
     EngineState,
     EngineStatus,
     HealthWatch,
+    StartPhase,
     WatchedEngine,
 )
 from gateway.engines.basemodels import BaseModelSpec, locate_base_model, prepare_command
@@ -137,6 +138,11 @@ class ManagedVLLMEngine(WatchedEngine):
             restarts=self.restarts,
             url=self.url,
         )
+
+    def start_phase(self) -> StartPhase | None:
+        if self._preparing:
+            return StartPhase.PREPARING_MODEL
+        return super().start_phase()
 
     async def start(self) -> None:
         if self._task is not None and not self._task.done():

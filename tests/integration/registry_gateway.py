@@ -124,11 +124,13 @@ async def registry_gateway(
     *,
     capacity: int | None = None,
     adapters_dir: Path | None = None,
+    database_url: str | None = None,
 ) -> AsyncIterator[RegistryGateway]:
     settings = engine_settings.model_copy(
         update={
             # model_copy does not validate: give the fields their final types.
             "data_dir": data_dir,
+            "database_url": database_url,
             "adapter_roots": [adapter_root],
             "admin_token": SecretStr(ADMIN_TOKEN),
             "adapters_dir": adapters_dir,

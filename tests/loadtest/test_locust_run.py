@@ -11,7 +11,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from loadtest.procs import Service
+from loadtest.run import LocustRun
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -133,3 +136,16 @@ def test_too_short_a_run_is_refused(tmp_path: Path) -> None:
         ["--host", "http://127.0.0.1:9", "-t", "1", "--results-dir", str(tmp_path)]
     )
     assert completed.returncode == 2 and "duration must be" in completed.stderr
+
+
+def test_relative_results_dir_is_where_the_files_land(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Regression: locust runs inside the results dir, so a relative ``--results-dir`` (the
+    default ``results/locust-<date>``) made it write its CSVs one level deeper, and ``run``
+    then failed with "locust wrote no stats"."""
+    monkeypatch.chdir(tmp_path)
+    run = LocustRun(host="http://127.0.0.1:1", results_dir=Path("results") / "x")
+    assert run.results_dir == tmp_path / "results" / "x"
+    command = run.command()
+    assert command[command.index("--csv") + 1] == str(tmp_path / "results" / "x" / "locust")

@@ -15,8 +15,9 @@ from fastapi import APIRouter, Request
 from pydantic import ValidationError
 from starlette.responses import Response
 
-from gateway.api.deps import ProxyDep, RequestInfoDep, RouterDep
+from gateway.api.deps import PrincipalDep, ProxyDep, RequestInfoDep, RouterDep, TenantsDep
 from gateway.api.error_handlers import validation_error
+from gateway.api.openai.admission import forward_admitted
 from gateway.api.openai.protocol import (
     ChatCompletionRequest,
     CompletionRequest,
@@ -50,7 +51,7 @@ def build_openai_router() -> APIRouter:
     router = APIRouter(tags=["openai"])
 
     @router.get("/v1/models", response_model=ModelList)
-    async def list_models(routing: RouterDep) -> ModelList:
+    async def list_models(routing: RouterDep, principal: PrincipalDep) -> ModelList:
         return ModelList(
             data=[
                 ModelCard(
@@ -61,21 +62,36 @@ def build_openai_router() -> APIRouter:
                     parent=m.parent,
                 )
                 for m in routing.public_models()
+                if principal.may_use(m.id)
             ]
         )
 
     @router.post(CHAT_COMPLETIONS)
-    async def chat_completions(request: Request, proxy: ProxyDep, info: RequestInfoDep) -> Response:
+    async def chat_completions(
+        request: Request,
+        proxy: ProxyDep,
+        info: RequestInfoDep,
+        principal: PrincipalDep,
+        tenants: TenantsDep,
+    ) -> Response:
         raw = await request.body()
         body = parse_body(ChatCompletionRequest, raw)
+        admission = await tenants.admit(principal, body.model)
         call = ProxyCall(CHAT_COMPLETIONS, body.model, body.stream, raw)
-        return await proxy.forward(call, info, request.receive)
+        return await forward_admitted(admission, info, proxy.forward(call, info, request.receive))
 
     @router.post(COMPLETIONS)
-    async def completions(request: Request, proxy: ProxyDep, info: RequestInfoDep) -> Response:
+    async def completions(
+        request: Request,
+        proxy: ProxyDep,
+        info: RequestInfoDep,
+        principal: PrincipalDep,
+        tenants: TenantsDep,
+    ) -> Response:
         raw = await request.body()
         body = parse_body(CompletionRequest, raw)
+        admission = await tenants.admit(principal, body.model)
         call = ProxyCall(COMPLETIONS, body.model, body.stream, raw)
-        return await proxy.forward(call, info, request.receive)
+        return await forward_admitted(admission, info, proxy.forward(call, info, request.receive))
 
     return router

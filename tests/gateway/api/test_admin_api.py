@@ -206,6 +206,32 @@ def test_generated_admin_token_file(tmp_path: Path, caplog: pytest.LogCaptureFix
     assert not (tmp_path / "other" / TOKEN_FILE).exists()
 
 
+async def test_status_shows_engines_slots_adapters_and_in_flight(admin: Admin) -> None:
+    path = admin.adapter("a1")
+    response = await admin.http.post(
+        "/admin/adapters", json={"name": "a1", "path": path, "load": True}
+    )
+    assert response.status_code == 201, response.text
+    await admin.http.post("/admin/adapters", json={"name": "a2", "path": admin.adapter("a2", 2)})
+    response = await admin.http.get("/admin/status")
+    assert response.status_code == 200, response.text
+    status = response.json()
+    assert status["object"] == "gateway.status" and status["ready"] is True
+    assert status["in_flight"] == 0
+    (engine,) = status["engines"]
+    assert engine["name"] == "fake" and engine["state"] == "ready" and engine["restarts"] == 0
+    assert (engine["slots_used"], engine["slots_total"]) == (1, 2)
+    assert engine["base_model"] == BASE and engine["url"] == "http://fake-engine.invalid"
+    by_name = {a["name"]: a for a in status["adapters"]}
+    assert by_name["a1"]["state"] == "loaded" and by_name["a1"]["engines"] == ["fake"]
+    assert by_name["a2"]["state"] == "registered" and by_name["a2"]["version"] == 1
+
+
+async def test_status_needs_the_admin_token(admin: Admin) -> None:
+    response = await admin.http.get("/admin/status", headers={"Authorization": ""})
+    assert error_of(response, 401)["code"] == "missing_admin_token"
+
+
 async def test_client_facing_errors_hide_internal_names_paths_and_engine_messages(
     admin: Admin, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -109,3 +109,22 @@ def test_errors_are_clear(served: Served, tmp_path: Path, monkeypatch: pytest.Mo
     assert code == 1 and "no admin token" in out
     code, out = served.cli("rm", "ghost", "--url", served.url, "--data-dir", str(served.data_dir))
     assert code == 1 and "no adapter named 'ghost'" in out and "HTTP 404" in out
+
+
+def test_status_on_one_screen(served: Served, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("LORA_GATEWAY_ADMIN_TOKEN", raising=False)
+    common = ["--url", served.url, "--data-dir", str(served.data_dir)]
+    path = write_adapter(served.roots / "a1", base_model=BASE, seed=1)
+    assert served.cli("add", "a1", str(path), "--load", *common)[0] == 0
+    result = CliRunner().invoke(build_cli(), ["status", *common])
+    assert result.exit_code == 0, result.output
+    assert f"gateway {served.url}: ready, 0 request(s) in flight, 1 of 1 adapter(s) loaded" in (
+        result.output
+    )
+    engine_row = next(line for line in result.output.splitlines() if "fake" in line)
+    assert "ready" in engine_row and "1/2" in engine_row
+    assert any("a1" in line and "loaded" in line for line in result.output.splitlines())
+    raw = CliRunner().invoke(build_cli(), ["status", "--json", *common])
+    assert raw.exit_code == 0 and '"object": "gateway.status"' in raw.output
+    bad = CliRunner().invoke(build_cli(), ["status", "--url", served.url, "--admin-token", "no"])
+    assert bad.exit_code == 1 and "admin token is not valid" in bad.output

@@ -71,13 +71,13 @@ MakeLifecycle = Callable[..., Awaitable[AdapterLifecycle]]
 
 
 @pytest.fixture
-def env(tmp_path: Path) -> Env:
+def env(tmp_path: Path, db_url: str) -> Env:
     roots = tmp_path / "adapters"
     roots.mkdir()
     return Env(
         roots=roots.resolve(),
         base_dir=write_base_model(tmp_path / BASE),
-        db_url=f"sqlite:///{tmp_path / 'registry.db'}",
+        db_url=db_url,  # SQLite and PostgreSQL (tests/conftest.py)
     )
 
 
