@@ -157,6 +157,37 @@ class AdminClient:
             body["pinned"] = pinned
         return self._call("POST", ADMIN_ADAPTERS_PATH, body)
 
+    def register_source(
+        self,
+        name: str,
+        source: str,
+        *,
+        wait: bool = True,
+        pinned: bool | None = None,
+        load: bool = False,
+        new_version: bool = False,
+    ) -> JSONObject:
+        """``POST /admin/adapters`` with a remote ``source`` (``s3://``, ``hf://``): the
+        registered adapter, or with ``wait=False`` (or a fetch outlasting the gateway's bound)
+        the fetch in progress (``object: adapter.fetch``)."""
+        body: JSONObject = {
+            "name": name,
+            "source": source,
+            "load": load,
+            "new_version": new_version,
+        }
+        if pinned is not None:
+            body["pinned"] = pinned
+        path = f"{ADMIN_ADAPTERS_PATH}?wait=true" if wait else ADMIN_ADAPTERS_PATH
+        return self._call("POST", path, body)
+
+    def fetches(self) -> list[JSONObject]:
+        """The fetches of names with no registered version yet (in progress or failed)."""
+        fetching = self._call("GET", ADMIN_ADAPTERS_PATH).get("fetching", [])
+        if not isinstance(fetching, list):
+            raise self._unexpected(ADMIN_ADAPTERS_PATH, "fetching is not a list")
+        return fetching
+
     def list(self) -> list[JSONObject]:
         data = self._call("GET", ADMIN_ADAPTERS_PATH).get("data")
         if not isinstance(data, list):

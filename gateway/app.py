@@ -48,6 +48,7 @@ from gateway.api.admin.adapters import build_admin_router
 from gateway.api.admin.keys import build_keys_router
 from gateway.api.admin.status import build_status_router
 from gateway.api.admin.usage import build_usage_router
+from gateway.api.anthropic.messages import build_messages_router
 from gateway.api.deps import Services, get_principal
 from gateway.api.error_handlers import install_error_handlers
 from gateway.api.health import build_health_router
@@ -61,6 +62,7 @@ from gateway.auth.limits import KeyLimiter, open_storage
 from gateway.auth.tenants import Tenants
 from gateway.auth.usage_records import UsageRecorder, UsageStore
 from gateway.engines.base import Engine
+from gateway.engines.basemodels import base_sampling_defaults
 from gateway.inference.proxy import OpenAIProxy
 from gateway.inference.routing import Router
 from gateway.lifecycle.service import AdapterLifecycle
@@ -143,7 +145,13 @@ def create_app(
                     registered=adapters.registered_names, loaded=adapters.loaded_per_engine
                 )
                 app.state.lifecycle = adapters
-                router = Router(active, adapters)
+                router = Router(
+                    active,
+                    adapters,
+                    base_sampling_defaults=base_sampling_defaults(
+                        settings.base_model, settings.models_dir, settings.served_model_name
+                    ),
+                )
                 app.state.services = Services(
                     settings=settings,
                     engines=active,
@@ -183,6 +191,8 @@ def create_app(
         title="lora-gateway",
         summary="OpenAI-compatible multi-LoRA gateway in front of vLLM.",
         lifespan=lifespan,
+        # "/v1/models/" is an unknown path (404 in the OpenAI shape), not a redirect elsewhere.
+        redirect_slashes=False,
     )
     # The first start writes DATA_DIR/admin_token (0600); `serve` prints where it is.
     app.state.admin_token = load_admin_token(settings)
@@ -202,4 +212,5 @@ def create_app(
     app.include_router(build_usage_router())
     # Every /v1 route, present and future, authenticates (a no-op on an open gateway).
     app.include_router(build_openai_router(), dependencies=[Depends(get_principal)])
+    app.include_router(build_messages_router(), dependencies=[Depends(get_principal)])
     return app

@@ -12,9 +12,11 @@ both share one vocabulary.
     ├── PermissionDeniedError         403 permission_error
     ├── NotFoundError                 404 not_found_error
     │   ├── ModelNotFoundError        404 code=model_not_found
-    │   └── AdapterNotFoundError      404 code=adapter_not_found
+    │   ├── AdapterNotFoundError      404 code=adapter_not_found
+    │   └── ResponseNotFoundError     404 code=response_not_found (no engine of ours made it)
     ├── ConflictError                 409 conflict_error
     ├── PayloadTooLargeError          413 invalid_request_error code=payload_too_large
+    ├── NotSupportedError             501 the engines cannot do this (e.g. delete a response)
     ├── RateLimitError                429 code=rate_limit_exceeded (with Retry-After)
     │   └── QuotaExceededError        429 insufficient_quota (a spent token budget)
     ├── CapacityError                 429/503 when no adapter slot can be freed
@@ -121,6 +123,18 @@ class ModelNotFoundError(NotFoundError):
 
 class AdapterNotFoundError(NotFoundError):
     default_code = "adapter_not_found"
+
+
+class ResponseNotFoundError(NotFoundError):
+    """A Responses API id that names no engine of this gateway."""
+
+    default_code = "response_not_found"
+
+
+class NotSupportedError(GatewayError):
+    status_code = 501
+    error_type = "not_implemented"
+    default_code = "not_implemented"
 
 
 class ConflictError(GatewayError):

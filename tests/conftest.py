@@ -23,10 +23,14 @@ import contextlib
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from tests.support.postgres import PostgresServer, PostgresUnavailableError, running_postgres
+
+if TYPE_CHECKING:
+    from tests.support.s3_server import S3Server
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -61,6 +65,16 @@ def smollm2_model_dir(models_cache_dir: Path) -> Path:
 
     path, _ = resolve_base_model(SMOLLM2, models_cache_dir)
     return path
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    """A real S3-compatible server (moto's server mode) on a loopback port, with dummy AWS_*
+    credentials in the environment."""
+    from tests.support.s3_server import run_s3_server
+
+    with run_s3_server(tmp_path_factory.mktemp("s3")) as server:
+        yield server
 
 
 @pytest.fixture(scope="session")

@@ -66,7 +66,10 @@ async def get_tenants(request: Request) -> Tenants:
 
 async def get_principal(request: Request) -> Principal:
     """Who calls: a 401 unless the key is known, usable (or static), or the gateway is open."""
-    return await services_of(request).tenants.authenticate(request.headers.get("authorization"))
+    authorization = request.headers.get("authorization")
+    if authorization is None and (key := request.headers.get("x-api-key")) is not None:
+        authorization = f"Bearer {key}"  # Anthropic's SDK sends its key this way
+    return await services_of(request).tenants.authenticate(authorization)
 
 
 async def get_request_info(request: Request) -> RequestInfo:

@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import itertools
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 from gateway.engines.base import Engine
 from gateway.errors import EngineUnavailableError, ModelNotFoundError
+from gateway.inference.sampling import SamplingDefaults, layered
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,6 +32,8 @@ class Route:
     public_model: str
     #: Registered adapter name, or None for the base model.
     adapter: str | None
+    #: Sampling for requests that leave it out (:mod:`gateway.inference.sampling`).
+    sampling_defaults: SamplingDefaults | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,8 +49,11 @@ class PublicModel:
 
 
 class AdapterResolver(Protocol):
-    def lease(self, name: str) -> AbstractAsyncContextManager[Route]:
-        """Hold adapter ``name`` loaded for one request; ModelNotFoundError if not registered."""
+    def lease(self, name: str, *, engine: str | None = None) -> AbstractAsyncContextManager[Route]:
+        """Hold adapter ``name`` loaded for one request; ModelNotFoundError if not registered.
+
+        ``engine``: the request must run there (it continues a response that engine stored).
+        """
         ...
 
     def public_models(self) -> list[PublicModel]:
@@ -61,7 +67,12 @@ def unknown_model(name: str) -> ModelNotFoundError:
 
 class Router:
     def __init__(
-        self, engines: Sequence[Engine], adapters: AdapterResolver, *, created: int | None = None
+        self,
+        engines: Sequence[Engine],
+        adapters: AdapterResolver,
+        *,
+        created: int | None = None,
+        base_sampling_defaults: Mapping[str, SamplingDefaults] | None = None,
     ) -> None:
         if not engines:
             raise ValueError("the router needs at least one engine")
@@ -72,6 +83,8 @@ class Router:
         self._adapters = adapters
         self._turn = itertools.count()
         self._created = int(time.time()) if created is None else created
+        #: Base model name -> its defaults; an adapter's own defaults win over them key by key.
+        self._base_defaults = dict(base_sampling_defaults or {})
 
     @property
     def base_model(self) -> str:
@@ -91,16 +104,40 @@ class Router:
             raise EngineUnavailableError(f"no engine is ready ({states})", detail=reasons)
         return ready[next(self._turn) % len(ready)]
 
+    def engine_named(self, name: str) -> Engine:
+        """The ready engine ``name``; EngineUnavailableError (503) when it is not ready."""
+        for engine in self._engines:
+            if engine.name == name:
+                if not engine.ready:
+                    raise EngineUnavailableError(
+                        f"engine {name} is not ready ({engine.status().reason})"
+                    )
+                return engine
+        raise EngineUnavailableError(f"no engine named {name}")
+
     @asynccontextmanager
-    async def route(self, model: str) -> AsyncIterator[Route]:
-        """Where to send a request for ``model``; held (adapter pinned) until the block exits."""
+    async def route(self, model: str, *, engine: str | None = None) -> AsyncIterator[Route]:
+        """Where to send a request for ``model``; held (adapter pinned) until the block exits.
+
+        ``engine``: run it on that engine (a continued response lives in its memory only).
+        """
+        base_defaults = self._base_defaults.get(self.base_model) if self._base_defaults else None
         if model == self.base_model:
-            engine = self.pick_base_engine()
+            picked = self.engine_named(engine) if engine is not None else self.pick_base_engine()
             yield Route(
-                engine=engine, upstream_model=engine.base_model, public_model=model, adapter=None
+                engine=picked,
+                upstream_model=picked.base_model,
+                public_model=model,
+                adapter=None,
+                sampling_defaults=base_defaults,
             )
             return
-        async with self._adapters.lease(model) as route:
+        if engine is not None:
+            self.engine_named(engine)  # a clear 503 before any adapter work
+        async with self._adapters.lease(model, engine=engine) as route:
+            if base_defaults:
+                defaults = layered((base_defaults, route.sampling_defaults))
+                route = replace(route, sampling_defaults=defaults)
             yield route
 
     def public_models(self) -> list[PublicModel]:

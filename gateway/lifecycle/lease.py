@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from adapters.registry import AdapterVersion
 from adapters.state import AdapterState
@@ -39,17 +40,30 @@ class LeaseBroker:
         self._loader = loader
 
     @asynccontextmanager
-    async def lease(self, name: str) -> AsyncIterator[Route]:
-        """Hold ``name``'s active version loaded (not evictable) while the block runs."""
-        slot, engine = await self._acquire(name)
+    async def lease(self, name: str, *, engine: str | None = None) -> AsyncIterator[Route]:
+        """Hold ``name``'s active version loaded (not evictable) while the block runs; on
+        ``engine`` when given (a continued response lives in that engine's memory only)."""
+        slot, picked = await self._acquire(name, engine)
         try:
             yield Route(
-                engine=engine, upstream_model=slot.upstream, public_model=name, adapter=name
+                engine=picked,
+                upstream_model=slot.upstream,
+                public_model=name,
+                adapter=name,
+                sampling_defaults=self._sampling_defaults_of(name, slot.upstream),
             )
         finally:
             self._ctx.table.release(slot)
 
-    async def _acquire(self, name: str) -> tuple[Slot, Engine]:
+    def _sampling_defaults_of(self, name: str, upstream: str) -> dict[str, Any] | None:
+        """The leased version's defaults (its manifest's, or what the admin API set)."""
+        record = self._ctx.records.get(name)
+        if record is None:
+            return None
+        version = next((v for v in record.versions if v.upstream_name == upstream), None)
+        return version.sampling_defaults if version is not None else None
+
+    async def _acquire(self, name: str, prefer: str | None = None) -> tuple[Slot, Engine]:
         ctx = self._ctx
         deadline = ctx.clock() + ctx.slot_wait_s
         while True:
@@ -58,7 +72,9 @@ class LeaseBroker:
                 raise unknown_model(name)
             # Fast path, no lock and no await: the active version is loaded on a current engine.
             slot = ctx.table.get(record.active.upstream_name)
-            engine = ctx.table.pick_engine(slot) if slot is not None and slot.accepting else None
+            engine = (
+                ctx.table.pick_engine(slot, prefer) if slot is not None and slot.accepting else None
+            )
             if slot is not None and engine is not None:
                 ctx.table.take(slot)
                 return slot, engine
@@ -69,9 +85,10 @@ class LeaseBroker:
                         raise unknown_model(name)
                     slot = None if name in ctx.deleting else await self.ensure_loaded(record.active)
                     if slot is not None:
-                        engine = ctx.table.pick_engine(slot)
+                        engine = ctx.table.pick_engine(slot, prefer)
                         if engine is None:
-                            raise EngineUnavailableError(f"no ready engine holds adapter {name!r}")
+                            where = f"engine {prefer}" if prefer is not None else "no ready engine"
+                            raise EngineUnavailableError(f"{where} holds adapter {name!r}")
                         ctx.table.take(slot)
                         return slot, engine
             await self._wait(name, deadline)

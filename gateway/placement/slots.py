@@ -139,11 +139,14 @@ class SlotTable:
                 current.append(engine_name)
         return current
 
-    def pick_engine(self, slot: Slot) -> Engine | None:
-        """A ready engine holding the loaded ``slot`` (round-robin), or None."""
+    def pick_engine(self, slot: Slot, prefer: str | None = None) -> Engine | None:
+        """A ready engine holding the loaded ``slot`` (round-robin; only ``prefer`` when
+        given), or None."""
         if slot.state is not AdapterState.LOADED:
             return None
         current = self.current_engines(slot)
+        if prefer is not None:
+            return self._engines[prefer] if prefer in current else None
         if not current:
             return None
         return self._engines[current[next(self._turn) % len(current)]]
