@@ -30,6 +30,7 @@ from pydantic import ValidationError
 from adapters.errors import AdapterError
 from gateway.engines.factory import build_engines
 from gateway.errors import GatewayError
+from gateway.gc_tuning import tune_for_serving
 from gateway.observability.access_log import configure_logging
 from gateway.settings import GatewaySettings, LogFormat
 
@@ -141,11 +142,20 @@ async def run_gateway(settings: GatewaySettings) -> None:
         )
     )
     announcer = asyncio.create_task(_announce(server, app, settings))
+    gc_tuner = asyncio.create_task(_tune_gc_once_started(server))
     try:
         await server.serve()
     finally:
         announcer.cancel()
-        await asyncio.gather(announcer, return_exceptions=True)
+        gc_tuner.cancel()
+        await asyncio.gather(announcer, gc_tuner, return_exceptions=True)
+
+
+async def _tune_gc_once_started(server: uvicorn.Server) -> None:
+    """Freeze the start-up objects once the lifespan has built them (:mod:`gateway.gc_tuning`)."""
+    while not server.started:  # noqa: ASYNC110 (uvicorn exposes a flag, not an event)
+        await asyncio.sleep(0.05)
+    tune_for_serving()
 
 
 async def _announce(server: uvicorn.Server, app: FastAPI, settings: GatewaySettings) -> None:
