@@ -11,6 +11,10 @@ goes to
 :class:`~gateway.errors.UpstreamHTTPError` with the engine's message; transport failures are
 translated by :func:`gateway.engines.client.translate_session_errors`.
 
+The request's record is stamped when the engine is sent the request, when its headers arrive and
+when its body ends: the ``Server-Timing`` header, the access log and the overhead histogram are
+computed from those (:mod:`gateway.observability.server_timing`).
+
 Token usage goes on the request's record (and so into the access log and the metrics), read by
 the one parser of :mod:`gateway.inference.usage`: from the body's ``usage``, or, for a stream,
 from the engine's final usage chunk. A streaming client that did not ask for usage (as its parsed
@@ -25,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
@@ -217,11 +222,12 @@ def _note_usage(info: RequestInfo, body: bytes) -> None:
 
 
 async def _engine_bytes(
-    response: aiohttp.ClientResponse, engine_url: str
+    response: aiohttp.ClientResponse, engine_url: str, info: RequestInfo
 ) -> AsyncGenerator[bytes, None]:
     with translate_session_errors(engine_url):
         async for chunk in response.content.iter_any():
             yield chunk
+    info.upstream_last_byte = time.perf_counter()
 
 
 async def _cancel_on_disconnect(
@@ -306,15 +312,19 @@ class OpenAIProxy:
         async with self._route(call) as route:
             self._note_route(info, route)
             client = route.engine.client
+            data = upstream_body(call, call.body, route) if call.body else None
             try:
                 with translate_session_errors(client.base_url):
+                    info.upstream_sent = time.perf_counter()
                     async with client.openai_session().request(
                         call.method,
                         client.base_url + call.endpoint,
-                        data=upstream_body(call, call.body, route) if call.body else None,
+                        data=data,
                         headers=UPSTREAM_HEADERS,
                     ) as response:
+                        info.upstream_first_byte = time.perf_counter()
                         status, content = response.status, await response.read()
+                        info.upstream_last_byte = time.perf_counter()
             except GatewayError:
                 await self._alias_outcome(route, failed=True)
                 raise
@@ -344,22 +354,25 @@ class OpenAIProxy:
             route = await cleanup.enter_async_context(self._route(call))
             self._note_route(info, route)
             client = route.engine.client
+            data = upstream_body(call, body, route) if body else None
             try:
                 with translate_session_errors(client.base_url):
+                    info.upstream_sent = time.perf_counter()
                     response = await client.openai_session().request(
                         call.method,
                         client.base_url + call.endpoint,
-                        data=upstream_body(call, body, route) if body else None,
+                        data=data,
                         headers=UPSTREAM_HEADERS,
                     )
+                    info.upstream_first_byte = time.perf_counter()
             except GatewayError:
                 await self._alias_outcome(route, failed=True)
                 raise
+            # close(), not release(): an unfinished response's connection is dropped, so
+            # the engine sees the client leave and aborts the generation.
+            cleanup.callback(response.close)
             await self._alias_outcome(route, failed=response.status >= 500)
             with translate_session_errors(client.base_url):
-                # close(), not release(): an unfinished response's connection is dropped, so
-                # the engine sees the client leave and aborts the generation.
-                cleanup.callback(response.close)
                 if response.status != 200:
                     raise _engine_error(route, response.status, await response.read())
         except BaseException:
@@ -380,7 +393,7 @@ class OpenAIProxy:
             info.failure = error
 
         return SSEProxyResponse(
-            _engine_bytes(response, client.base_url),
+            _engine_bytes(response, client.base_url, info),
             cleanup,
             events=ClientEvents(info, rename, usage),
             inspect=inspect,
