@@ -38,6 +38,7 @@ lifecycle closes, then owned engines stop.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -156,6 +157,7 @@ def create_app(
                     metrics=alias_metrics,
                 )
                 await aliases.refresh()
+                follower = asyncio.create_task(aliases.follow(settings.alias_refresh_interval_s))
                 router = Router(
                     active,
                     adapters,
@@ -175,7 +177,12 @@ def create_app(
                     metrics=metrics,
                     tenants=tenants,
                 )
-                yield
+                try:
+                    yield
+                finally:
+                    follower.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await follower
         finally:
             usage_writer.cancel()
             try:

@@ -136,6 +136,12 @@ class GatewaySettings(BaseSettings):
         description="Automatic canary rollback: the last N requests of an alias's version "
         "whose 5xx share is watched; 0 turns rollback off.",
     )
+    alias_refresh_interval_s: float = Field(
+        default=2.0,
+        gt=0,
+        le=3600,
+        description="How often the registry is checked for alias changes made elsewhere.",
+    )
     alias_rollback_threshold: float = Field(
         default=0.5,
         gt=0,

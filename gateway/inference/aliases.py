@@ -14,6 +14,7 @@ persisted in the registry, logged and counted
 (``lora_gateway_alias_rollbacks_total``). Every served alias request is counted by version
 (``lora_gateway_alias_requests_total``) so a canary can be compared with the stable version.
 
+:meth:`AliasBook.follow` re-reads them when another replica changed the registry.
 Used by :class:`gateway.inference.routing.Router` (pick), :mod:`gateway.inference.proxy`
 (outcomes) and the admin routes :mod:`gateway.api.admin.aliases` (changes).
 """
@@ -132,13 +133,29 @@ class AliasBook:
         self._registry = registry
         self._base_model = base_model
         self._aliases: Mapping[str, AliasRecord] = {}
+        self._generation = -1
         self.watch = CanaryWatch(rollback_window, rollback_threshold)
         self._lock = asyncio.Lock()
         self.metrics = metrics or AliasMetrics(CollectorRegistry())
 
     async def refresh(self) -> None:
+        generation = await asyncio.to_thread(self._registry.generation)
         records = await asyncio.to_thread(self._registry.list_aliases)
         self._aliases = {r.name: r for r in records}
+        self._generation = generation
+
+    async def follow(self, interval_s: float) -> None:
+        """Re-read the aliases whenever the registry's generation moved (another replica, or
+        the CLI, changed something): one primary-key read per ``interval_s``. Runs until
+        cancelled; a failed read is logged and retried at the next tick."""
+        while True:
+            await asyncio.sleep(interval_s)
+            try:
+                if await asyncio.to_thread(self._registry.generation) != self._generation:
+                    async with self._lock:
+                        await self.refresh()
+            except Exception:
+                logger.exception("could not re-read the aliases from the registry")
 
     def get(self, name: str) -> AliasRecord | None:
         return self._aliases.get(name)

@@ -12,6 +12,7 @@ import asyncio
 from collections import Counter
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -19,8 +20,14 @@ import openai
 import pytest
 import pytest_asyncio
 
-from adapters.registry import AliasRecord, AliasTarget
-from gateway.inference.aliases import CanaryWatch, affinity_of, pick_target, rolled_back
+from adapters.registry import AliasRecord, AliasTarget, NewVersion, Registry
+from gateway.inference.aliases import (
+    AliasBook,
+    CanaryWatch,
+    affinity_of,
+    pick_target,
+    rolled_back,
+)
 from loadtest.fake_vllm import Recorded
 from loadtest.fake_vllm.engine import Reply, json_reply
 from tests.adapters.builders import write_adapter
@@ -295,3 +302,33 @@ async def test_models_list_shows_an_alias_only_to_keys_scoped_to_it(gw: Gateway)
     assert ALIAS not in {m.id async for m in other.models.list()}
     with pytest.raises(openai.APIStatusError):
         await other.completions.create(model=ALIAS, prompt="x")
+
+
+@pytest.mark.asyncio(loop_scope="session")
+async def test_another_replica_sees_an_alias_change(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'registry.db'}"
+    one, two = Registry(url), Registry(url)
+    try:
+        stored = NewVersion(BASE, "/adapters/x", 8, 16.0, ("q_proj",), "a" * 64, "c" * 64, 1)
+        one.add(ADAPTER, stored, pinned=False)
+        mine, theirs = AliasBook(one), AliasBook(two)
+        await theirs.refresh()
+        follower = asyncio.create_task(theirs.follow(0.01))
+        try:
+            await mine.put(ALIAS, (AliasTarget(ADAPTER, 1, 100),))
+            for _ in range(200):
+                if theirs.get(ALIAS) is not None:
+                    break
+                await asyncio.sleep(0.01)
+            assert theirs.pick(ALIAS, "u") == AliasTarget(ADAPTER, 1, 100)
+            await mine.delete(ALIAS)
+            for _ in range(200):
+                if theirs.get(ALIAS) is None:
+                    break
+                await asyncio.sleep(0.01)
+            assert theirs.get(ALIAS) is None
+        finally:
+            follower.cancel()
+    finally:
+        one.close()
+        two.close()
