@@ -93,15 +93,17 @@ def bind_adapter_metrics(metrics: GatewayMetrics, adapters: AdapterResolver) -> 
     """Label values and scrape-time counts from the resolver the app runs with."""
     registered: Callable[[], Collection[str]]
     loaded: Callable[[], Mapping[str, int]] | None = None
+    placement: Callable[[], list[tuple[str, str, int]]] | None = None
     if isinstance(adapters, AdapterLifecycle):
         registered, loaded = adapters.registered_names, adapters.loaded_per_engine
+        placement = adapters.placement_stats.items
     else:  # a fixed resolver (tests): its names now are its names for good
         names = frozenset(model.id for model in adapters.public_models())
 
         def registered() -> Collection[str]:
             return names
 
-    metrics.bind_adapters(registered=registered, loaded=loaded)
+    metrics.bind_adapters(registered=registered, loaded=loaded, placement=placement)
 
 
 def create_app(
@@ -135,7 +137,11 @@ def create_app(
             async with _resolver(active) as adapters:
                 bind_adapter_metrics(metrics, adapters)
                 app.state.lifecycle = adapters if isinstance(adapters, AdapterLifecycle) else None
-                router = Router(active, adapters)
+                router = Router(
+                    active,
+                    adapters,
+                    load=adapters.engine_load if isinstance(adapters, AdapterLifecycle) else None,
+                )
                 app.state.services = Services(
                     settings=settings,
                     engines=active,

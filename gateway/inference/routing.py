@@ -1,7 +1,8 @@
 """Routing: turn the ``model`` of a client request into (engine, upstream model, adapter).
 
-Knows nothing of HTTP. The base model's id routes to a ready engine directly (round-robin over
-the ready ones); any other id must be a registered adapter name, resolved through an
+Knows nothing of HTTP. The base model's id routes to a ready engine directly (the least loaded
+by the gateway's own in-flight count, :func:`gateway.placement.policy.choose_base_engine`; ties
+rotate); any other id must be a registered adapter name, resolved through an
 :class:`AdapterResolver` (the adapter lifecycle in :mod:`gateway.lifecycle.service`), which makes
 sure the adapter is loaded on an engine and holds it there (no eviction, no unload) until the
 request's lease is released. Never a raw path. Used by :mod:`gateway.inference.proxy` (``route``)
@@ -13,13 +14,15 @@ from __future__ import annotations
 
 import itertools
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Collection, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from typing import Protocol
 
 from gateway.engines.base import Engine
 from gateway.errors import EngineUnavailableError, ModelNotFoundError
+from gateway.placement.policy import EngineView, Snapshot, choose_base_engine
+from gateway.placement.slots import EngineLoad
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,8 +50,9 @@ class PublicModel:
 
 
 class AdapterResolver(Protocol):
-    def lease(self, name: str) -> AbstractAsyncContextManager[Route]:
-        """Hold adapter ``name`` loaded for one request; ModelNotFoundError if not registered."""
+    def lease(self, name: str, exclude: Collection[str] = ()) -> AbstractAsyncContextManager[Route]:
+        """Hold adapter ``name`` loaded for one request on an engine not in ``exclude``;
+        ModelNotFoundError if not registered."""
         ...
 
     def public_models(self) -> list[PublicModel]:
@@ -63,7 +67,7 @@ def unknown_model(name: str) -> ModelNotFoundError:
 class NoAdapters:
     """A resolver that knows no adapter: every name but the base model's is unknown."""
 
-    def lease(self, name: str) -> AbstractAsyncContextManager[Route]:
+    def lease(self, name: str, exclude: Collection[str] = ()) -> AbstractAsyncContextManager[Route]:
         raise unknown_model(name)
 
     def public_models(self) -> list[PublicModel]:
@@ -72,7 +76,12 @@ class NoAdapters:
 
 class Router:
     def __init__(
-        self, engines: Sequence[Engine], adapters: AdapterResolver, *, created: int | None = None
+        self,
+        engines: Sequence[Engine],
+        adapters: AdapterResolver,
+        *,
+        created: int | None = None,
+        load: EngineLoad | None = None,
     ) -> None:
         if not engines:
             raise ValueError("the router needs at least one engine")
@@ -82,6 +91,8 @@ class Router:
         self._engines = list(engines)
         self._adapters = adapters
         self._turn = itertools.count()
+        #: The gateway's requests in flight per engine (shared with the adapter lifecycle).
+        self.load = load or EngineLoad([engine.name for engine in engines])
         self._created = int(time.time()) if created is None else created
 
     @property
@@ -92,26 +103,42 @@ class Router:
     def engines(self) -> list[Engine]:
         return list(self._engines)
 
-    def pick_base_engine(self) -> Engine:
-        """A ready engine, round-robin; EngineUnavailableError (503) when none is ready."""
-        ready = [engine for engine in self._engines if engine.ready]
+    def pick_base_engine(self, exclude: Collection[str] = ()) -> Engine:
+        """The least loaded ready engine not in ``exclude`` (ties rotate);
+        EngineUnavailableError (503) when none is ready."""
+        ready = [e for e in self._engines if e.ready and e.name not in exclude]
         if not ready:
             states = ", ".join(f"{e.name} {e.status().state}" for e in self._engines)
             reasons = "; ".join(f"{e.name}: {e.status().reason}" for e in self._engines)
             # The engines' own reasons (pids, exit causes) are for the log.
             raise EngineUnavailableError(f"no engine is ready ({states})", detail=reasons)
-        return ready[next(self._turn) % len(ready)]
+        turn = next(self._turn) % len(ready)
+        ready = ready[turn:] + ready[:turn]
+        snapshot = Snapshot(
+            tuple(EngineView(e.name, True, 0, self.load.counts.get(e.name, 0)) for e in ready)
+        )
+        chosen = choose_base_engine(snapshot)
+        return next(e for e in ready if e.name == chosen)
 
     @asynccontextmanager
-    async def route(self, model: str) -> AsyncIterator[Route]:
-        """Where to send a request for ``model``; held (adapter pinned) until the block exits."""
+    async def route(self, model: str, exclude: Collection[str] = ()) -> AsyncIterator[Route]:
+        """Where to send a request for ``model``, on an engine not in ``exclude``; held
+        (adapter pinned, in-flight counted) until the block exits."""
         if model == self.base_model:
-            engine = self.pick_base_engine()
-            yield Route(
-                engine=engine, upstream_model=engine.base_model, public_model=model, adapter=None
-            )
+            engine = self.pick_base_engine(exclude)
+            self.load.take(engine.name)
+            try:
+                yield Route(
+                    engine=engine,
+                    upstream_model=engine.base_model,
+                    public_model=model,
+                    adapter=None,
+                )
+            finally:
+                self.load.release(engine.name)
             return
-        async with self._adapters.lease(model) as route:
+        lease = self._adapters.lease(model, exclude) if exclude else self._adapters.lease(model)
+        async with lease as route:
             yield route
 
     def public_models(self) -> list[PublicModel]:
