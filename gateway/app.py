@@ -136,11 +136,13 @@ def create_app(
             activity.bind_engines(active)
             async with _resolver(active) as adapters:
                 bind_adapter_metrics(metrics, adapters)
-                app.state.lifecycle = adapters if isinstance(adapters, AdapterLifecycle) else None
+                lifecycle = adapters if isinstance(adapters, AdapterLifecycle) else None
+                app.state.lifecycle = lifecycle
                 router = Router(
                     active,
                     adapters,
-                    load=adapters.engine_load if isinstance(adapters, AdapterLifecycle) else None,
+                    load=lifecycle.engine_load if lifecycle is not None else None,
+                    stats=lifecycle.placement_stats if lifecycle is not None else None,
                 )
                 app.state.services = Services(
                     settings=settings,

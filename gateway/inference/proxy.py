@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import re
 from collections.abc import AsyncGenerator, Callable, Sequence
 from contextlib import AsyncExitStack
@@ -32,11 +33,13 @@ from starlette.responses import Response
 from starlette.types import Receive
 
 from gateway.engines.client import translate_session_errors, upstream_error_from
-from gateway.errors import GatewayError, log_detail
+from gateway.errors import EngineUnavailableError, GatewayError, log_detail
 from gateway.inference.record import NullObserver, RequestInfo, RequestObserver
 from gateway.inference.routing import Route, Router
 from gateway.inference.streaming import SSEProxyResponse
 from gateway.inference.usage import StreamUsage, prepare_stream_bytes
+
+logger = logging.getLogger(__name__)
 
 #: nginx's status for "the client closed the connection before the answer": logged, never seen.
 CLIENT_CLOSED_REQUEST = 499
@@ -250,45 +253,87 @@ class OpenAIProxy:
         return answer
 
     async def _unary(self, call: ProxyCall, info: RequestInfo) -> Response:
-        async with self.router.route(call.model) as route:
-            self._note_route(info, route)
-            client = route.engine.client
-            with translate_session_errors(client.base_url):
-                async with client.openai_session().post(
-                    client.base_url + call.endpoint,
-                    data=body_for_upstream(call.body, call.model, route.upstream_model),
-                    headers=UPSTREAM_HEADERS,
-                ) as response:
-                    status, content = response.status, await response.read()
-            if status != 200:
-                raise _engine_error(route, status, content)
-            if route.upstream_model != route.public_model:
-                rename = ModelRename(route.upstream_model, route.public_model)
-                content = rename.apply_to_body(content)
-        _note_usage(info, content)
-        return Response(content=content, media_type="application/json")
+        failed: list[str] = []
+        while True:
+            async with self.router.route(call.model, exclude=failed) as route:
+                self._note_route(info, route)
+                client = route.engine.client
+                try:
+                    with translate_session_errors(client.base_url):
+                        async with client.openai_session().post(
+                            client.base_url + call.endpoint,
+                            data=body_for_upstream(call.body, call.model, route.upstream_model),
+                            headers=UPSTREAM_HEADERS,
+                        ) as response:
+                            status, content = response.status, await response.read()
+                except EngineUnavailableError as exc:
+                    # Nothing reached the client yet: once more, on another engine.
+                    if not self._may_fail_over(route, failed, exc, info):
+                        raise
+                    continue
+                if status != 200:
+                    raise _engine_error(route, status, content)
+                if route.upstream_model != route.public_model:
+                    rename = ModelRename(route.upstream_model, route.public_model)
+                    content = rename.apply_to_body(content)
+            _note_usage(info, content)
+            return Response(content=content, media_type="application/json")
+
+    def _may_fail_over(
+        self, route: Route, failed: list[str], error: GatewayError, info: RequestInfo
+    ) -> bool:
+        """True (and ``route``'s engine noted as failed) when the request may be retried once
+        on another ready engine: its engine refused or reset the connection before any byte
+        reached the client, and another engine is ready."""
+        if failed:
+            return False
+        others = [e for e in self.router.engines if e.ready and e.name != route.engine.name]
+        if not others:
+            return False
+        failed.append(route.engine.name)
+        self.router.note_failover(route.engine.name)
+        logger.warning(
+            "request %s: engine %s failed before answering (%s); retrying on another engine",
+            info.request_id,
+            route.engine.name,
+            error.message,
+        )
+        return True
 
     async def _stream(self, call: ProxyCall, info: RequestInfo) -> Response:
         body, strip_usage = prepare_stream_bytes(call.body)
-        cleanup = AsyncExitStack()
-        try:
-            route = await cleanup.enter_async_context(self.router.route(call.model))
-            self._note_route(info, route)
-            client = route.engine.client
-            with translate_session_errors(client.base_url):
-                response = await client.openai_session().post(
-                    client.base_url + call.endpoint,
-                    data=body_for_upstream(body, call.model, route.upstream_model),
-                    headers=UPSTREAM_HEADERS,
+        tried: list[str] = []
+        while True:
+            cleanup = AsyncExitStack()
+            try:
+                route = await cleanup.enter_async_context(
+                    self.router.route(call.model, exclude=tried)
                 )
-                # close(), not release(): an unfinished response's connection is dropped, so
-                # the engine sees the client leave and aborts the generation.
-                cleanup.callback(response.close)
-                if response.status != 200:
-                    raise _engine_error(route, response.status, await response.read())
-        except BaseException:
-            await cleanup.aclose()
-            raise
+                self._note_route(info, route)
+                client = route.engine.client
+                try:
+                    with translate_session_errors(client.base_url):
+                        response = await client.openai_session().post(
+                            client.base_url + call.endpoint,
+                            data=body_for_upstream(body, call.model, route.upstream_model),
+                            headers=UPSTREAM_HEADERS,
+                        )
+                except EngineUnavailableError as exc:
+                    # No byte reached the client yet: once more, on another engine.
+                    if not self._may_fail_over(route, tried, exc, info):
+                        raise
+                    await cleanup.aclose()
+                    continue
+                with translate_session_errors(client.base_url):
+                    # close(), not release(): an unfinished response's connection is dropped,
+                    # so the engine sees the client leave and aborts the generation.
+                    cleanup.callback(response.close)
+                    if response.status != 200:
+                        raise _engine_error(route, response.status, await response.read())
+            except BaseException:
+                await cleanup.aclose()
+                raise
+            break
         rename = (
             ModelRename(route.upstream_model, route.public_model).apply
             if route.upstream_model != route.public_model

@@ -23,6 +23,7 @@ from gateway.engines.base import Engine
 from gateway.errors import EngineUnavailableError, ModelNotFoundError
 from gateway.placement.policy import EngineView, Snapshot, choose_base_engine
 from gateway.placement.slots import EngineLoad
+from gateway.placement.stats import PlacementEvent, PlacementStats
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +83,7 @@ class Router:
         *,
         created: int | None = None,
         load: EngineLoad | None = None,
+        stats: PlacementStats | None = None,
     ) -> None:
         if not engines:
             raise ValueError("the router needs at least one engine")
@@ -93,6 +95,8 @@ class Router:
         self._turn = itertools.count()
         #: The gateway's requests in flight per engine (shared with the adapter lifecycle).
         self.load = load or EngineLoad([engine.name for engine in engines])
+        #: Where failovers are counted (the adapter lifecycle's placement counters).
+        self.stats = stats or PlacementStats()
         self._created = int(time.time()) if created is None else created
 
     @property
@@ -119,6 +123,10 @@ class Router:
         )
         chosen = choose_base_engine(snapshot)
         return next(e for e in ready if e.name == chosen)
+
+    def note_failover(self, engine_name: str) -> None:
+        """A request left ``engine_name`` for another engine (it failed before any byte)."""
+        self.stats.count(engine_name, PlacementEvent.FAILOVER)
 
     @asynccontextmanager
     async def route(self, model: str, exclude: Collection[str] = ()) -> AsyncIterator[Route]:
