@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 FIND_LINKS := $(shell python3 -m pip config get global.find-links 2>/dev/null || echo /opt/wheels)
 PYTEST_ARGS ?=
 
-.PHONY: install serve test lint typecheck lock demo bench loadtest clean
+.PHONY: install serve test lint typecheck lock demo demo-adapter bench loadtest clean
 
 install: $(STAMP)
 
@@ -30,6 +30,7 @@ serve: install
 
 test: install
 	bash scripts/ensure-prometheus.sh
+	bash scripts/ensure-postgres.sh
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 lint: install
@@ -46,12 +47,17 @@ DEMO_DATA = $(shell $(PY) -c 'from gateway.settings import GatewaySettings as S;
 DEMO_TRAIN_ARGS ?= --rank 16 --target-modules all-linear --lr 1e-3 --warmup-ratio 0.1 \
   --max-steps 30 --batch-size 4 --eval-fraction 0.1
 
-demo: install
+# demo-adapter only trains DATA_DIR/adapters/legal-lora (the README's walkthrough registers it
+# with a running gateway); demo also starts a gateway and asks it.
+demo-adapter: install
 	$(VENV)/bin/lora-gateway models prepare smollm2-135m-instruct
 	$(PY) examples/legal/make_dataset.py --check
 	$(VENV)/bin/lora-trainer train --base-model $(DEMO_DATA)/models/smollm2-135m-instruct \
 	  --data examples/legal/legal.jsonl --output $(DEMO_DATA)/adapters/legal-lora \
 	  --name legal-lora --overwrite $(DEMO_TRAIN_ARGS)
+	@echo "legal-lora is in $(DEMO_DATA)/adapters/legal-lora"
+
+demo: demo-adapter
 	$(PY) examples/legal/ask.py --serve
 
 lock: | $(UV)

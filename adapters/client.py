@@ -1,9 +1,10 @@
-"""The one client of the gateway's admin API (``/admin/adapters``), over httpx.
+"""The one client of the gateway's admin API (``/admin/adapters``, ``/admin/status``), over httpx.
 
     with AdminClient("http://127.0.0.1:8000", token) as admin:
         admin.register("legal-lora", Path("adapters/legal-lora"), load=True, new_version=True)
         admin.list(); admin.get(name); admin.load(name); admin.unload(name)
         admin.restore(name, 1); admin.set_pinned(name, True); admin.delete(name)
+        admin.status()  # engines, slots, adapters, requests in flight
 
 Used by the gateway's CLI (``lora-gateway adapters ...``, :mod:`gateway.commands.adapters`),
 the trainer's ``--register`` (:mod:`trainer.register`), the benchmark (:mod:`loadtest`) and
@@ -30,6 +31,7 @@ from adapters.errors import AdapterError, AdapterErrorKind
 
 ADMIN_TOKEN_ENV = "LORA_GATEWAY_ADMIN_TOKEN"
 ADMIN_ADAPTERS_PATH = "/admin/adapters"
+ADMIN_STATUS_PATH = "/admin/status"
 #: A load waits for the engine and a registration hashes and copies the weights.
 DEFAULT_TIMEOUT_S = 300.0
 CONNECT_TIMEOUT_S = 10.0
@@ -174,6 +176,10 @@ class AdminClient:
 
     def set_pinned(self, name: str, pinned: bool) -> JSONObject:
         return self._call("PATCH", _adapter_path(name), {"pinned": pinned})
+
+    def status(self) -> JSONObject:
+        """``GET /admin/status``: engines, adapter slots, adapters, requests in flight."""
+        return self._call("GET", ADMIN_STATUS_PATH)
 
     # --- one request -------------------------------------------------------------------------
     def _call(

@@ -1,9 +1,13 @@
 """SQLAlchemy 2 schema of the adapter registry, and its engine/session set-up.
 
-Two tables: ``adapters`` (one row per public name: which version is active, pinned) and
+Three tables: ``adapters`` (one row per public name: which version is active, pinned),
 ``adapter_versions`` (one row per registered version: where it is, what it is, its last settled
-state). Only portable column types and ORM statements are used, so the same code runs on the
-default SQLite file in the data dir and on PostgreSQL (``postgresql+psycopg://...``).
+state) and ``registry_generation`` (one row: a counter every change bumps, which is also the lock
+that serializes writers; see :class:`GenerationRow`). Only portable column types and ORM
+statements are used, so the same code runs on the default SQLite file in the data dir and on
+PostgreSQL (``postgresql+psycopg://...``, driver ``psycopg`` 3); columns added later are added
+by :func:`create_schema` with ``ALTER TABLE``, under an advisory lock on PostgreSQL so replicas
+starting together do not race.
 
 Used only by :mod:`adapters.registry`.
 """
@@ -26,10 +30,12 @@ from sqlalchemy import (
     UniqueConstraint,
     create_engine,
     event,
+    insert,
     inspect,
+    select,
     text,
 )
-from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.orm import (
     DeclarativeBase,
     Mapped,
@@ -101,6 +107,28 @@ class AdapterVersionRow(Base):
     adapter: Mapped[AdapterRow] = relationship(back_populates="versions")
 
 
+class GenerationRow(Base):
+    """The registry's single generation row (``id`` = :data:`GENERATION_ID`).
+
+    Every write transaction that changes what should be served (register, restore, pin, unpin,
+    delete, ...) first increments ``value``: a replica polls it (one primary-key read) to learn
+    whether anything changed since it last looked. Updating the row first also takes its row
+    lock (PostgreSQL) or the write lock (SQLite) before anything is read, so concurrent writers,
+    in this process or in other replicas, run one after another and never hand out the same
+    version number twice.
+    """
+
+    __tablename__ = "registry_generation"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    value: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+GENERATION_ID = 1
+#: ``pg_advisory_xact_lock`` key held while the schema is created or migrated.
+SCHEMA_LOCK_KEY = 0x6C6F7261  # "lora"
+
+
 def make_engine(url: str) -> Engine:
     """An engine for ``url``; for SQLite, the parent directory is created and foreign keys on."""
     parsed = make_url(url)
@@ -128,14 +156,32 @@ def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:
 
 
 def create_schema(engine: Engine) -> None:
-    """Create missing tables, and add the columns added since a database was created."""
-    Base.metadata.create_all(engine)
-    columns = {c["name"] for c in inspect(engine).get_columns(AdapterVersionRow.__tablename__)}
+    """Create missing tables and the generation row, and add the columns added since a database
+    was created. One transaction holding a lock (an advisory lock on PostgreSQL, the write lock
+    on SQLite), so processes that start together against an empty database do not both create or
+    alter the same table."""
+    with engine.begin() as connection:
+        if engine.dialect.name == "postgresql":
+            connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": SCHEMA_LOCK_KEY})
+        elif engine.dialect.name == "sqlite":
+            # pysqlite runs DDL outside any transaction unless one is open: take the write lock
+            # now, so a second process waits (busy timeout) and then finds the tables made.
+            connection.exec_driver_sql("BEGIN IMMEDIATE")
+        Base.metadata.create_all(connection)
+        _add_missing_columns(connection)
+        present = connection.scalar(
+            select(GenerationRow.id).where(GenerationRow.id == GENERATION_ID)
+        )
+        if present is None:
+            connection.execute(insert(GenerationRow).values(id=GENERATION_ID, value=0))
+
+
+def _add_missing_columns(connection: Connection) -> None:
+    columns = {c["name"] for c in inspect(connection).get_columns(AdapterVersionRow.__tablename__)}
     if "store_path" not in columns:
-        with engine.begin() as connection:
-            connection.execute(
-                text(
-                    f"ALTER TABLE {AdapterVersionRow.__tablename__} "
-                    f"ADD COLUMN store_path VARCHAR({PATH_LENGTH})"
-                )
+        connection.execute(
+            text(
+                f"ALTER TABLE {AdapterVersionRow.__tablename__} "
+                f"ADD COLUMN store_path VARCHAR({PATH_LENGTH})"
             )
+        )

@@ -8,6 +8,11 @@ async extension keeps one code path for every database driver and needs no extra
 
 Per name: the active version and whether it is pinned. Per version: what was validated at
 registration (paths, rank, hashes, ...) and its last settled lifecycle state with its error.
+Every change of what should be served runs through :meth:`Registry._write`, which first bumps
+the generation counter (:class:`adapters.db.GenerationRow`): that serializes writers across
+processes (no version number is handed out twice) and lets another replica ask "did anything
+change?" with one read, :meth:`Registry.generation`. Recording a version's settled state does not
+count as a change (it is what an engine did, not what should be served).
 Called by the gateway's adapter lifecycle only. SQLAlchemy errors become
 :class:`adapters.errors.AdapterError` here (CONFLICT for a lost race, INTERNAL otherwise).
 """
@@ -21,13 +26,15 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from adapters.db import (
+    GENERATION_ID,
     AdapterRow,
     AdapterVersionRow,
+    GenerationRow,
     create_schema,
     make_engine,
     make_sessionmaker,
@@ -216,6 +223,32 @@ class Registry:
         with self._translate(what), self._sessions.begin() as session:
             return work(session)
 
+    def _write(self, what: str, work: Callable[[Session], T]) -> T:
+        """Run ``work`` in a transaction that first bumps the generation: the row lock it takes
+        makes concurrent writers (threads, replicas) wait for each other before reading."""
+
+        def bumped(session: Session) -> T:
+            session.execute(
+                update(GenerationRow)
+                .where(GenerationRow.id == GENERATION_ID)
+                .values(value=GenerationRow.value + 1)
+            )
+            return work(session)
+
+        return self._run(what, bumped)
+
+    def generation(self) -> int:
+        """A counter that grows with every change of the adapters, versions, active versions or
+        pins: equal values mean nothing changed in between (one primary-key read)."""
+
+        def work(session: Session) -> int:
+            value = session.scalar(
+                select(GenerationRow.value).where(GenerationRow.id == GENERATION_ID)
+            )
+            return int(value or 0)
+
+        return self._run("generation", work)
+
     @staticmethod
     def _row(session: Session, name: str) -> AdapterRow:
         row = session.get(AdapterRow, name)
@@ -284,7 +317,7 @@ class Registry:
             row.updated_at = utcnow()
             return _record_out(row)
 
-        return self._run("add", work)
+        return self._write("add", work)
 
     def set_active(self, name: str, version: int) -> AdapterRecord:
         def work(session: Session) -> AdapterRecord:
@@ -300,7 +333,7 @@ class Registry:
             row.updated_at = utcnow()
             return _record_out(row)
 
-        return self._run("set_active", work)
+        return self._write("set_active", work)
 
     def set_pinned(self, name: str, pinned: bool) -> AdapterRecord:
         def work(session: Session) -> AdapterRecord:
@@ -309,7 +342,7 @@ class Registry:
             row.updated_at = utcnow()
             return _record_out(row)
 
-        return self._run("set_pinned", work)
+        return self._write("set_pinned", work)
 
     def set_state(
         self, name: str, version: int, state: AdapterState, last_error: str | None = None
@@ -356,4 +389,4 @@ class Registry:
             session.delete(row)
             return True
 
-        return self._run("delete", work)
+        return self._write("delete", work)

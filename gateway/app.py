@@ -17,10 +17,12 @@ module-level app. What it wires together:
     vLLM per session) or, when ``engines`` is None, built by
     :func:`gateway.engines.factory.build_engines` and then owned: started on startup,
     stopped on shutdown, after the adapter lifecycle closed;
-  - the adapter resolver, made in ONE place (:func:`open_adapter_resolver`: the
-    :class:`~gateway.lifecycle.service.AdapterLifecycle` over the registry, which also scans
-    ``--adapters-dir``) unless passed in; a lifecycle, built here or passed in, also serves
-    the admin API (``app.state.lifecycle``);
+  - the adapter lifecycle (:class:`~gateway.lifecycle.service.AdapterLifecycle` over the
+    registry, which also scans ``--adapters-dir``), opened by :func:`open_adapter_resolver`
+    unless one is passed in (then the caller built it with the same factory,
+    :func:`gateway.lifecycle.startup.build_lifecycle`, and owns it, like passed-in engines).
+    It is the router's only adapter resolver and serves the admin API (``app.state.lifecycle``);
+    there is no other resolver, so tests run the production request path;
   - the :class:`~gateway.inference.routing.Router` and :class:`~gateway.inference.proxy.OpenAIProxy`
     over them.
 
@@ -36,12 +38,13 @@ lifecycle closes, then owned engines stop.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Callable, Collection, Mapping
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import Depends, FastAPI
 
 from gateway.api.admin.adapters import build_admin_router
+from gateway.api.admin.status import build_status_router
 from gateway.api.deps import Services
 from gateway.api.error_handlers import install_error_handlers
 from gateway.api.health import build_health_router
@@ -52,7 +55,7 @@ from gateway.auth.admin_token import load_admin_token
 from gateway.auth.client_keys import ApiKeyAuth
 from gateway.engines.base import Engine
 from gateway.inference.proxy import OpenAIProxy
-from gateway.inference.routing import AdapterResolver, Router
+from gateway.inference.routing import Router
 from gateway.lifecycle.service import AdapterLifecycle
 from gateway.lifecycle.types import LifecycleObserver
 from gateway.observability.access_log import AccessLog
@@ -70,8 +73,8 @@ async def open_adapter_resolver(
     engines: list[Engine],
     *,
     observer: LifecycleObserver | None = None,
-) -> AsyncIterator[AdapterResolver]:
-    """The app's adapter resolver, for as long as the app runs: THE one place it is built.
+) -> AsyncIterator[AdapterLifecycle]:
+    """The app's adapter lifecycle, for as long as the app runs: THE one place it is opened.
 
     The :class:`~gateway.lifecycle.service.AdapterLifecycle` over the registry in the data dir (or
     ``settings.database_url``); it re-applies the registry's desired state on every ready
@@ -89,28 +92,11 @@ def _build_engines(settings: GatewaySettings) -> list[Engine]:
     return build_engines(settings)
 
 
-def bind_adapter_metrics(metrics: GatewayMetrics, adapters: AdapterResolver) -> None:
-    """Label values and scrape-time counts from the resolver the app runs with."""
-    registered: Callable[[], Collection[str]]
-    loaded: Callable[[], Mapping[str, int]] | None = None
-    placement: Callable[[], list[tuple[str, str, int]]] | None = None
-    if isinstance(adapters, AdapterLifecycle):
-        registered, loaded = adapters.registered_names, adapters.loaded_per_engine
-        placement = adapters.placement_stats.items
-    else:  # a fixed resolver (tests): its names now are its names for good
-        names = frozenset(model.id for model in adapters.public_models())
-
-        def registered() -> Collection[str]:
-            return names
-
-    metrics.bind_adapters(registered=registered, loaded=loaded, placement=placement)
-
-
 def create_app(
     settings: GatewaySettings,
     *,
     engines: list[Engine] | None = None,
-    adapter_resolver: AdapterResolver | None = None,
+    lifecycle: AdapterLifecycle | None = None,
 ) -> FastAPI:
     metrics = GatewayMetrics()
     observer = RequestMetricsObserver(metrics)
@@ -134,15 +120,18 @@ def create_app(
                     started.append(engine)
             metrics.bind_engines(active)
             activity.bind_engines(active)
-            async with _resolver(active) as adapters:
-                bind_adapter_metrics(metrics, adapters)
-                lifecycle = adapters if isinstance(adapters, AdapterLifecycle) else None
-                app.state.lifecycle = lifecycle
+            async with _lifecycle(active) as adapters:
+                metrics.bind_adapters(
+                    registered=adapters.registered_names,
+                    loaded=adapters.loaded_per_engine,
+                    placement=adapters.placement_stats.items,
+                )
+                app.state.lifecycle = adapters
                 router = Router(
                     active,
                     adapters,
-                    load=lifecycle.engine_load if lifecycle is not None else None,
-                    stats=lifecycle.placement_stats if lifecycle is not None else None,
+                    load=adapters.engine_load,
+                    stats=adapters.placement_stats,
                 )
                 app.state.services = Services(
                     settings=settings,
@@ -163,9 +152,9 @@ def create_app(
                     await engine.close_client()
 
     @asynccontextmanager
-    async def _resolver(active: list[Engine]) -> AsyncIterator[AdapterResolver]:
-        if adapter_resolver is not None:
-            yield adapter_resolver
+    async def _lifecycle(active: list[Engine]) -> AsyncIterator[AdapterLifecycle]:
+        if lifecycle is not None:
+            yield lifecycle
         else:
             async with open_adapter_resolver(
                 settings, active, observer=metrics.adapter_events
@@ -184,12 +173,13 @@ def create_app(
     app.add_middleware(
         RequestContextMiddleware,
         max_body_bytes=settings.max_body_bytes,
-        access_log=AccessLog(json_lines=settings.log_json),
+        access_log=AccessLog(),
         observer=observer,
     )
     app.include_router(build_health_router())
     app.include_router(build_metrics_router(metrics))
     app.include_router(build_admin_router())
+    app.include_router(build_status_router())
     v1_dependencies = [Depends(ApiKeyAuth(settings.api_keys))] if settings.api_keys else []
     app.include_router(build_openai_router(), dependencies=v1_dependencies)
     return app

@@ -1,7 +1,8 @@
 """``lora-gateway``: the operator's command line.
 
-Sub-commands live in :mod:`gateway.commands`, one module each (``serve``, ``models``,
-``adapters``), and register themselves on the Typer app built here. Nothing runs at import time.
+Sub-commands live in :mod:`gateway.commands`, one module each (``serve``, ``status``,
+``chat``/``complete``, ``models``, ``adapters``), and register themselves on the Typer app built
+here. Nothing runs at import time.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import typer
 
 
 def build_cli() -> typer.Typer:
-    from gateway.commands import adapters, models, serve
+    from gateway.commands import adapters, chat, models, serve, status
 
     cli = typer.Typer(
         name="lora-gateway",
@@ -19,6 +20,8 @@ def build_cli() -> typer.Typer:
         add_completion=False,
     )
     serve.register(cli)
+    status.register(cli)
+    chat.register(cli)
     cli.add_typer(models.app, name="models", help="Prepare base models offline.")
     cli.add_typer(adapters.app, name="adapters", help="Manage adapters through the admin API.")
     return cli

@@ -49,6 +49,12 @@ class EngineDType(StrEnum):
     AUTO = "auto"
 
 
+class LogFormat(StrEnum):
+    JSON = "json"
+    TEXT = "text"
+    AUTO = "auto"  # text on a terminal, JSON otherwise
+
+
 class GatewaySettings(BaseSettings):
     """Everything the gateway process needs to know, with limits on every user input."""
 
@@ -67,7 +73,9 @@ class GatewaySettings(BaseSettings):
     )
     max_body_bytes: int = Field(default=1 << 20, ge=1024, description="Request body limit.")
     log_level: str = "INFO"
-    log_json: bool = True
+    log_format: LogFormat = Field(
+        default=LogFormat.AUTO, description="json, text, or auto: text on a terminal, else JSON."
+    )
     drain_timeout_s: float = Field(default=30.0, ge=0, description="SIGTERM drain bound.")
 
     # --- Base model and data ------------------------------------------------------------------
@@ -80,7 +88,9 @@ class GatewaySettings(BaseSettings):
     )
     data_dir: Path = Field(default_factory=_default_data_dir)
     database_url: str | None = Field(
-        default=None, description="SQLAlchemy URL of the registry; SQLite in the data dir if unset."
+        default=None,
+        description="SQLAlchemy URL of the registry; SQLite in the data dir if unset. Gateway "
+        "replicas share one PostgreSQL: postgresql+psycopg://USER:PASSWORD@HOST:5432/DB.",
     )
 
     # --- Engines ------------------------------------------------------------------------------

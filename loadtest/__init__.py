@@ -2,8 +2,8 @@
 
 Nothing here is imported by the gateway. Modules:
 
-- :mod:`loadtest.fake_upstream` (+ :mod:`loadtest.fake_openai`): a FAKE OpenAI-compatible
-  upstream that answers instantly, for gateway-overhead benchmarks and load-test tests.
+- :mod:`loadtest.fake_vllm`: the one FAKE vLLM (OpenAI + LoRA endpoints, no model) that answers
+  instantly, for gateway-overhead benchmarks and for every test that needs a misbehaving engine.
 - :mod:`loadtest.sampling`: which adapter each request asks for (uniform, weighted, Zipf).
 - :mod:`loadtest.workload`: request bodies and SSE accounting shared by every load generator.
 - :mod:`loadtest.locustfile` and :mod:`loadtest.run`: locust users and the headless runner.

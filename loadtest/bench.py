@@ -7,7 +7,7 @@ Reproduce the README's figures (about 11 minutes on 2 cores; LiteLLM is installe
 
 What it does, in order (each step can be switched off; see ``--help``):
 
-1. FAKE upstream suite (:mod:`loadtest.fake_upstream`): direct, gateway, LiteLLM in turn,
+1. FAKE upstream suite (:mod:`loadtest.fake_vllm`): direct, gateway, LiteLLM in turn,
    phase by phase: open-loop latency at ``--rates`` for full and streamed answers,
    closed-loop maximum req/s, CPU per request, streamed chunks out / chunks in (the fake counts
    what it sent).
@@ -46,7 +46,7 @@ from rich.console import Console
 
 from loadtest import adapter_suites, gateway_admin, plot, report, suites
 from loadtest.litellm_proxy import LITELLM_VERSION
-from loadtest.procs import VllmOptions, start_fake_upstream, start_vllm
+from loadtest.procs import VllmOptions, start_fake_vllm, start_vllm
 from loadtest.workload import Workload
 
 REPO = Path(__file__).resolve().parents[1]
@@ -202,7 +202,7 @@ def run(args: argparse.Namespace, console: Console) -> dict[str, Any]:
             console.log(f"[red]{what} failed[/red]: {exc}\n{traceback.format_exc(limit=3)}")
 
     if "fake" in args.suites:
-        fake = start_fake_upstream(
+        fake = start_fake_vllm(
             ctx.log_dir, model=ctx.served_name, chunks=args.chunks, cpus=placement.others
         )
         try:

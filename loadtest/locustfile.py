@@ -1,12 +1,17 @@
 """Locust users that load any OpenAI-compatible server: this gateway, vLLM, LiteLLM, the fake.
 
-Each request asks for a model drawn from an adapter mix (:mod:`loadtest.sampling`) and is built
+Each request asks for a model drawn from an adapter mix (:mod:`loadtest.sampling`): the names
+given (``--model``, ``--adapters``, ``--adapter-prefix``/``--adapter-count``) or, with none, every
+adapter the server lists at ``/v1/models`` (:mod:`loadtest.discovery`; ``--include-base`` adds the
+base model). Each request is built
 by a :class:`~loadtest.workload.Workload`. Streamed answers are read as they arrive; besides the
 request itself (full time, ``response_length`` = chunks), each records custom locust entries:
 ``TTFT`` (time to first token) and ``ITL`` (one per gap between token chunks), so they appear in
 the CSV, the HTML report and the summary like any request.
 
-Run it with ``python -m loadtest run`` (:mod:`loadtest.run`), or by hand::
+Run it with ``python -m loadtest run --host URL`` (:mod:`loadtest.run`), or by hand::
+
+    locust -f loadtest/locustfile.py --headless -u 8 -t 30s --host http://127.0.0.1:8000
 
     locust -f loadtest/locustfile.py --headless -u 32 -r 32 -t 30s --host http://127.0.0.1:8000 \\
         --adapter-prefix legal --adapter-count 16 --distribution zipf --zipf-s 1.1 --stream
@@ -14,6 +19,7 @@ Run it with ``python -m loadtest run`` (:mod:`loadtest.run`), or by hand::
 
 from __future__ import annotations
 
+import logging
 import random
 import time
 from dataclasses import dataclass
@@ -22,8 +28,11 @@ from typing import Any
 from locust import FastHttpUser, constant_throughput, events, task
 from locust.env import Environment
 
+from loadtest.discovery import DiscoveryError, discover_models
 from loadtest.sampling import AdapterMix, AdapterSampler, Distribution, adapter_names, parse_weights
 from loadtest.workload import Api, SseMeter, Workload
+
+logger = logging.getLogger(__name__)
 
 TTFT = "TTFT"
 ITL = "ITL"
@@ -43,6 +52,12 @@ def add_arguments(parser: Any) -> None:
     group.add_argument("--adapters", default="", help="comma-separated adapter names")
     group.add_argument("--adapter-prefix", default="", help="names PREFIX-0..PREFIX-(N-1)")
     group.add_argument("--adapter-count", type=int, default=0)
+    group.add_argument(
+        "--include-base",
+        action="store_true",
+        default=False,
+        help="with no model options: load the base model(s) too, not only the adapters",
+    )
     group.add_argument(
         "--distribution",
         choices=[d.value for d in Distribution],
@@ -77,12 +92,18 @@ class RunConfig:
     seed: int
 
     @classmethod
-    def from_options(cls, options: Any) -> RunConfig:
+    def from_options(cls, options: Any, host: str | None = None) -> RunConfig:
+        headers = {"Authorization": f"Bearer {options.api_key}"} if options.api_key else {}
         names = adapter_names(options.adapters, options.adapter_prefix, options.adapter_count)
-        if not names:
-            if not options.model:
-                raise ValueError("give --model, --adapters or --adapter-prefix/--adapter-count")
+        if not names and options.model:
             names = [options.model]
+        if not names:
+            if not host:
+                raise ValueError(
+                    "give --host (models are discovered from /v1/models), --model, --adapters "
+                    "or --adapter-prefix/--adapter-count"
+                )
+            names = discover_models(host, headers, include_base=options.include_base)
         mix = AdapterMix.build(
             names,
             options.distribution,
@@ -97,7 +118,6 @@ class RunConfig:
             stream=options.stream,
             ignore_eos=options.ignore_eos,
         )
-        headers = {"Authorization": f"Bearer {options.api_key}"} if options.api_key else {}
         if options.rate < 0:
             raise ValueError("--rate must be >= 0")
         return cls(workload, mix, options.rate, headers, options.stats_per_model, options.seed)
@@ -109,8 +129,23 @@ _configs: dict[int, RunConfig] = {}
 def config_of(environment: Environment) -> RunConfig:
     key = id(environment)
     if key not in _configs:
-        _configs[key] = RunConfig.from_options(environment.parsed_options)
+        _configs[key] = RunConfig.from_options(environment.parsed_options, environment.host)
     return _configs[key]
+
+
+@events.test_start.add_listener
+def check_config(environment: Environment, **_: Any) -> None:
+    """Build the config (discovering the models) once, before any user starts; a bad option or
+    a server that cannot list its models ends the run with a clear message."""
+    try:
+        config = config_of(environment)
+    except (ValueError, DiscoveryError) as exc:
+        logger.error("lora-gateway workload: %s", exc)
+        environment.process_exit_code = 2
+        if environment.runner is not None:
+            environment.runner.quit()
+        return
+    logger.info("lora-gateway workload over %s", ", ".join(config.mix.names))
 
 
 def _read_events(response: Any, meter: SseMeter) -> None:

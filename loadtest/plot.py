@@ -1,22 +1,30 @@
-"""The benchmark's PNG: added latency by rate, maximum req/s, adapter scaling (matplotlib, Agg).
+"""The benchmark's PNG: added latency by rate, maximum req/s, adapter scaling (matplotlib).
 
 Reads the JSON-ready dict of :func:`loadtest.report.to_dict`; called by :mod:`loadtest.bench`.
+Every panel names what each axis measures and its unit. :func:`bench_figure` builds the figure
+(a plain ``Figure``, no pyplot state), :func:`plot` writes it.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 
 def plot(data: dict[str, Any], path: Path) -> Path:
-    import matplotlib
+    bench_figure(data).savefig(path, dpi=110)
+    return path
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+
+def bench_figure(data: dict[str, Any]) -> Figure:
+    from matplotlib.figure import Figure
 
     comparison = data["comparison"]
-    fig, axes = plt.subplots(1, 3, figsize=(16, 4.8))
+    fig = Figure(figsize=(16, 4.8))
+    axes = fig.subplots(1, 3)
     ax = axes[0]
     for row_key, label in (("gateway", "gateway"), ("litellm", "LiteLLM")):
         for upstream in dict.fromkeys(r["upstream"] for r in comparison["latency"]):
@@ -43,8 +51,8 @@ def plot(data: dict[str, Any], path: Path) -> Path:
                 )
     ax.set(
         title="Added latency over direct (full answers)",
-        xlabel="requests/s",
-        ylabel="ms",
+        xlabel="offered load (requests/s)",
+        ylabel="added latency (ms)",
         yscale="symlog",
     )
     if ax.get_legend_handles_labels()[0]:
@@ -63,7 +71,12 @@ def plot(data: dict[str, Any], path: Path) -> Path:
         )
         ax.bar_label(bars, fmt="%.0f", fontsize=7)
     ax.set_xticks(range(len(rows)), [r["upstream"] for r in rows])
-    ax.set(title="Maximum requests/s (server under test on one core)", ylabel="req/s", yscale="log")
+    ax.set(
+        title="Maximum requests/s (server under test on one core)",
+        xlabel="upstream (what the servers forward to)",
+        ylabel="throughput (requests/s)",
+        yscale="log",
+    )
     ax.legend(fontsize=8)
     ax = axes[2]
     scaling = comparison["adapter_scaling"]
@@ -72,8 +85,8 @@ def plot(data: dict[str, Any], path: Path) -> Path:
         ax.plot(counts, [r["rps"] for r in scaling], marker="o", label="req/s")
         ax.set(
             xscale="log",
-            xlabel="registered adapters",
-            ylabel="req/s",
+            xlabel="registered adapters (count)",
+            ylabel="throughput (requests/s)",
             title="Adapter scaling (vLLM, Zipf)",
         )
         twin = ax.twinx()
@@ -91,7 +104,7 @@ def plot(data: dict[str, Any], path: Path) -> Path:
             color="C2",
             label="TTFT p95",
         )
-        twin.set_ylabel("ms")
+        twin.set_ylabel("time to first token (ms)")
         twin.legend(fontsize=8, loc="upper right")
         ax.legend(fontsize=8, loc="upper left")
     else:
@@ -99,6 +112,4 @@ def plot(data: dict[str, Any], path: Path) -> Path:
         ax.text(0.5, 0.5, "adapter scaling not run", ha="center", va="center")
     fig.suptitle(f"lora-gateway benchmark — {data['meta'].get('date', '')}")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return fig

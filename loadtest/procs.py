@@ -149,20 +149,20 @@ def spawn(
     return Service(name=name, url=url, process=process, log_path=log_path, cpus=cpus)
 
 
-def start_fake_upstream(
+def start_fake_vllm(
     log_dir: Path,
     *,
     model: str,
     chunks: int = 16,
     cpus: frozenset[int] | None = None,
-    name: str = "fake-upstream",
+    name: str = "fake-vllm",
     delay_ms: float = 0.0,
 ) -> Service:
     port = free_port()
     command = [
         sys.executable,
         "-m",
-        "loadtest.fake_upstream",
+        "loadtest.fake_vllm",
         "--port",
         str(port),
         "--model",

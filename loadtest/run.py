@@ -3,8 +3,10 @@
 Starts a real locust process on :mod:`loadtest.locustfile` with the given users, duration and
 target, forwards every workload option it does not know itself to the locustfile (``--rate``,
 ``--adapters``, ``--distribution``, ``--stream`` ...; see ``locust -f loadtest/locustfile.py
---help``), writes ``<name>_stats.csv`` (and the other locust CSVs), ``<name>.html`` and
-``<name>_summary.json`` into the results directory, and prints a rich table.
+--help``), writes ``<name>_stats.csv`` (and the other locust CSVs, the full stats history
+included), ``<name>.html``, ``<name>_timeline.png`` (TTFT and throughput over time,
+:mod:`loadtest.timeline`) and ``<name>_summary.json`` into the results directory, and prints a
+rich table.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
+
+from loadtest.timeline import plot_history
 
 LOCUSTFILE = Path(__file__).with_name("locustfile.py")
 MAX_USERS = 10_000
@@ -41,6 +45,8 @@ class LocustRun:
     cpus: frozenset[int] | None = None
 
     def __post_init__(self) -> None:
+        # locust runs inside the results dir: every path handed to it must be absolute.
+        object.__setattr__(self, "results_dir", self.results_dir.resolve())
         if not 1 <= self.users <= MAX_USERS:
             raise ValueError(f"users must be 1..{MAX_USERS}, got {self.users}")
         if not MIN_DURATION_S <= self.duration_s <= MAX_DURATION_S:
@@ -75,6 +81,7 @@ class LocustRun:
             "10",
             "--csv",
             str(self.csv_prefix),
+            "--csv-full-history",
             "--html",
             str(self.csv_prefix) + ".html",
             "--only-summary",
@@ -103,6 +110,8 @@ class RunSummary:
     stats_csv: str
     html: str
     rows: list[StatRow]
+    #: TTFT and throughput over time (None when locust wrote no stats history).
+    timeline_png: str | None = None
 
 
 def _number(value: str) -> float:
@@ -155,12 +164,21 @@ def run_locust(run: LocustRun, *, timeout_s: float | None = None) -> RunSummary:
     if not stats_csv.exists():
         tail = log_path.read_text(errors="replace")[-2000:]
         raise RuntimeError(f"locust wrote no stats (exit {completed.returncode}):\n{tail}")
+    history_csv = Path(str(run.csv_prefix) + "_stats_history.csv")
+    timeline: Path | None = None
+    if history_csv.exists():
+        timeline = plot_history(
+            history_csv,
+            Path(str(run.csv_prefix) + "_timeline.png"),
+            title=f"locust run {run.name!r}: {run.users} users against {run.host}",
+        )
     summary = RunSummary(
         run=run.name,
         exit_code=completed.returncode,
         stats_csv=str(stats_csv),
         html=str(run.csv_prefix) + ".html",
         rows=read_stats(stats_csv),
+        timeline_png=str(timeline) if timeline is not None else None,
     )
     summary_path = Path(str(run.csv_prefix) + "_summary.json")
     summary_path.write_text(json.dumps(asdict(summary), indent=2))
@@ -204,3 +222,5 @@ def print_summary(summary: RunSummary, console: Console | None = None) -> None:
         console.width = 160
     console.print(summary_table(summary))
     console.print(f"CSV: {summary.stats_csv}\nHTML: {summary.html}")
+    if summary.timeline_png:
+        console.print(f"PNG: {summary.timeline_png}")

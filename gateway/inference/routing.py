@@ -6,8 +6,7 @@ rotate); any other id must be a registered adapter name, resolved through an
 :class:`AdapterResolver` (the adapter lifecycle in :mod:`gateway.lifecycle.service`), which makes
 sure the adapter is loaded on an engine and holds it there (no eviction, no unload) until the
 request's lease is released. Never a raw path. Used by :mod:`gateway.inference.proxy` (``route``)
-and the ``/v1/models`` route (``public_models``); :class:`NoAdapters` is the resolver of an app that
-has no adapter registry wired in.
+and the ``/v1/models`` route (``public_models``).
 """
 
 from __future__ import annotations
@@ -63,16 +62,6 @@ class AdapterResolver(Protocol):
 
 def unknown_model(name: str) -> ModelNotFoundError:
     return ModelNotFoundError(f"The model `{name}` does not exist.", param="model")
-
-
-class NoAdapters:
-    """A resolver that knows no adapter: every name but the base model's is unknown."""
-
-    def lease(self, name: str, exclude: Collection[str] = ()) -> AbstractAsyncContextManager[Route]:
-        raise unknown_model(name)
-
-    def public_models(self) -> list[PublicModel]:
-        return []
 
 
 class Router:

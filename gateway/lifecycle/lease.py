@@ -213,24 +213,35 @@ class LeaseBroker:
             usable = [n for n in ctx.table.current_engines(slot) if n not in exclude]
             if usable and slot.state is AdapterState.LOADED:
                 return slot
-        plan = await self._make_room(version, exclude)
-        if plan is None:
-            return None
-        engine = ctx.by_name[plan.engine]
-        slot = ctx.table.get(version.upstream_name)
-        if slot is None:
-            slot = ctx.table.open(
-                version.name, version.version, version.upstream_name, version.load_path
-            )
-        elif slot.state is AdapterState.LOADED and ctx.table.current_engines(slot):
-            # Resident only on excluded engines (failover): one engine more.
-            await self._loader.add_engine(slot, engine)
+        tried = set(exclude)
+        while True:
+            plan = await self._make_room(version, tried)
+            if plan is None:
+                return None
+            engine = ctx.by_name[plan.engine]
+            slot = ctx.table.get(version.upstream_name)
+            if slot is None:
+                slot = ctx.table.open(
+                    version.name, version.version, version.upstream_name, version.load_path
+                )
+            elif slot.state is AdapterState.LOADED and ctx.table.current_engines(slot):
+                # Resident only on excluded engines (failover): one engine more.
+                await self._loader.add_engine(slot, engine)
+                return slot
+            else:
+                slot.transition(AdapterState.LOADING)
+            slot.loading_on.add(engine.name)  # reserved before any await
+            try:
+                await self._loader.load(slot, [engine])
+            except EngineUnavailableError:
+                # That engine is gone (or failing): once more on another one, if any.
+                tried.add(engine.name)
+                others = [e for e in ctx.engines if e.ready and e.name not in tried]
+                if len(tried) > len(exclude) + 1 or not others:
+                    raise
+                ctx.failures.clear(version.upstream_name)
+                continue
             return slot
-        else:
-            slot.transition(AdapterState.LOADING)
-        slot.loading_on.add(engine.name)  # reserved before any await
-        await self._loader.load(slot, [engine])
-        return slot
 
     def _snapshot(self, own_name: str) -> Snapshot:
         ctx = self._ctx

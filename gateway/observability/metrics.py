@@ -425,6 +425,12 @@ class GatewayMetrics:
         return generate_latest(self.registry)
 
     # --- labels ------------------------------------------------------------------------------
+    def in_flight_requests(self) -> int:
+        """OpenAI requests being served now (for ``GET /admin/status``)."""
+        return int(
+            sum(sample.value for family in self.in_flight.collect() for sample in family.samples)
+        )
+
     def adapter_label(self, name: str) -> str:
         return name if name in self.registered_adapters() else OTHER
 

@@ -1,13 +1,15 @@
-"""adapters.registry: persistence, versions, states; adapters.state: the transition table."""
+"""adapters.registry: persistence, versions, states; adapters.state: the transition table.
+
+Every test taking ``db_url`` runs on SQLite and on a throwaway PostgreSQL (tests/conftest.py).
+"""
 
 from __future__ import annotations
 
 import itertools
-import os
-from pathlib import Path
+import multiprocessing
 
 import pytest
-from sqlalchemy import create_engine
+from sqlalchemy import create_engine, text
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.schema import CreateTable
 
@@ -20,6 +22,7 @@ from adapters.state import (
     InvalidTransitionError,
     check_transition,
 )
+from tests.support.registry_writers import open_registry, register_versions
 
 
 def new_version(sha: str = "a", path: str = "/adapters/x") -> NewVersion:
@@ -34,25 +37,6 @@ def new_version(sha: str = "a", path: str = "/adapters/x") -> NewVersion:
         size_bytes=1234,
         manifest={"steps": 3},
     )
-
-
-#: A PostgreSQL database the registry tests may empty and use, e.g.
-#: ``postgresql+psycopg://postgres@127.0.0.1:5432/registry_test`` (needs the psycopg driver).
-POSTGRES_URL_ENV = "LORA_GATEWAY_TEST_POSTGRES_URL"
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """The same tests on the default SQLite file and, when configured, on PostgreSQL."""
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'nested' / 'registry.db'}"
-    url = os.environ.get(POSTGRES_URL_ENV)
-    if not url:
-        pytest.skip(f"set {POSTGRES_URL_ENV} to run the registry tests on PostgreSQL")
-    engine = create_engine(url)
-    Base.metadata.drop_all(engine)
-    engine.dispose()
-    return url
 
 
 def test_add_get_list_and_persist_across_registry_objects(db_url: str) -> None:
@@ -148,3 +132,106 @@ def test_state_machine_transitions() -> None:
         with pytest.raises(InvalidTransitionError):
             check_transition(*bad)
     assert set(TRANSITIONS) == set(AdapterState)
+
+
+def test_two_processes_registering_versions_at_once_never_share_a_number(db_url: str) -> None:
+    # Two registries in two processes (two gateway replicas) add versions of the same new name
+    # at the same moment: every add succeeds and every version number is handed out once.
+    per_process = 15
+    Registry(db_url).close()  # the schema exists before the race: replicas start one by one
+    context = multiprocessing.get_context("spawn")
+    barrier = context.Barrier(2)
+    results = context.Queue()
+    workers = [
+        context.Process(
+            target=register_versions,
+            args=(db_url, "raced", per_process, tag, barrier, results),
+        )
+        for tag in ("a", "b")
+    ]
+    for worker in workers:
+        worker.start()
+    outcomes = [results.get(timeout=120) for _ in workers]
+    for worker in workers:
+        worker.join(timeout=30)
+    errors = [error for _, _, errs in outcomes for error in errs]
+    assert errors == []
+    numbers = sorted(n for _, got, _ in outcomes for n in got)
+    assert numbers == list(range(1, 2 * per_process + 1))
+    registry = Registry(db_url)
+    record = registry.get("raced")
+    assert record is not None
+    assert [v.version for v in record.versions] == numbers
+    registry.close()
+
+
+def test_generation_grows_with_every_change_and_only_then(db_url: str) -> None:
+    registry = Registry(db_url)
+    replica = Registry(db_url)  # another gateway process polling the same database
+    seen = [registry.generation()]
+
+    def changed() -> bool:
+        now = replica.generation()
+        grew = now > seen[-1]
+        seen.append(now)
+        return grew
+
+    registry.add("alpha", new_version("a"), pinned=False)
+    assert changed()
+    registry.add("alpha", new_version("b"), pinned=False, activate=False)
+    assert changed()
+    registry.set_active("alpha", 2)
+    assert changed()
+    registry.set_active("alpha", 1)  # restore
+    assert changed()
+    registry.set_pinned("alpha", True)
+    assert changed()
+    registry.set_pinned("alpha", False)
+    assert changed()
+    # Reads, settled states and refused writes change nothing that is served.
+    registry.list()
+    registry.get("alpha")
+    registry.set_state("alpha", 1, AdapterState.LOADED)
+    with pytest.raises(AdapterError):
+        registry.set_active("alpha", 9)
+    with pytest.raises(AdapterError):
+        registry.set_pinned("ghost", True)
+    assert not changed()
+    assert registry.delete("alpha")
+    assert changed()
+    registry.close()
+    replica.close()
+
+
+def test_a_registry_from_before_the_generation_gains_it(db_url: str) -> None:
+    registry = Registry(db_url)
+    registry.add("alpha", new_version(), pinned=False)
+    registry.close()
+    engine = create_engine(db_url)
+    with engine.begin() as connection:
+        connection.execute(text("DROP TABLE registry_generation"))
+    engine.dispose()
+    reopened = Registry(db_url)
+    assert reopened.generation() == 0
+    reopened.set_pinned("alpha", True)
+    assert reopened.generation() == 1
+    reopened.close()
+
+
+def test_replicas_starting_together_create_the_schema_once(db_url: str) -> None:
+    context = multiprocessing.get_context("spawn")
+    barrier = context.Barrier(3)
+    results = context.Queue()
+    workers = [
+        context.Process(target=open_registry, args=(db_url, tag, barrier, results))
+        for tag in ("a", "b", "c")
+    ]
+    for worker in workers:
+        worker.start()
+    outcomes = [results.get(timeout=120) for _ in workers]
+    for worker in workers:
+        worker.join(timeout=30)
+    assert [error for _, error in outcomes] == [None, None, None]
+    registry = Registry(db_url)
+    assert registry.generation() == 0
+    registry.close()

@@ -108,8 +108,8 @@ def test_verify_names_a_damaged_copy(store: AdapterStore, roots: Path, tmp_path:
     registry.close()
 
 
-def test_a_registry_from_before_the_store_gains_the_column(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path / 'old.db'}"
+def test_a_registry_from_before_the_store_gains_the_column(db_url: str) -> None:
+    url = db_url  # the ALTER TABLE migration, on SQLite and on PostgreSQL
     Registry(url).close()
     engine = create_engine(url)
     with engine.begin() as connection:

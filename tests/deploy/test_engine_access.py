@@ -12,7 +12,14 @@ import re
 from typing import Any
 
 from tests.deploy.paths import DEPLOY
-from tests.deploy.test_manifests import K8S, compose, k8s_objects, load_all
+from tests.deploy.test_manifests import (
+    K8S,
+    compose,
+    compose_engines,
+    k8s_objects,
+    load_all,
+    workload,
+)
 
 ENGINE_PORT = 8000
 REQUIRED = re.compile(r"^\$\{(?P<var>[A-Z0-9_]+):\?[^}]+\}$")
@@ -29,16 +36,18 @@ def _required_var(value: object) -> str:
 
 
 def test_compose_engine_port_is_not_published() -> None:
-    engine = compose()["services"]["engine"]
-    assert "ports" not in engine
-    assert "network_mode" not in engine  # host networking would publish every port
+    services = compose()["services"]
+    for engine in [*compose_engines(services).values(), services["postgres"]]:
+        assert "ports" not in engine
+        assert "network_mode" not in engine  # host networking would publish every port
 
 
 def test_compose_engine_key_comes_from_the_operator_on_both_sides() -> None:
     services = compose()["services"]
-    engine_var = _required_var(services["engine"]["environment"]["VLLM_API_KEY"])
     gateway_var = _required_var(services["gateway"]["environment"]["LORA_GATEWAY_ENGINE_API_KEY"])
-    assert engine_var == gateway_var == "LORA_GATEWAY_ENGINE_API_KEY"
+    assert gateway_var == "LORA_GATEWAY_ENGINE_API_KEY"
+    for engine in compose_engines(services).values():
+        assert _required_var(engine["environment"]["VLLM_API_KEY"]) == gateway_var
 
 
 def test_compose_v1_is_not_open_by_default() -> None:
@@ -74,7 +83,7 @@ def test_compose_env_example_names_every_required_variable() -> None:
 
 
 def _pod(objects: dict[tuple[str, str], dict[str, Any]], name: str) -> dict[str, Any]:
-    spec: dict[str, Any] = objects[("Deployment", name)]["spec"]["template"]
+    spec: dict[str, Any] = workload(objects, name)["spec"]["template"]
     return spec
 
 

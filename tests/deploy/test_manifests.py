@@ -43,6 +43,25 @@ def compose() -> dict[str, Any]:
     return loaded
 
 
+def compose_engines(services: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The engine services (engine-0, engine-1, ...), in order."""
+    names = sorted(
+        (name for name in services if re.fullmatch(r"engine-\d+", name)),
+        key=lambda name: int(name.split("-")[1]),
+    )
+    return {name: services[name] for name in names}
+
+
+#: The kinds whose pod template runs a workload.
+WORKLOAD_KINDS = ("Deployment", "StatefulSet", "Job")
+
+
+def workload(objects: dict[tuple[str, str], dict[str, Any]], name: str) -> dict[str, Any]:
+    """The Deployment or StatefulSet called ``name``."""
+    [found] = [objects[(kind, name)] for kind in WORKLOAD_KINDS if (kind, name) in objects]
+    return found
+
+
 def flags(args: list[str]) -> dict[str, str]:
     """``--name=value`` / ``--name value`` / ``--switch`` into a dict."""
     parsed: dict[str, str] = {}
@@ -92,7 +111,11 @@ def assert_engine_matches_gateway(engine_args: list[str], gateway: GatewaySettin
 
 def test_compose_services_and_volumes() -> None:
     spec = compose()
-    assert set(spec["services"]) == {"models", "engine", "gateway", "prometheus", "grafana"}
+    engines = set(compose_engines(spec["services"]))
+    assert engines == {"engine-0", "engine-1"}
+    assert set(spec["services"]) == {"models", "postgres", "gateway", "prometheus", "grafana"} | (
+        engines
+    )
     declared = set(spec["volumes"])
     for name, service in spec["services"].items():
         for mount in service.get("volumes", []):
@@ -109,11 +132,13 @@ def test_compose_gateway_settings_match_the_engine() -> None:
     services = compose()["services"]
     env = services["gateway"]["environment"]
     gateway = settings_from(env)
-    assert gateway.engine_urls == ["http://engine:8000"]
+    engines = compose_engines(services)
+    assert gateway.engine_urls == [f"http://{name}:8000" for name in engines]
     assert gateway.host == "0.0.0.0" and gateway.port == 8000
-    assert_engine_matches_gateway(services["engine"]["command"], gateway)
-    assert services["engine"]["environment"]["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] == "True"
-    assert "VLLM_PLUGINS" not in services["engine"]["environment"]  # would drop the LoRA fix
+    for engine in engines.values():
+        assert_engine_matches_gateway(engine["command"], gateway)
+        assert engine["environment"]["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] == "True"
+        assert "VLLM_PLUGINS" not in engine["environment"]  # would drop the LoRA fix
     # The admin token must come from the operator, never a default in the file.
     assert env["LORA_GATEWAY_ADMIN_TOKEN"].startswith("${LORA_GATEWAY_ADMIN_TOKEN:?")
 
@@ -122,9 +147,12 @@ def test_compose_shares_adapters_at_one_path() -> None:
     services = compose()["services"]
     gateway = settings_from(services["gateway"]["environment"])
     adapters_dir = str(gateway.managed_adapters_dir)
-    engine_mounts = {m.split(":")[1]: m.split(":")[0] for m in services["engine"]["volumes"]}
     gateway_mounts = {m.split(":")[1]: m.split(":")[0] for m in services["gateway"]["volumes"]}
-    assert engine_mounts[adapters_dir] == gateway_mounts[adapters_dir] == "adapters"
+    assert gateway_mounts[adapters_dir] == "adapters"
+    assert str(gateway.adapter_store_dir).startswith(adapters_dir + "/")  # shared with engines
+    for engine in compose_engines(services).values():
+        engine_mounts = {m.split(":")[1]: m.split(":")[0] for m in engine["volumes"]}
+        assert engine_mounts[adapters_dir] == "adapters"
 
 
 def test_compose_stop_grace_exceeds_the_drain_bound() -> None:
@@ -137,27 +165,33 @@ def test_compose_stop_grace_exceeds_the_drain_bound() -> None:
 def test_compose_prometheus_scrapes_the_compose_services() -> None:
     services = compose()["services"]
     config = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
-    targets = {
-        job["job_name"]: target
-        for job in config["scrape_configs"]
-        for static in job["static_configs"]
-        for target in static["targets"]
-    }
-    assert targets == {"lora-gateway": "gateway:8000", "vllm": "engine:8000"}
-    assert "--port=8000" in services["engine"]["command"]
+    jobs = {job["job_name"]: job for job in config["scrape_configs"]}
+    assert set(jobs) == {"lora-gateway", "vllm"}
+    # Every gateway replica: Docker's DNS has one A record per replica of the service.
+    [gateway_sd] = jobs["lora-gateway"]["dns_sd_configs"]
+    assert (gateway_sd["names"], gateway_sd["type"], gateway_sd["port"]) == (["gateway"], "A", 8000)
+    engine_targets = [t for static in jobs["vllm"]["static_configs"] for t in static["targets"]]
+    engines = compose_engines(services)
+    assert engine_targets == [f"{name}:8000" for name in engines]
+    for engine in engines.values():
+        assert "--port=8000" in engine["command"]
 
 
 def test_compose_gpu_override_keeps_the_engine_flags() -> None:
     override = yaml.safe_load((DEPLOY / "compose.gpu.yaml").read_text())
-    engine = override["services"]["engine"]
-    assert set(override["services"]) == {"engine"}
-    assert "command" not in engine and "entrypoint" not in engine  # same flags as the CPU one
-    assert engine["image"].startswith("vllm/vllm-openai:v")
+    assert set(override["services"]) == set(compose_engines(compose()["services"]))
     pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
     gpu_vllm = next(
         d for d in pyproject["project"]["optional-dependencies"]["gpu"] if d.startswith("vllm==")
     )
-    assert engine["image"].endswith(":v" + gpu_vllm.removeprefix("vllm=="))
+    devices: list[str] = []
+    for engine in override["services"].values():
+        assert "command" not in engine and "entrypoint" not in engine  # same flags as the CPU one
+        assert engine["image"].startswith("vllm/vllm-openai:v")
+        assert engine["image"].endswith(":v" + gpu_vllm.removeprefix("vllm=="))
+        for device in engine["deploy"]["resources"]["reservations"]["devices"]:
+            devices.extend(device["device_ids"])
+    assert len(devices) == len(set(devices)) == len(override["services"])  # a GPU each
 
 
 # --- kubernetes --------------------------------------------------------------------------------
@@ -174,7 +208,7 @@ def test_kustomization_lists_every_manifest_but_the_example_secret() -> None:
 
 def test_k8s_gateway_probes_and_grace() -> None:
     objects = k8s_objects()
-    pod = objects[("Deployment", "lora-gateway")]["spec"]["template"]["spec"]
+    pod = workload(objects, "lora-gateway")["spec"]["template"]["spec"]
     container = pod["containers"][0]
     port_names = {port["name"] for port in container["ports"]}
     assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
@@ -188,17 +222,23 @@ def test_k8s_gateway_probes_and_grace() -> None:
 def test_k8s_gateway_settings_match_the_engine() -> None:
     objects = k8s_objects()
     gateway = settings_from(objects[("ConfigMap", "lora-gateway-config")]["data"])
-    engine = objects[("Deployment", "vllm-engine")]["spec"]["template"]["spec"]["containers"][0]
+    engines = workload(objects, "vllm-engine")
+    engine = engines["spec"]["template"]["spec"]["containers"][0]
     assert_engine_matches_gateway(engine["args"], gateway)
     service = objects[("Service", "vllm-engine")]
-    assert gateway.engine_urls == [f"http://vllm-engine:{service['spec']['ports'][0]['port']}"]
+    port = service["spec"]["ports"][0]["port"]
+    # One URL per engine pod, by its stable name under the headless Service.
+    assert gateway.engine_urls == [
+        f"http://vllm-engine-{index}.vllm-engine:{port}"
+        for index in range(engines["spec"]["replicas"])
+    ]
     env = {item["name"]: item.get("value") for item in engine["env"]}
     assert env["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] == "True"
 
 
 def test_k8s_secret_reference_matches_the_example() -> None:
     objects = k8s_objects()
-    container = objects[("Deployment", "lora-gateway")]["spec"]["template"]["spec"]["containers"][0]
+    container = workload(objects, "lora-gateway")["spec"]["template"]["spec"]["containers"][0]
     examples = {doc["metadata"]["name"]: doc for doc in load_all(K8S / "secret.example.yaml")}
     for item in container["env"]:
         ref = item["valueFrom"]["secretKeyRef"]
@@ -210,7 +250,7 @@ def test_k8s_secret_reference_matches_the_example() -> None:
 @pytest.mark.parametrize("name", ["lora-gateway", "vllm-engine"])
 def test_k8s_services_select_their_pods_and_are_scraped(name: str) -> None:
     objects = k8s_objects()
-    deployment = objects[("Deployment", name)]
+    deployment = workload(objects, name)
     service = objects[("Service", name)]
     pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
     assert deployment["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
@@ -251,12 +291,16 @@ def test_k8s_volumes_exist() -> None:
     objects = k8s_objects()
     claims = {name for kind, name in objects if kind == "PersistentVolumeClaim"}
     for kind, name in objects:
-        if kind not in {"Deployment", "Job"}:
+        if kind not in WORKLOAD_KINDS:
             continue
-        pod = objects[(kind, name)]["spec"]["template"]["spec"]
-        volumes = {v["name"]: v for v in pod["volumes"]}
+        spec = objects[(kind, name)]["spec"]
+        pod = spec["template"]["spec"]
+        volumes = {v["name"]: v for v in pod.get("volumes", [])}
+        templates = {t["metadata"]["name"] for t in spec.get("volumeClaimTemplates", [])}
         for container in pod["containers"]:
             for mount in container.get("volumeMounts", []):
+                if mount["name"] in templates:  # a StatefulSet's claim per pod
+                    continue
                 volume = volumes[mount["name"]]
                 if "persistentVolumeClaim" in volume:
                     assert volume["persistentVolumeClaim"]["claimName"] in claims
@@ -297,6 +341,7 @@ def test_compose_and_k8s_use_the_dockerfile_targets() -> None:
     services = compose()["services"]
     assert services["gateway"]["build"]["target"] == "gateway"
     assert services["models"]["build"]["target"] == "engine-cpu"
-    assert services["engine"]["image"] == services["models"]["image"]
+    for engine in compose_engines(services).values():
+        assert engine["image"] == services["models"]["image"]
     job = k8s_objects()[("Job", "prepare-base-model")]["spec"]["template"]["spec"]
     assert job["containers"][0]["image"] == services["models"]["image"]

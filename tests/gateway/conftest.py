@@ -1,9 +1,12 @@
 """Fixtures for in-process gateway tests: the real app and a real server, a fake upstream.
 
-``gateway`` serves ``create_app`` with uvicorn on a free port, in front of a
-:class:`~tests.support.fake_upstream.FakeUpstream` (a scripted stand-in for vLLM, for fault
-injection) reached through a :class:`~tests.support.gateway_server.StaticEngine`. One adapter,
-``style``, maps to the versioned upstream name ``style@v2`` so the model rename is exercised.
+``gateway`` serves ``create_app`` with uvicorn on a free port, in front of the project's one
+:class:`~loadtest.fake_vllm.FakeVLLM` (no model; scripted by tests for fault injection, every
+request it receives recorded) reached through a
+:class:`~tests.support.gateway_server.StaticEngine`. Adapters come the production way: the app
+opens its own lifecycle, which registers the ``--adapters-dir`` holding one written adapter,
+``style``; it is loaded before the tests run, and its versioned upstream name
+(:attr:`Gateway.adapter_upstream`) shows that the model rename is exercised.
 Tests that need other settings (API keys, a small body limit) build their own with
 ``make_gateway``.
 """
@@ -22,10 +25,11 @@ import pytest_asyncio
 from gateway.app import create_app
 from gateway.engines.base import EngineState
 from gateway.engines.client import ClientLimits
+from gateway.lifecycle.service import AdapterLifecycle
 from gateway.settings import GatewaySettings
-from tests.gateway.openai_env import ADAPTER, ADAPTER_UPSTREAM, BASE
-from tests.support.adapter_resolver import EngineAdapters, LoadedAdapter
-from tests.support.fake_upstream import FakeUpstream
+from loadtest.fake_vllm import FakeBehaviour, FakeVLLM, serving
+from tests.adapters.builders import write_adapter, write_base_model
+from tests.gateway.openai_env import ADAPTER, BASE
 from tests.support.gateway_server import StaticEngine, serve_in_loop
 
 
@@ -33,10 +37,16 @@ from tests.support.gateway_server import StaticEngine, serve_in_loop
 class Gateway:
     url: str
     http: httpx.AsyncClient
-    fake: FakeUpstream
+    fake: FakeVLLM
     engine: StaticEngine
-    adapters: EngineAdapters
+    lifecycle: AdapterLifecycle
     settings: GatewaySettings
+    #: The engine's (versioned) LoRA name of ``style``.
+    adapter_upstream: str
+
+    def leases(self) -> int:
+        """Requests holding ``style`` loaded right now."""
+        return self.lifecycle.view(ADAPTER).active.leases
 
 
 GatewayFactory = Callable[..., AbstractAsyncContextManager[Gateway]]
@@ -48,23 +58,33 @@ def make_gateway(tmp_path_factory: pytest.TempPathFactory) -> GatewayFactory:
     async def make(
         *, read_timeout_s: float = 30.0, **settings_fields: Any
     ) -> AsyncIterator[Gateway]:
-        data_dir = tmp_path_factory.mktemp("gateway-data")
-        settings = GatewaySettings(data_dir=data_dir, **settings_fields)
-        fake = FakeUpstream()
-        async with serve_in_loop(fake.app()) as upstream_url:
+        root = tmp_path_factory.mktemp("gateway")
+        adapters_dir = root / "data" / "adapters" / "scanned"
+        write_adapter(adapters_dir / ADAPTER, base_model=BASE, seed=1)
+        settings = GatewaySettings(
+            data_dir=root / "data",
+            base_model=str(write_base_model(root / "models" / BASE)),
+            adapters_dir=adapters_dir,
+            **settings_fields,
+        )
+        fake = FakeVLLM(FakeBehaviour(model=BASE, chunks=2, record_requests=True))
+        async with serving(fake) as upstream_url:
             engine = StaticEngine(
                 upstream_url,
                 BASE,
                 client_limits=ClientLimits(connect_timeout_s=2.0, read_timeout_s=read_timeout_s),
             )
-            adapters = EngineAdapters(engine, [LoadedAdapter(ADAPTER, ADAPTER_UPSTREAM)])
-            app = create_app(settings, engines=[engine], adapter_resolver=adapters)
+            app = create_app(settings, engines=[engine])
             try:
                 async with (
                     serve_in_loop(app) as url,
                     httpx.AsyncClient(base_url=url, timeout=30.0) as http,
                 ):
-                    yield Gateway(url, http, fake, engine, adapters, settings)
+                    lifecycle: AdapterLifecycle = app.state.lifecycle
+                    view = await lifecycle.load(ADAPTER)
+                    fake.requests.clear()
+                    upstream = view.active.version.upstream_name
+                    yield Gateway(url, http, fake, engine, lifecycle, settings, upstream)
             finally:
                 await engine.close_client()
 

@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-import json
 from typing import Any
 
 import pytest
 
-from gateway.observability.access_log import ACCESS_LOGGER
+from gateway.observability.access_log import access_fields
 
 BASE = "base-model"
 ADAPTER = "style"
-ADAPTER_UPSTREAM = "style@v2"
 
 
 def chat(model: str = BASE, **extra: Any) -> dict[str, Any]:
@@ -31,8 +29,8 @@ async def access_lines(caplog: pytest.LogCaptureFixture, *request_ids: str) -> l
     found: dict[str, dict[str, Any]] = {}
     for _ in range(100):
         for record in caplog.records:
-            if record.name == ACCESS_LOGGER:
-                line = json.loads(record.getMessage())
+            line = access_fields(record)
+            if line is not None:
                 found[line["request_id"]] = line
         if all(request_id in found for request_id in request_ids):
             return [found[request_id] for request_id in request_ids]

@@ -124,11 +124,13 @@ async def registry_gateway(
     *,
     capacity: int | None = None,
     adapters_dir: Path | None = None,
+    database_url: str | None = None,
 ) -> AsyncIterator[RegistryGateway]:
     settings = engine_settings.model_copy(
         update={
             # model_copy does not validate: give the fields their final types.
             "data_dir": data_dir,
+            "database_url": database_url,
             "adapter_roots": [adapter_root],
             "admin_token": SecretStr(ADMIN_TOKEN),
             "adapters_dir": adapters_dir,
@@ -140,7 +142,7 @@ async def registry_gateway(
         await lifecycle.start()
         if adapters_dir is not None:
             await scan_adapters_dir(lifecycle, adapters_dir)
-        app = create_app(settings, engines=[engine], adapter_resolver=lifecycle)
+        app = create_app(settings, engines=[engine], lifecycle=lifecycle)
         async with serve_in_loop(app) as url:
             client = AsyncOpenAI(
                 base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=120.0

@@ -1,8 +1,9 @@
 """The official OpenAI SDK, sync and async, through the gateway to the session's real vLLM.
 
 The gateway runs in a thread (uvicorn, real port) in front of the shared tiny-model engine,
-with two adapters loaded straight onto the engine under versioned names (``oa-a1@v1``) and
-served under public names (``oa-a1``), so every answer also proves the model rename.
+with two adapters in its ``--adapters-dir``: the app's lifecycle registers them and loads them
+onto the engine under versioned names, served under public names (``oa-a1``), so every answer
+also proves the model rename.
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ from openai.types.chat import ChatCompletionMessageParam
 from gateway.engines.managed import ManagedVLLMEngine
 from gateway.settings import GatewaySettings
 from tests.integration.conftest import TINY_SERVED_NAME
-from tests.support.adapter_resolver import LoadedAdapter
 from tests.support.gateway_server import serve_gateway_in_thread
 
 pytestmark = pytest.mark.integration
@@ -41,10 +41,7 @@ def gateway_url(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[str]:
     settings = engine_settings.model_copy(update={"data_dir": tmp_path_factory.mktemp("gw")})
-    adapters = [
-        LoadedAdapter(A1, f"{A1}@v1", tiny_adapters["a1"]),
-        LoadedAdapter(A2, f"{A2}@v1", tiny_adapters["a2"]),
-    ]
+    adapters = {A1: tiny_adapters["a1"], A2: tiny_adapters["a2"]}
     with serve_gateway_in_thread(
         settings, vllm_engine.url, BASE, adapters, engine_api_key=vllm_engine.api_key
     ) as url:

@@ -21,16 +21,15 @@ from prometheus_client.parser import text_string_to_metric_families
 from gateway.app import create_app
 from gateway.engines.managed import ManagedVLLMEngine
 from gateway.inference.streaming import SSEEventSplitter
+from gateway.lifecycle.service import AdapterLifecycle
 from gateway.settings import GatewaySettings
 from tests.integration.conftest import TINY_SERVED_NAME
-from tests.support.adapter_resolver import EngineAdapters, LoadedAdapter
-from tests.support.gateway_server import serve_in_loop
+from tests.support.gateway_server import serve_in_loop, with_adapters_dir
 
 pytestmark = pytest.mark.integration
 
 BASE = TINY_SERVED_NAME
 ADAPTER = "st-a1"
-ADAPTER_UPSTREAM = "st-a1@v1"
 RUNNING = re.compile(r"^vllm:num_requests_running\{[^}]*\} ([0-9.e+]+)$", re.MULTILINE)
 GENERATED = re.compile(r"^vllm:generation_tokens_total\{[^}]*\} ([0-9.e+]+)$", re.MULTILINE)
 MAX_TOKENS = 1900
@@ -42,16 +41,21 @@ async def gateway(
     tiny_adapters: dict[str, Path],
     engine_settings: GatewaySettings,
     tmp_path_factory: pytest.TempPathFactory,
-) -> AsyncIterator[tuple[httpx.AsyncClient, EngineAdapters]]:
-    """The gateway around the session engine object itself, served from this loop."""
+) -> AsyncIterator[tuple[httpx.AsyncClient, AdapterLifecycle]]:
+    """The gateway around the session engine object itself, served from this loop; its own
+    lifecycle registers ``ADAPTER`` from ``--adapters-dir`` and it is loaded before the tests."""
     settings = engine_settings.model_copy(update={"data_dir": tmp_path_factory.mktemp("gw")})
-    adapters = EngineAdapters(
-        vllm_engine, [LoadedAdapter(ADAPTER, ADAPTER_UPSTREAM, tiny_adapters["a1"])]
+    app = create_app(
+        with_adapters_dir(settings, {ADAPTER: tiny_adapters["a1"]}), engines=[vllm_engine]
     )
-    await adapters.load_all()
-    app = create_app(settings, engines=[vllm_engine], adapter_resolver=adapters)
     async with serve_in_loop(app) as url, httpx.AsyncClient(base_url=url, timeout=120) as http:
-        yield http, adapters
+        lifecycle: AdapterLifecycle = app.state.lifecycle
+        await lifecycle.load(ADAPTER)
+        yield http, lifecycle
+
+
+def leases(lifecycle: AdapterLifecycle) -> int:
+    return lifecycle.view(ADAPTER).active.leases
 
 
 async def sse_events(response: httpx.Response) -> list[dict[str, Any] | str]:
@@ -122,7 +126,7 @@ async def direct_events(
     ],
 )
 async def test_gateway_stream_has_the_engines_events(
-    gateway: tuple[httpx.AsyncClient, EngineAdapters],
+    gateway: tuple[httpx.AsyncClient, AdapterLifecycle],
     vllm_engine: ManagedVLLMEngine,
     path: str,
     model: str,
@@ -132,11 +136,12 @@ async def test_gateway_stream_has_the_engines_events(
     """Chunks in = chunks out, counting only events meant for the client: the gateway always
     asks the engine for usage (to count tokens) and drops that chunk when the client did not
     ask for it, so the client sees exactly what vLLM would have sent it."""
-    http, _ = gateway
+    http, lifecycle = gateway
     request = {**body, "stream": True, "temperature": 0.0, "max_tokens": 32}
     if client_asks_usage:
         request["stream_options"] = {"include_usage": True}
-    upstream_model = ADAPTER_UPSTREAM if model == ADAPTER else BASE
+    adapter_upstream = lifecycle.view(ADAPTER).active.version.upstream_name
+    upstream_model = adapter_upstream if model == ADAPTER else BASE
     expected = await direct_events(vllm_engine, path, {**request, "model": upstream_model})
     with_usage = await direct_events(
         vllm_engine,
@@ -180,7 +185,7 @@ async def engine_metric(engine: ManagedVLLMEngine, family: re.Pattern[str]) -> f
 
 
 async def test_client_disconnect_stops_generation(
-    gateway: tuple[httpx.AsyncClient, EngineAdapters], vllm_engine: ManagedVLLMEngine
+    gateway: tuple[httpx.AsyncClient, AdapterLifecycle], vllm_engine: ManagedVLLMEngine
 ) -> None:
     http, adapters = gateway
     body = {
@@ -200,12 +205,12 @@ async def test_client_disconnect_stops_generation(
         while received < 5:
             received += len(splitter.feed(await anext(chunks)))
         assert await engine_metric(vllm_engine, RUNNING) == 1
-        assert adapters.active_leases == 1
+        assert leases(adapters) == 1
     left = time.monotonic()  # the client's connection is closed here, mid-stream
     while await engine_metric(vllm_engine, RUNNING) > 0:
         assert time.monotonic() - left < 5, "the engine kept generating after the client left"
         await asyncio.sleep(0.05)
-    assert adapters.active_leases == 0
+    assert leases(adapters) == 0
     await asyncio.sleep(0.5)  # let the counters of the aborted request settle
     generated = await engine_metric(vllm_engine, GENERATED) - generated_before
     # ignore_eos: a request left running would have produced all MAX_TOKENS tokens.
@@ -213,7 +218,7 @@ async def test_client_disconnect_stops_generation(
 
 
 async def test_client_leaving_a_non_stream_request_stops_generation(
-    gateway: tuple[httpx.AsyncClient, EngineAdapters], vllm_engine: ManagedVLLMEngine
+    gateway: tuple[httpx.AsyncClient, AdapterLifecycle], vllm_engine: ManagedVLLMEngine
 ) -> None:
     """The client leaves as soon as the engine is generating (no client timeout: see
     :func:`wait_until_running`); a generation left running would produce all MAX_TOKENS."""
@@ -229,7 +234,7 @@ async def test_client_leaving_a_non_stream_request_stops_generation(
     generated_before = await engine_metric(vllm_engine, GENERATED)
     request = asyncio.create_task(http.post("/v1/completions", json=body))
     await wait_until_running(vllm_engine, request)
-    assert adapters.active_leases == 1
+    assert leases(adapters) == 1
     request.cancel()  # httpx drops the connection: the client left
     with pytest.raises(asyncio.CancelledError):
         await request
@@ -237,7 +242,7 @@ async def test_client_leaving_a_non_stream_request_stops_generation(
     while await engine_metric(vllm_engine, RUNNING) > 0:
         assert time.monotonic() - left < 5, "the engine kept generating after the client left"
         await asyncio.sleep(0.05)
-    assert adapters.active_leases == 0
+    assert leases(adapters) == 0
     await asyncio.sleep(0.5)  # let the counters of the aborted request settle
     generated = await engine_metric(vllm_engine, GENERATED) - generated_before
     assert generated < MAX_TOKENS / 2, f"{generated} tokens generated after the client left"

@@ -45,8 +45,12 @@ from gateway.inference.record import RequestInfo
 from gateway.observability.metrics import GatewayMetrics
 from gateway.observability.request_metrics import RequestMetricsObserver
 from gateway.settings import GatewaySettings
-from tests.support.adapter_resolver import EngineAdapters, LoadedAdapter
-from tests.support.gateway_server import StaticEngine, serve_in_loop, serve_in_thread
+from tests.support.gateway_server import (
+    StaticEngine,
+    serve_in_loop,
+    serve_in_thread,
+    with_adapters_dir,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -291,8 +295,6 @@ async def test_prometheus_scrapes_a_gateway_metrics_registry(tmp_path: Path) -> 
 
 # --- 2: the real gateway in front of a real vLLM ------------------------------------------------
 
-ADAPTERS = {"obs-a1": "obs-a1@v1", "obs-a2": "obs-a2@v1"}
-
 
 @contextmanager
 def gateway_with_adapters(
@@ -302,20 +304,13 @@ def gateway_with_adapters(
     adapter_dirs: dict[str, Path],
     engine_api_key: str | None = None,
 ) -> Iterator[str]:
-    """create_app (its own metrics) over adapters loaded onto the engine, served from a thread."""
+    """create_app (its own metrics) over ``--adapters-dir`` adapters, served from a thread."""
+    settings = with_adapters_dir(settings, adapter_dirs)
 
     async def build(stack: AsyncExitStack) -> ASGIApp:
         engine = StaticEngine(engine_url, base_model, name="engine-0", api_key=engine_api_key)
         stack.push_async_callback(engine.close_client)
-        resolver = EngineAdapters(
-            engine,
-            [
-                LoadedAdapter(public, upstream, adapter_dirs[public])
-                for public, upstream in ADAPTERS.items()
-            ],
-        )
-        await resolver.load_all()
-        return gateway_app.create_app(settings, engines=[engine], adapter_resolver=resolver)
+        return gateway_app.create_app(settings, engines=[engine])
 
     with serve_in_thread(build) as url:
         yield url

@@ -30,13 +30,17 @@ async def test_gateway_restart_keeps_registrations(
     engine_settings: GatewaySettings,
     tiny_model_dir: Path,
     tmp_path: Path,
+    db_url: str,
 ) -> None:
+    # On the SQLite file and on PostgreSQL (tests/conftest.py): the registry a replica shares.
     root, data = tmp_path / "adapters", tmp_path / "data"
     paths = {
         name: write_random_lora(root / name, tiny_model_dir, seed=seed, scale=ADAPTER_SCALE)
         for name, seed in (("keep-a", 51), ("keep-b", 52), ("keep-c", 53))
     }
-    async with registry_gateway(engine_settings, vllm_engine, data, root) as gw:
+    async with registry_gateway(
+        engine_settings, vllm_engine, data, root, database_url=db_url
+    ) as gw:
         a = await gw.register("keep-a", paths["keep-a"], load=True)
         b = await gw.register("keep-b", paths["keep-b"], pinned=True)
         await gw.register("keep-c", paths["keep-c"])
@@ -45,7 +49,9 @@ async def test_gateway_restart_keeps_registrations(
     for upstream in (a["upstream_name"], b["upstream_name"]):
         await vllm_engine.client.unload_lora(str(upstream))
 
-    async with registry_gateway(engine_settings, vllm_engine, data, root) as gw:
+    async with registry_gateway(
+        engine_settings, vllm_engine, data, root, database_url=db_url
+    ) as gw:
         listing = (await gw.admin.get("/admin/adapters")).json()["data"]
         assert [(x["name"], x["pinned"]) for x in listing] == [
             ("keep-a", False),

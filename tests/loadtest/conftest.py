@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from loadtest.procs import Service, start_fake_upstream
+from loadtest.procs import Service, start_fake_vllm
 
 FAKE_MODEL = "fake-base"
 FAKE_CHUNKS = 5
@@ -24,10 +24,10 @@ def fake_chunks() -> int:
 
 
 @pytest.fixture(scope="module")
-def fake_upstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
-    """``python -m loadtest.fake_upstream`` as a child process, stopped after the module."""
+def fake_vllm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
+    """``python -m loadtest.fake_vllm`` as a child process, stopped after the module."""
     logs: Path = tmp_path_factory.mktemp("fake-upstream-logs")
-    service = start_fake_upstream(logs, model=FAKE_MODEL, chunks=FAKE_CHUNKS)
+    service = start_fake_vllm(logs, model=FAKE_MODEL, chunks=FAKE_CHUNKS)
     try:
         yield service
     finally:

@@ -1,4 +1,7 @@
-"""The locustfile runs headless in a real locust process against the FAKE upstream."""
+"""The locustfile runs headless in a real locust process against the FAKE upstream.
+
+Runs last a few seconds: locust needs a moment to spawn its users, and on a busy machine a
+2-second run could end before the first request (no rows, nothing to check)."""
 
 from __future__ import annotations
 
@@ -8,7 +11,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from loadtest.procs import Service
+from loadtest.run import LocustRun
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -30,12 +36,12 @@ def stats_rows(path: Path) -> dict[tuple[str, str], dict[str, str]]:
 
 
 def test_streaming_run_writes_csv_html_and_summary(
-    fake_upstream: Service, fake_chunks: int, tmp_path: Path
+    fake_vllm: Service, fake_chunks: int, tmp_path: Path
 ) -> None:
     completed = run_loadtest(
         [
             "--host",
-            fake_upstream.url,
+            fake_vllm.url,
             "-u",
             "4",
             "-t",
@@ -74,15 +80,15 @@ def test_streaming_run_writes_csv_html_and_summary(
     assert "TTFT" in completed.stdout and "chat stream" in completed.stdout
 
 
-def test_full_answers_mixed_api_per_model_stats(fake_upstream: Service, tmp_path: Path) -> None:
+def test_full_answers_mixed_api_per_model_stats(fake_vllm: Service, tmp_path: Path) -> None:
     completed = run_loadtest(
         [
             "--host",
-            fake_upstream.url,
+            fake_vllm.url,
             "-u",
             "2",
             "-t",
-            "2",
+            "6",
             "--results-dir",
             str(tmp_path),
             "--api",
@@ -103,16 +109,16 @@ def test_full_answers_mixed_api_per_model_stats(fake_upstream: Service, tmp_path
     assert all(int(rows[("POST", name)]["Failure Count"]) == 0 for name in names)
 
 
-def test_failures_are_counted(fake_upstream: Service, tmp_path: Path) -> None:
+def test_failures_are_counted(fake_vllm: Service, tmp_path: Path) -> None:
     """A base URL with a wrong path: every request gets a 404, and locust says so."""
     completed = run_loadtest(
         [
             "--host",
-            fake_upstream.url + "/wrong",
+            fake_vllm.url + "/wrong",
             "-u",
             "1",
             "-t",
-            "2",
+            "6",
             "--results-dir",
             str(tmp_path),
             "--model",
@@ -130,3 +136,16 @@ def test_too_short_a_run_is_refused(tmp_path: Path) -> None:
         ["--host", "http://127.0.0.1:9", "-t", "1", "--results-dir", str(tmp_path)]
     )
     assert completed.returncode == 2 and "duration must be" in completed.stderr
+
+
+def test_relative_results_dir_is_where_the_files_land(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Regression: locust runs inside the results dir, so a relative ``--results-dir`` (the
+    default ``results/locust-<date>``) made it write its CSVs one level deeper, and ``run``
+    then failed with "locust wrote no stats"."""
+    monkeypatch.chdir(tmp_path)
+    run = LocustRun(host="http://127.0.0.1:1", results_dir=Path("results") / "x")
+    assert run.results_dir == tmp_path / "results" / "x"
+    command = run.command()
+    assert command[command.index("--csv") + 1] == str(tmp_path / "results" / "x" / "locust")

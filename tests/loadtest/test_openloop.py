@@ -6,8 +6,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from loadtest.fake_openai import FakeBehaviour
-from loadtest.fake_upstream import start_server
+from loadtest.fake_vllm import FakeBehaviour, start_server
 from loadtest.openloop import Target, build_requests, closed_loop, fixed_rate
 from loadtest.sampling import AdapterMix, AdapterSampler
 from loadtest.workload import Workload

@@ -4,17 +4,21 @@
 clients are async too). ``serve_in_thread`` runs uvicorn and everything the app needs in its own
 thread and event loop, so the synchronous OpenAI SDK can call it from a plain test. Also
 :class:`StaticEngine`: an :class:`~gateway.engines.base.Engine` at a fixed URL whose state the
-test sets, for gateway tests that do not need engine supervision.
+test sets, for gateway tests that do not need engine supervision, and
+:func:`with_adapters_dir`: settings whose ``--adapters-dir`` serves given adapters, so a test
+gets its adapters the way production does (the app's own lifecycle registers them at start).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import shutil
 import socket
 import threading
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from contextlib import AsyncExitStack
+from pathlib import Path
 
 import uvicorn
 from starlette.types import ASGIApp
@@ -23,7 +27,6 @@ from gateway.app import create_app
 from gateway.engines.base import Engine, EngineState, EngineStatus
 from gateway.engines.client import ClientLimits
 from gateway.settings import GatewaySettings
-from tests.support.adapter_resolver import EngineAdapters, LoadedAdapter
 
 START_TIMEOUT_S = 30.0
 
@@ -159,27 +162,39 @@ def serve_in_thread(build: AppBuilder) -> Iterator[str]:
         sock.close()
 
 
+def with_adapters_dir(settings: GatewaySettings, adapters: Mapping[str, Path]) -> GatewaySettings:
+    """``settings`` whose ``--adapters-dir`` holds a copy of each adapter under its public name.
+
+    The directory is ``<data_dir>/adapters-in``; the app's lifecycle registers each one at start
+    (the production path) and loads it on first use.
+    """
+    directory = settings.data_dir / "adapters-in"
+    for public, source in adapters.items():
+        shutil.copytree(source, directory / public, dirs_exist_ok=True)
+    # model_copy does not validate: give the field its final type.
+    return settings.model_copy(update={"adapters_dir": directory})
+
+
 @contextlib.contextmanager
 def serve_gateway_in_thread(
     settings: GatewaySettings,
     engine_url: str,
     base_model: str,
-    adapters: list[LoadedAdapter],
+    adapters: Mapping[str, Path],
     *,
     engine_api_key: str | None = None,
 ) -> Iterator[str]:
     """The real gateway app in front of the engine at ``engine_url``, served from a thread.
 
-    ``adapters`` are loaded onto the engine through the app's own engine client and served by
-    an :class:`~tests.support.adapter_resolver.EngineAdapters` resolver (no registry needed).
+    ``adapters`` (public name -> directory) are served through ``--adapters-dir``
+    (:func:`with_adapters_dir`).
     """
+    settings = with_adapters_dir(settings, adapters)
 
     async def build(stack: AsyncExitStack) -> ASGIApp:
         engine = StaticEngine(engine_url, base_model, api_key=engine_api_key)
         stack.push_async_callback(engine.close_client)
-        resolver = EngineAdapters(engine, adapters)
-        await resolver.load_all()
-        return create_app(settings, engines=[engine], adapter_resolver=resolver)
+        return create_app(settings, engines=[engine])
 
     with serve_in_thread(build) as url:
         yield url

@@ -140,3 +140,37 @@ def adapter_out(view: AdapterView, *, with_versions: bool = True) -> AdapterOut:
             else None
         ),
     )
+
+
+class EngineStatusOut(BaseModel):
+    name: str
+    state: str
+    #: Why it is in that state: pid, seconds, the exit code or error, log path (admin only).
+    reason: str
+    restarts: int
+    url: str
+    base_model: str
+    pid: int | None
+    log_path: str | None
+    #: Adapters loaded on it now, of how many it can hold (vLLM's --max-cpu-loras).
+    slots_used: int
+    slots_total: int
+
+
+class AdapterStatusOut(BaseModel):
+    name: str
+    version: int
+    state: AdapterState
+    pinned: bool
+    engines: list[str]
+    in_flight: int
+    last_error: str | None
+
+
+class GatewayStatusOut(BaseModel):
+    object: Literal["gateway.status"] = "gateway.status"
+    ready: bool
+    #: OpenAI requests being served now (the gauge lora_gateway_in_flight_requests).
+    in_flight: int
+    engines: list[EngineStatusOut]
+    adapters: list[AdapterStatusOut]

@@ -1,7 +1,7 @@
 """The admin API over HTTP (in-process ASGI): auth, every route, errors in the OpenAI shape.
 
 The app is the real ``create_app`` (which serves the admin API) with the lifecycle as its
-adapter resolver; the engine is the FAKE of lifecycle_fakes.py.
+adapter resolver; the engine is the FAKE vLLM of loadtest/fake_vllm.
 """
 
 from __future__ import annotations
@@ -20,8 +20,9 @@ from gateway.app import create_app
 from gateway.auth.admin_token import TOKEN_FILE, load_admin_token
 from gateway.lifecycle.service import AdapterLifecycle
 from gateway.settings import GatewaySettings
+from loadtest.fake_vllm import FakeVLLM
 from tests.adapters.builders import write_adapter, write_base_model
-from tests.gateway.lifecycle_fakes import FakeEngine, FakeLoraUpstream
+from tests.support.fake_engine import FakeEngine
 
 BASE = "tinybase"
 TOKEN = "test-admin-token-0123456789"
@@ -31,7 +32,7 @@ TOKEN = "test-admin-token-0123456789"
 class Admin:
     http: httpx.AsyncClient
     roots: Path
-    upstream: FakeLoraUpstream
+    upstream: FakeVLLM
     lifecycle: AdapterLifecycle
 
     def adapter(self, name: str, seed: int = 0, **kwargs: Any) -> str:
@@ -54,11 +55,11 @@ async def admin(tmp_path: Path) -> AsyncIterator[Admin]:
         admin_token=TOKEN,
         max_adapter_bytes=50_000,
     )  # type: ignore[arg-type]
-    upstream = FakeLoraUpstream()
+    upstream = FakeVLLM()
     engine = FakeEngine(upstream, base_model=BASE)
     lifecycle = build_lifecycle(settings, [engine], capacity=2)
     await lifecycle.start()
-    app = create_app(settings, engines=[engine], adapter_resolver=lifecycle)
+    app = create_app(settings, engines=[engine], lifecycle=lifecycle)
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(
@@ -203,6 +204,32 @@ def test_generated_admin_token_file(tmp_path: Path, caplog: pytest.LogCaptureFix
     from_env = load_admin_token(GatewaySettings(data_dir=tmp_path / "other", admin_token="abc"))  # type: ignore[arg-type]
     assert from_env.path is None and from_env.verify("abc")
     assert not (tmp_path / "other" / TOKEN_FILE).exists()
+
+
+async def test_status_shows_engines_slots_adapters_and_in_flight(admin: Admin) -> None:
+    path = admin.adapter("a1")
+    response = await admin.http.post(
+        "/admin/adapters", json={"name": "a1", "path": path, "load": True}
+    )
+    assert response.status_code == 201, response.text
+    await admin.http.post("/admin/adapters", json={"name": "a2", "path": admin.adapter("a2", 2)})
+    response = await admin.http.get("/admin/status")
+    assert response.status_code == 200, response.text
+    status = response.json()
+    assert status["object"] == "gateway.status" and status["ready"] is True
+    assert status["in_flight"] == 0
+    (engine,) = status["engines"]
+    assert engine["name"] == "fake" and engine["state"] == "ready" and engine["restarts"] == 0
+    assert (engine["slots_used"], engine["slots_total"]) == (1, 2)
+    assert engine["base_model"] == BASE and engine["url"] == "http://fake-engine.invalid"
+    by_name = {a["name"]: a for a in status["adapters"]}
+    assert by_name["a1"]["state"] == "loaded" and by_name["a1"]["engines"] == ["fake"]
+    assert by_name["a2"]["state"] == "registered" and by_name["a2"]["version"] == 1
+
+
+async def test_status_needs_the_admin_token(admin: Admin) -> None:
+    response = await admin.http.get("/admin/status", headers={"Authorization": ""})
+    assert error_of(response, 401)["code"] == "missing_admin_token"
 
 
 async def test_client_facing_errors_hide_internal_names_paths_and_engine_messages(

@@ -1,6 +1,6 @@
 """``lora-gateway adapters add|list|show|rm`` against a real HTTP server (uvicorn, port 0).
 
-The gateway app is real; its engine is the FAKE of lifecycle_fakes.py (no vLLM here). The token
+The gateway app is real; its engine is the FAKE vLLM of loadtest/fake_vllm (no vLLM here). The token
 comes from the data dir's admin_token file, as on the gateway's own machine.
 """
 
@@ -21,8 +21,9 @@ from gateway.app import create_app
 from gateway.cli import build_cli
 from gateway.lifecycle.startup import build_lifecycle
 from gateway.settings import GatewaySettings
+from loadtest.fake_vllm import FakeVLLM
 from tests.adapters.builders import write_adapter, write_base_model
-from tests.gateway.lifecycle_fakes import FakeEngine, FakeLoraUpstream
+from tests.support.fake_engine import FakeEngine
 
 BASE = "tinybase"
 
@@ -32,7 +33,7 @@ class Served:
     url: str
     data_dir: Path
     roots: Path
-    upstream: FakeLoraUpstream
+    upstream: FakeVLLM
 
     def cli(self, *args: str) -> tuple[int, str]:
         result = CliRunner().invoke(build_cli(), ["adapters", *args])
@@ -45,11 +46,11 @@ def served(tmp_path: Path) -> Iterator[Served]:
     settings = GatewaySettings(
         data_dir=data_dir, admin_token=None, base_model=str(write_base_model(tmp_path / BASE))
     )
-    upstream = FakeLoraUpstream()
+    upstream = FakeVLLM()
     engine = FakeEngine(upstream, base_model=BASE)
     lifecycle = build_lifecycle(settings, [engine])
     asyncio.run(lifecycle.start())
-    app = create_app(settings, engines=[engine], adapter_resolver=lifecycle)
+    app = create_app(settings, engines=[engine], lifecycle=lifecycle)
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -108,3 +109,22 @@ def test_errors_are_clear(served: Served, tmp_path: Path, monkeypatch: pytest.Mo
     assert code == 1 and "no admin token" in out
     code, out = served.cli("rm", "ghost", "--url", served.url, "--data-dir", str(served.data_dir))
     assert code == 1 and "no adapter named 'ghost'" in out and "HTTP 404" in out
+
+
+def test_status_on_one_screen(served: Served, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("LORA_GATEWAY_ADMIN_TOKEN", raising=False)
+    common = ["--url", served.url, "--data-dir", str(served.data_dir)]
+    path = write_adapter(served.roots / "a1", base_model=BASE, seed=1)
+    assert served.cli("add", "a1", str(path), "--load", *common)[0] == 0
+    result = CliRunner().invoke(build_cli(), ["status", *common])
+    assert result.exit_code == 0, result.output
+    assert f"gateway {served.url}: ready, 0 request(s) in flight, 1 of 1 adapter(s) loaded" in (
+        result.output
+    )
+    engine_row = next(line for line in result.output.splitlines() if "fake" in line)
+    assert "ready" in engine_row and "1/2" in engine_row
+    assert any("a1" in line and "loaded" in line for line in result.output.splitlines())
+    raw = CliRunner().invoke(build_cli(), ["status", "--json", *common])
+    assert raw.exit_code == 0 and '"object": "gateway.status"' in raw.output
+    bad = CliRunner().invoke(build_cli(), ["status", "--url", served.url, "--admin-token", "no"])
+    assert bad.exit_code == 1 and "admin token is not valid" in bad.output

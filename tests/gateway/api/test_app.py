@@ -6,6 +6,7 @@ import asyncio
 import subprocess
 import sys
 import textwrap
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 
 import httpx
@@ -14,11 +15,21 @@ import pytest
 from gateway.app import create_app
 from gateway.engines.base import EngineState
 from gateway.errors import EngineUnavailableError, ModelNotFoundError
-from gateway.inference.routing import NoAdapters, Router
+from gateway.inference.routing import PublicModel, Route, Router, unknown_model
 from gateway.settings import GatewaySettings
+from loadtest.fake_vllm import FakeBehaviour, FakeVLLM, serving
 from tests.gateway.openai_env import BASE, chat
-from tests.support.fake_upstream import FakeUpstream
 from tests.support.gateway_server import StaticEngine, serve_in_loop, unused_url
+
+
+class NoAdapters:
+    """The router's adapter side, empty: these tests exercise base-model routing only."""
+
+    def lease(self, name: str) -> AbstractAsyncContextManager[Route]:
+        raise unknown_model(name)
+
+    def public_models(self) -> list[PublicModel]:
+        return []
 
 
 class CountingEngine(StaticEngine):
@@ -34,8 +45,7 @@ class CountingEngine(StaticEngine):
 
 
 async def test_engines_built_from_settings_are_started_and_stopped(tmp_path: Path) -> None:
-    fake = FakeUpstream(base_model="served-base")
-    async with serve_in_loop(fake.app()) as upstream:
+    async with serving(FakeVLLM(FakeBehaviour(model="served-base"))) as upstream:
         settings = GatewaySettings(
             data_dir=tmp_path, engine_urls=[upstream], engine_health_interval_s=0.2
         )

@@ -1,7 +1,7 @@
 """create_app wires the parts together by itself: the adapter lifecycle (registry, admin API,
 ``--adapters-dir`` scan), the admin token, ``/v1/models`` from the registry, and ``/metrics``
 fed by the lifecycle's events. No resolver is passed in: the app builds its own, as ``serve``
-does. The engine is the FAKE of lifecycle_fakes.py (it answers the LoRA endpoints only).
+does. The engine is the FAKE vLLM of loadtest/fake_vllm, in process.
 """
 
 from __future__ import annotations
@@ -18,8 +18,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from gateway.app import create_app
 from gateway.auth.admin_token import TOKEN_FILE
 from gateway.settings import GatewaySettings
+from loadtest.fake_vllm import FakeVLLM
 from tests.adapters.builders import write_adapter, write_base_model
-from tests.gateway.lifecycle_fakes import FakeEngine, FakeLoraUpstream
+from tests.support.fake_engine import FakeEngine
 
 BASE = "tinybase"
 API_KEY = "client-key-123"
@@ -28,7 +29,7 @@ API_KEY = "client-key-123"
 @dataclass
 class App:
     http: httpx.AsyncClient
-    upstream: FakeLoraUpstream
+    upstream: FakeVLLM
     settings: GatewaySettings
     admin: dict[str, str]
     client: dict[str, str]
@@ -65,7 +66,7 @@ async def app(tmp_path: Path, adapters_dir: Path) -> AsyncIterator[App]:
         adapters_dir=adapters_dir,
         api_keys=[API_KEY],  # type: ignore[list-item]
     )
-    upstream = FakeLoraUpstream()
+    upstream = FakeVLLM()
     gateway = create_app(settings, engines=[FakeEngine(upstream, base_model=BASE)])
     token = (settings.data_dir / TOKEN_FILE).read_text().strip()
     async with gateway.router.lifespan_context(gateway):
@@ -120,8 +121,8 @@ async def test_every_registered_adapter_is_a_model_and_metrics_follow_the_regist
     assert sample(samples, "lora_gateway_adapters_registered") == 3
     assert sample(samples, "lora_gateway_adapters_loaded", engine="fake") == 1
     assert sample(samples, "lora_gateway_engine_up", engine="fake") == 1
-    # The engine's per-adapter view is scraped too (the fake has no /metrics: a failure).
-    assert sample(samples, "lora_gateway_engine_metrics_scrape_failures_total", engine="fake")
+    # The engine's per-adapter view is scraped too (the fake vLLM serves a vLLM-like /metrics).
+    assert sample(samples, "lora_gateway_engine_metrics_scrape_failures_total", engine="fake") == 0
 
     deleted = await app.http.delete("/admin/adapters/legal", headers=app.admin)
     assert deleted.status_code == 200

@@ -12,13 +12,12 @@ import json
 from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
-from starlette.responses import JSONResponse, Response
 
 from gateway.engines.base import EngineState
 from gateway.inference.streaming import SSEEventSplitter
+from loadtest.fake_vllm import DONE, Recorded, Reply, Stream, chunk_event, json_reply
 from tests.gateway.conftest import Gateway, GatewayFactory
 from tests.gateway.openai_env import ADAPTER, chat
-from tests.support.fake_upstream import DONE, Recorded, chunk_event
 from tests.support.gateway_server import unused_url
 
 
@@ -47,6 +46,11 @@ async def events_of(gw: Gateway, body: dict[str, Any]) -> list[Any]:
     return [event[6:-2].decode() if event == DONE else json.loads(event[6:-2]) for event in events]
 
 
+def choice(delta: dict[str, str], finish: str | None = None) -> dict[str, Any]:
+    """One streamed choice as the fake vLLM writes it."""
+    return {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
+
+
 async def test_stream_usage_is_asked_for_counted_and_stripped(
     make_gateway: GatewayFactory,
 ) -> None:
@@ -55,8 +59,9 @@ async def test_stream_usage_is_asked_for_counted_and_stripped(
         sent = gw.fake.requests[-1].json()
         assert sent["stream_options"] == {"include_usage": True}  # asked by the gateway...
         assert [e if e == "[DONE]" else e["choices"] for e in events] == [  # ...not shown
-            [{"index": 0, "delta": {"content": "fake"}, "finish_reason": None}],
-            [{"index": 0, "delta": {"content": " answer"}, "finish_reason": None}],
+            [choice({"role": "assistant", "content": ""})],
+            [choice({"content": " w0"})],
+            [choice({"content": " w1"}, "length")],
             "[DONE]",
         ]
         assert all("usage" not in e for e in events if e != "[DONE]")
@@ -64,12 +69,12 @@ async def test_stream_usage_is_asked_for_counted_and_stripped(
         asked = await events_of(
             gw, chat(ADAPTER, stream=True, stream_options={"include_usage": True})
         )
-        assert asked[-2]["choices"] == [] and asked[-2]["usage"]["prompt_tokens"] == 7
+        assert asked[-2]["choices"] == [] and asked[-2]["usage"]["prompt_tokens"] == 1
         assert asked[-2]["model"] == ADAPTER  # renamed like every other event
 
         samples = await scrape(gw)
         labels = {"model": ADAPTER, "adapter": ADAPTER}
-        assert value(samples, "lora_gateway_prompt_tokens_total", **labels) == 14
+        assert value(samples, "lora_gateway_prompt_tokens_total", **labels) == 2
         assert value(samples, "lora_gateway_completion_tokens_total", **labels) == 4
         assert value(samples, "lora_gateway_time_to_first_token_seconds_count", **labels) == 2
         assert value(samples, "lora_gateway_inter_token_latency_seconds_count", **labels) == 2
@@ -78,13 +83,13 @@ async def test_stream_usage_is_asked_for_counted_and_stripped(
 async def test_engine_failures_are_counted_by_kind(make_gateway: GatewayFactory) -> None:
     async with make_gateway(read_timeout_s=0.5) as gw:
 
-        async def answer(recorded: Recorded) -> Response:
+        async def answer(recorded: Recorded) -> Reply:
             body = recorded.json()
             if body.get("stream"):  # breaks after its first event
-                return gw.fake.stream([chunk_event(body["model"], "x")], fail_at_end=True)
+                return Stream([chunk_event(body["model"], "x")], fail_at_end=True)
             if body["messages"][0]["content"] == "slow":
                 await asyncio.sleep(1)
-            return JSONResponse({"error": {"message": "boom", "type": "x"}}, status_code=500)
+            return json_reply({"error": {"message": "boom", "type": "x"}}, 500)
 
         gw.fake.handler = answer
         assert (await gw.http.post("/v1/chat/completions", json=chat())).status_code == 500

@@ -8,19 +8,17 @@ from typing import Any
 import httpx
 import openai
 import pytest
-from starlette.responses import JSONResponse, Response
 
 from gateway.engines.base import EngineState
+from loadtest.fake_vllm import Recorded, Reply, completion_body, json_reply
 from tests.gateway.conftest import Gateway, GatewayFactory
 from tests.gateway.openai_env import (
     ADAPTER,
-    ADAPTER_UPSTREAM,
     BASE,
     access_lines,
     chat,
     completion,
 )
-from tests.support.fake_upstream import Recorded, completion_body
 from tests.support.gateway_server import unused_url
 
 
@@ -47,7 +45,7 @@ async def test_models_lists_base_and_adapters_with_lineage(gateway: Gateway) -> 
     assert set(by_id) == {BASE, ADAPTER}
     assert by_id[BASE]["parent"] is None and by_id[BASE]["object"] == "model"
     assert by_id[ADAPTER]["parent"] == BASE
-    assert by_id[ADAPTER]["root"] == ADAPTER_UPSTREAM
+    assert by_id[ADAPTER]["root"] == ADAPTER  # the public name, never the versioned one
 
 
 async def test_base_request_is_forwarded_byte_for_byte(gateway: Gateway) -> None:
@@ -69,7 +67,9 @@ async def test_adapter_request_replaces_only_the_model(gateway: Gateway) -> None
     response = await gateway.http.post("/v1/chat/completions", content=raw)
     assert response.status_code == 200, response.text
     forwarded = gateway.fake.requests[-1].body
-    assert forwarded == raw.replace(b'"style", "rep', b'"%s", "rep' % ADAPTER_UPSTREAM.encode())
+    assert forwarded == raw.replace(
+        b'"style", "rep', b'"%s", "rep' % gateway.adapter_upstream.encode()
+    )
     # The engine answers with its own name for the adapter; the client sees the public one.
     assert response.json()["model"] == ADAPTER
 
@@ -79,7 +79,7 @@ async def test_completions_route_forwards_to_completions(gateway: Gateway) -> No
     assert response.status_code == 200
     recorded = gateway.fake.requests[-1]
     assert recorded.path == "/v1/completions"
-    assert recorded.json() == completion(ADAPTER_UPSTREAM, echo=True)
+    assert recorded.json() == completion(gateway.adapter_upstream, echo=True)
 
 
 async def test_unknown_model_is_404_model_not_found_for_the_sdk(gateway: Gateway) -> None:
@@ -162,10 +162,10 @@ async def test_malformed_bodies_are_400(gateway: Gateway, raw: bytes) -> None:
 async def test_engine_4xx_is_passed_through_with_its_message(gateway: Gateway) -> None:
     message = "This model's maximum context length is 2048 tokens."
 
-    async def refuse(recorded: Recorded) -> Response:
-        return JSONResponse(
+    async def refuse(recorded: Recorded) -> Reply:
+        return json_reply(
             {"error": {"message": message, "type": "BadRequestError", "param": None, "code": 400}},
-            status_code=400,
+            400,
         )
 
     gateway.fake.handler = refuse
@@ -177,11 +177,11 @@ async def test_engine_4xx_is_passed_through_with_its_message(gateway: Gateway) -
 
 
 async def test_engine_errors_name_the_adapter_not_its_versioned_name(gateway: Gateway) -> None:
-    async def refuse(recorded: Recorded) -> Response:
-        message = f"The model `{ADAPTER_UPSTREAM}` cannot take this request."
-        return JSONResponse(
+    async def refuse(recorded: Recorded) -> Reply:
+        message = f"The model `{gateway.adapter_upstream}` cannot take this request."
+        return json_reply(
             {"error": {"message": message, "type": "BadRequestError", "param": None, "code": 400}},
-            status_code=400,
+            400,
         )
 
     gateway.fake.handler = refuse
@@ -189,7 +189,7 @@ async def test_engine_errors_name_the_adapter_not_its_versioned_name(gateway: Ga
         response = await gateway.http.post("/v1/chat/completions", json=body)
         error = assert_openai_error(response, 400)
         assert error["message"] == f"The model `{ADAPTER}` cannot take this request."
-        assert ADAPTER_UPSTREAM not in response.text
+        assert gateway.adapter_upstream not in response.text
 
 
 async def test_unreachable_engine_is_503_with_retry_after(make_gateway: GatewayFactory) -> None:
@@ -221,9 +221,9 @@ async def test_engine_down_is_503_then_recovers(gateway: Gateway) -> None:
 async def test_upstream_timeout_is_504(make_gateway: GatewayFactory) -> None:
     async with make_gateway(read_timeout_s=0.2) as gw:
 
-        async def stall(recorded: Recorded) -> Response:
+        async def stall(recorded: Recorded) -> Reply:
             await asyncio.sleep(0.6)
-            return JSONResponse(completion_body(BASE))
+            return json_reply(completion_body(BASE))
 
         gw.fake.handler = stall
         response = await gw.http.post("/v1/chat/completions", json=chat())
@@ -243,7 +243,7 @@ async def test_non_stream_usage_is_logged(
         (line,) = await access_lines(caplog, response.headers["x-request-id"])
     assert response.status_code == 200
     assert line["model"] == ADAPTER and line["adapter"] == ADAPTER
-    assert line["prompt_tokens"] == 7 and line["completion_tokens"] == 2
+    assert line["prompt_tokens"] == 1 and line["completion_tokens"] == 2  # the fake counts words
     assert line["status"] == 200 and line["stream"] is False
 
 
@@ -252,14 +252,13 @@ async def test_client_leaving_a_non_stream_request_cancels_it_upstream(
 ) -> None:
     upstream_saw_disconnect = asyncio.Event()
 
-    async def slow(recorded: Recorded) -> Response:
-        assert recorded.request is not None
-        for _ in range(500):
-            if await recorded.request.is_disconnected():
-                upstream_saw_disconnect.set()
-                break
-            await asyncio.sleep(0.01)
-        return JSONResponse(completion_body(ADAPTER_UPSTREAM))
+    async def slow(recorded: Recorded) -> Reply:
+        try:
+            await asyncio.wait_for(recorded.disconnected.wait(), timeout=5)
+            upstream_saw_disconnect.set()
+        except TimeoutError:
+            pass
+        return json_reply(completion_body(gateway.adapter_upstream))
 
     gateway.fake.handler = slow
     with caplog.at_level("INFO", logger="gateway.access"):
@@ -273,4 +272,4 @@ async def test_client_leaving_a_non_stream_request_cancels_it_upstream(
         await asyncio.wait_for(upstream_saw_disconnect.wait(), timeout=3)
         (line,) = await access_lines(caplog, "impatient")
     assert line["status"] == 499 and line["client_disconnected"] is True
-    assert gateway.adapters.active_leases == 0
+    assert gateway.leases() == 0

@@ -54,7 +54,7 @@ async def test_every_configured_key_works_with_the_sdk(keyed: Gateway) -> None:
             model="base-model", messages=[{"role": "user", "content": "hi"}]
         )
         await client.close()
-        assert answer.choices[0].message.content == "fake answer"
+        assert answer.choices[0].message.content == " w0 w1"  # the fake's two words
     bad = openai.AsyncOpenAI(base_url=f"{keyed.url}/v1", api_key="sk-nope", max_retries=0)
     with pytest.raises(openai.AuthenticationError):
         await bad.models.list()

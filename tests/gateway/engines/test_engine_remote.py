@@ -6,9 +6,9 @@ The real-vLLM case is tests/integration/test_remote_engine.py.
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -20,60 +20,22 @@ from gateway.engines.process_group import free_loopback_port
 from gateway.engines.remote import RemoteVLLMEngine
 from gateway.errors import InvalidRequestError
 from gateway.settings import GatewaySettings
+from loadtest.fake_vllm import FakeBehaviour, FakeVLLM, Recorded, Reply, json_reply, serving
 
 
-class FakeUpstream:
-    """Stand-in for a vLLM server, for fault injection: health can be switched off."""
-
-    def __init__(self) -> None:
-        self.healthy = True
-        self.models: list[dict[str, object]] = [
-            {"id": "served-base", "parent": None},
-            {"id": "some-adapter", "parent": "served-base"},
-        ]
-        self.server: asyncio.Server | None = None
-
-    @property
-    def url(self) -> str:
-        assert self.server is not None
-        return f"http://127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
-
-    async def start(self) -> None:
-        self.server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
-
-    async def close(self) -> None:
-        if self.server is not None:
-            self.server.close()
-            await self.server.wait_closed()
-
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        request_line = (await reader.readline()).decode()
-        while (await reader.readline()) not in (b"\r\n", b""):
-            pass
-        path = request_line.split(" ")[1] if " " in request_line else "/"
-        if path == "/health":
-            status, body = (200, b"") if self.healthy else (503, b"unhealthy")
-        elif path == "/v1/models":
-            status, body = 200, json.dumps({"object": "list", "data": self.models}).encode()
-        else:
-            status, body = 404, b"{}"
-        writer.write(
-            f"HTTP/1.1 {status} X\r\nContent-Length: {len(body)}\r\n"
-            f"Content-Type: application/json\r\nConnection: close\r\n\r\n".encode()
-            + body
-        )
-        await writer.drain()
-        writer.close()
+@dataclass
+class Upstream:
+    fake: FakeVLLM
+    url: str
 
 
 @pytest.fixture
-async def upstream() -> AsyncIterator[FakeUpstream]:
-    fake = FakeUpstream()
-    await fake.start()
-    try:
-        yield fake
-    finally:
-        await fake.close()
+async def upstream() -> AsyncIterator[Upstream]:
+    """The fake vLLM serving ``served-base`` with one adapter loaded, on a socket."""
+    fake = FakeVLLM(FakeBehaviour(model="served-base"))
+    fake.loaded["some-adapter"] = "/adapters/some-adapter"
+    async with serving(fake) as url:
+        yield Upstream(fake, url)
 
 
 def _settings(tmp_path: Path, urls: list[str]) -> GatewaySettings:
@@ -93,7 +55,7 @@ async def _wait_for(engine: Engine, state: EngineState, timeout_s: float = 10.0)
 
 
 async def test_ready_reads_base_model_and_recovers_after_an_outage(
-    tmp_path: Path, upstream: FakeUpstream
+    tmp_path: Path, upstream: Upstream
 ) -> None:
     [engine] = build_engines(_settings(tmp_path, [upstream.url + "/"]))
     assert isinstance(engine, RemoteVLLMEngine)
@@ -110,12 +72,12 @@ async def test_ready_reads_base_model_and_recovers_after_an_outage(
         assert engine.base_model == "served-base"
         assert calls == ["served-base"]
 
-        upstream.healthy = False
+        upstream.fake.unhealthy = True
         await _wait_for(engine, EngineState.DOWN)
         assert "unhealthy" in engine.status().reason
         assert not engine.ready
 
-        upstream.healthy = True
+        upstream.fake.unhealthy = False
         await engine.wait_ready(5)
         assert calls == ["served-base", "served-base"]  # listeners re-apply state after outages
     finally:
@@ -143,9 +105,12 @@ async def test_unreachable_engine_stays_starting_with_a_reason(tmp_path: Path) -
 
 
 async def test_healthy_engine_without_base_model_is_not_ready(
-    tmp_path: Path, upstream: FakeUpstream
+    tmp_path: Path, upstream: Upstream
 ) -> None:
-    upstream.models = []
+    async def no_models(request: Recorded) -> Reply | None:
+        return json_reply({"object": "list", "data": []}) if request.path == "/v1/models" else None
+
+    upstream.fake.handler = no_models
     [engine] = build_engines(_settings(tmp_path, [upstream.url]))
     await engine.start()
     try:

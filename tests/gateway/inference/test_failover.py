@@ -1,10 +1,10 @@
 """Failover across 2 engines: a request whose engine refuses the connection before any byte
-reached the client is retried once on another ready engine; a stream already started ends with
-an SSE error event.
+reached the client is retried once on another ready engine (its adapter loaded there); a stream
+already started ends with an SSE error event.
 
-Real app, real uvicorn, real HTTP: one engine is a FAKE vLLM (tests/support/fake_upstream.py),
-the other a loopback port nothing listens on (a killed engine its supervisor has not noticed
-yet: still READY).
+Real app (its own adapter lifecycle, affinity placement), real uvicorn, real HTTP: one engine is
+the project's FAKE vLLM (loadtest/fake_vllm), the other a loopback port nothing listens on (a
+killed engine its supervisor has not noticed yet: it still reads READY).
 """
 
 from __future__ import annotations
@@ -16,71 +16,92 @@ from pathlib import Path
 
 import httpx
 import pytest
-from starlette.responses import Response
 
 from gateway.app import create_app
 from gateway.engines.base import EngineState
 from gateway.engines.client import ClientLimits
 from gateway.inference.routing import Router
+from gateway.lifecycle.service import AdapterLifecycle
 from gateway.placement.stats import PlacementEvent
 from gateway.settings import GatewaySettings
-from tests.gateway.openai_env import ADAPTER, ADAPTER_UPSTREAM, BASE, chat
-from tests.support.adapter_resolver import EngineAdapters, LoadedAdapter
-from tests.support.fake_upstream import FakeUpstream, Recorded, chunk_event
+from loadtest.fake_vllm import (
+    FakeBehaviour,
+    FakeVLLM,
+    Recorded,
+    Reply,
+    Stream,
+    chunk_event,
+    serving,
+)
+from tests.adapters.builders import write_adapter, write_base_model
+from tests.gateway.openai_env import ADAPTER, BASE, chat
 from tests.support.gateway_server import StaticEngine, serve_in_loop, unused_url
 
 
 @dataclass
 class TwoEngines:
     http: httpx.AsyncClient
-    fake: FakeUpstream
+    fake: FakeVLLM
     dead: StaticEngine
     alive: StaticEngine
     router: Router
+    lifecycle: AdapterLifecycle
 
 
 @pytest.fixture
 async def two(tmp_path: Path) -> AsyncIterator[TwoEngines]:
-    fake = FakeUpstream()
+    adapters_dir = tmp_path / "data" / "adapters" / "scanned"
+    write_adapter(adapters_dir / ADAPTER, base_model=BASE, seed=1)
+    settings = GatewaySettings(
+        data_dir=tmp_path / "data",
+        base_model=str(write_base_model(tmp_path / "models" / BASE)),
+        adapters_dir=adapters_dir,
+    )
+    fake = FakeVLLM(FakeBehaviour(model=BASE, chunks=2, record_requests=True))
     limits = ClientLimits(connect_timeout_s=2.0, read_timeout_s=10.0)
-    async with serve_in_loop(fake.app()) as upstream_url:
+    async with serving(fake) as upstream_url:
         dead = StaticEngine(unused_url(), BASE, name="dead", client_limits=limits)
         alive = StaticEngine(upstream_url, BASE, name="alive", client_limits=limits)
-        adapters = EngineAdapters(alive, [LoadedAdapter(ADAPTER, ADAPTER_UPSTREAM)])
-        app = create_app(
-            GatewaySettings(data_dir=tmp_path), engines=[dead, alive], adapter_resolver=adapters
-        )
+        app = create_app(settings, engines=[dead, alive])
         try:
             async with (
                 serve_in_loop(app) as url,
                 httpx.AsyncClient(base_url=url, timeout=30.0) as http,
             ):
-                yield TwoEngines(http, fake, dead, alive, app.state.services.router)
+                services = app.state.services
+                yield TwoEngines(http, fake, dead, alive, services.router, app.state.lifecycle)
         finally:
             await dead.close_client()
             await alive.close_client()
 
 
-async def test_unary_requests_fail_over_to_the_other_engine(two: TwoEngines) -> None:
+def completions(fake: FakeVLLM) -> list[Recorded]:
+    return [r for r in fake.requests if r.path.endswith("/completions")]
+
+
+@pytest.mark.parametrize("model", [BASE, ADAPTER])
+async def test_unary_requests_fail_over_to_the_other_engine(two: TwoEngines, model: str) -> None:
     # Ties rotate between the engines: some start on the dead one.
     for _ in range(6):
-        response = await two.http.post("/v1/chat/completions", json=chat())
+        response = await two.http.post("/v1/chat/completions", json=chat(model))
         assert response.status_code == 200, response.text
-    assert len(two.fake.requests) == 6
-    failovers = two.router.stats.total(PlacementEvent.FAILOVER)
-    assert failovers >= 1
-    assert two.router.stats.items() == [("dead", "failover", failovers)]
+        assert response.json()["model"] == model
+    assert len(completions(two.fake)) == 6
+    if model == BASE:
+        assert two.router.stats.total(PlacementEvent.FAILOVER) >= 1
+    else:  # its load failed over: it is resident on the live engine only, served there
+        assert two.lifecycle.view(ADAPTER).active.engines == ("alive",)
 
 
 async def test_streams_fail_over_before_the_first_byte(two: TwoEngines) -> None:
-    for _ in range(4):
+    for model in (BASE, ADAPTER, BASE, ADAPTER):
         async with two.http.stream(
-            "POST", "/v1/chat/completions", json=chat(stream=True)
+            "POST", "/v1/chat/completions", json=chat(model, stream=True)
         ) as response:
             assert response.status_code == 200
             body = (await response.aread()).decode()
         assert body.rstrip().endswith("data: [DONE]"), body
-    assert len(two.fake.requests) == 4
+    assert len(completions(two.fake)) == 4
 
 
 async def test_with_no_other_ready_engine_the_client_gets_a_clean_503(two: TwoEngines) -> None:
@@ -88,7 +109,7 @@ async def test_with_no_other_ready_engine_the_client_gets_a_clean_503(two: TwoEn
     response = await two.http.post("/v1/chat/completions", json=chat())
     assert response.status_code == 503
     assert response.json()["error"]["type"]
-    assert two.fake.requests == []
+    assert completions(two.fake) == []
 
 
 async def test_a_stream_broken_after_its_start_ends_with_an_sse_error_event(
@@ -96,13 +117,15 @@ async def test_a_stream_broken_after_its_start_ends_with_an_sse_error_event(
 ) -> None:
     two.dead.state = EngineState.DOWN  # every request on the fake, which breaks its stream
 
-    async def broken(recorded: Recorded) -> Response:
-        return two.fake.stream([chunk_event(ADAPTER_UPSTREAM, "half")], fail_at_end=True)
+    async def broken(recorded: Recorded) -> Reply | None:
+        if not recorded.path.endswith("/completions"):
+            return None
+        return Stream([chunk_event(recorded.json()["model"], "half")], fail_at_end=True)
 
     two.fake.handler = broken
     async with two.http.stream("POST", "/v1/chat/completions", json=chat(stream=True)) as resp:
         assert resp.status_code == 200
         body = (await resp.aread()).decode()
     events = [line[6:] for line in body.splitlines() if line.startswith("data: ")]
-    last = json.loads(events[-1]) if events[-1] != "[DONE]" else json.loads(events[-2])
-    assert "error" in last, body
+    payloads = [json.loads(e) for e in events if e != "[DONE]"]
+    assert "error" in payloads[-1], body

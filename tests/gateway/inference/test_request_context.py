@@ -88,7 +88,7 @@ class ExplodingResolver:
 async def test_unexpected_error_is_500_openai_shape_and_logged(
     gateway: Gateway, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(gateway.adapters, "lease", ExplodingResolver().lease)
+    monkeypatch.setattr(gateway.lifecycle, "lease", ExplodingResolver().lease)
     with caplog.at_level(logging.ERROR):
         response = await gateway.http.post(
             "/v1/chat/completions", json=chat("style"), headers={"x-request-id": "boom-1"}

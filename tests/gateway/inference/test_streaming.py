@@ -10,13 +10,12 @@ from contextlib import AsyncExitStack
 from typing import Any
 
 import pytest
-from starlette.responses import Response
 
 from gateway.errors import EngineError, EngineUnavailableError
 from gateway.inference.streaming import MAX_EVENT_BYTES, SSEEventSplitter, SSEProxyResponse
+from loadtest.fake_vllm import DONE, Recorded, Reply, Stream, chunk_event, usage_event
 from tests.gateway.conftest import Gateway
-from tests.gateway.openai_env import ADAPTER, ADAPTER_UPSTREAM, BASE, access_lines, chat
-from tests.support.fake_upstream import DONE, Recorded, chunk_event, usage_event
+from tests.gateway.openai_env import ADAPTER, BASE, access_lines, chat
 
 EVENTS = [chunk_event(BASE, text) for text in ("Hel", "lo", " wor", "ld", "!")] + [DONE]
 
@@ -180,11 +179,11 @@ async def read_events(lines: AsyncIterator[bytes], count: int) -> list[bytes]:
 
 
 async def test_stream_passes_events_unchanged_except_the_model(gateway: Gateway) -> None:
-    upstream_events = [chunk_event(ADAPTER_UPSTREAM, t) for t in ("a", "b\n", "c")]
+    upstream_events = [chunk_event(gateway.adapter_upstream, t) for t in ("a", "b\n", "c")]
     raw = b"".join([*upstream_events, DONE])
 
-    async def scripted(recorded: Recorded) -> Response:
-        return gateway.fake.stream(cuts(raw, [5, len(upstream_events[0]) + 9, 1, 1]))
+    async def scripted(recorded: Recorded) -> Reply:
+        return Stream(cuts(raw, [5, len(upstream_events[0]) + 9, 1, 1]))
 
     gateway.fake.handler = scripted
     response = await gateway.http.post("/v1/chat/completions", json=chat(ADAPTER, stream=True))
@@ -192,17 +191,17 @@ async def test_stream_passes_events_unchanged_except_the_model(gateway: Gateway)
     assert response.headers["content-type"].startswith("text/event-stream")
     expected = [chunk_event(ADAPTER, t) for t in ("a", "b\n", "c")] + [DONE]
     assert split_events(response.content) == expected
-    assert gateway.fake.requests[-1].json()["model"] == ADAPTER_UPSTREAM
+    assert gateway.fake.requests[-1].json()["model"] == gateway.adapter_upstream
 
 
 async def test_each_event_reaches_the_client_before_the_next_exists(gateway: Gateway) -> None:
     gates = [asyncio.Event() for _ in EVENTS]
 
-    async def gated(recorded: Recorded) -> Response:
+    async def gated(recorded: Recorded) -> Reply:
         steps: list[bytes | asyncio.Event] = []
         for event, gate in zip(EVENTS, gates, strict=True):
             steps += [event, gate]
-        return gateway.fake.stream(steps)
+        return Stream(steps)
 
     gateway.fake.handler = gated
     received: list[bytes] = []
@@ -224,8 +223,8 @@ async def test_each_event_reaches_the_client_before_the_next_exists(gateway: Gat
 async def test_stream_breaking_after_headers_ends_with_error_event(
     gateway: Gateway, caplog: pytest.LogCaptureFixture
 ) -> None:
-    async def breaking(recorded: Recorded) -> Response:
-        return gateway.fake.stream(EVENTS[:2], fail_at_end=True)
+    async def breaking(recorded: Recorded) -> Reply:
+        return Stream(EVENTS[:2], fail_at_end=True)
 
     gateway.fake.handler = breaking
     with caplog.at_level("INFO", logger="gateway.access"):
@@ -248,8 +247,8 @@ async def test_client_disconnect_closes_upstream_and_releases_lease(
 ) -> None:
     never = asyncio.Event()
 
-    async def endless(recorded: Recorded) -> Response:
-        return gateway.fake.stream([chunk_event(ADAPTER_UPSTREAM, "Hel"), never, DONE])
+    async def endless(recorded: Recorded) -> Reply:
+        return Stream([chunk_event(gateway.adapter_upstream, "Hel"), never, DONE])
 
     gateway.fake.handler = endless
     with caplog.at_level("INFO", logger="gateway.access"):
@@ -261,19 +260,19 @@ async def test_client_disconnect_closes_upstream_and_releases_lease(
         ) as response:
             first = await read_events(response.aiter_raw(), 1)
             assert first == [chunk_event(ADAPTER, "Hel")]
-            assert gateway.adapters.active_leases == 1  # held while the stream runs
+            assert gateway.leases() == 1  # held while the stream runs
         # Leaving the block closes the client's connection mid-stream.
         await asyncio.wait_for(gateway.fake.stream_cancelled.wait(), timeout=5)
         (line,) = await access_lines(caplog, "leaves")
-    assert gateway.adapters.active_leases == 0
+    assert gateway.leases() == 0
     assert line["client_disconnected"] is True and line["stream"] is True
 
 
 async def test_lease_is_held_until_the_stream_ends(gateway: Gateway) -> None:
     gate = asyncio.Event()
 
-    async def gated(recorded: Recorded) -> Response:
-        return gateway.fake.stream([EVENTS[0], gate, *EVENTS[1:]])
+    async def gated(recorded: Recorded) -> Reply:
+        return Stream([EVENTS[0], gate, *EVENTS[1:]])
 
     gateway.fake.handler = gated
     async with gateway.http.stream(
@@ -281,19 +280,18 @@ async def test_lease_is_held_until_the_stream_ends(gateway: Gateway) -> None:
     ) as response:
         chunks = response.aiter_raw()
         await read_events(chunks, 1)
-        assert gateway.adapters.active_leases == 1
+        assert gateway.leases() == 1
         gate.set()
         rest = b"".join([chunk async for chunk in chunks])
         assert rest.endswith(DONE)
-    assert gateway.adapters.active_leases == 0
-    assert gateway.adapters.leases_taken >= 1
+    assert gateway.leases() == 0
 
 
 async def test_stream_usage_reaches_the_access_log(
     gateway: Gateway, caplog: pytest.LogCaptureFixture
 ) -> None:
-    async def with_usage(recorded: Recorded) -> Response:
-        return gateway.fake.stream([EVENTS[0], usage_event(BASE, 11, 1), DONE])
+    async def with_usage(recorded: Recorded) -> Reply:
+        return Stream([EVENTS[0], usage_event(BASE, 11, 1), DONE])
 
     gateway.fake.handler = with_usage
     body = chat(stream=True, stream_options={"include_usage": True})

@@ -1,7 +1,7 @@
 """gateway.lifecycle.service in-process: state machine, LRU with pinned and in-flight, versions,
 restarts.
 
-The engine is the FAKE of tests/gateway/lifecycle_fakes.py (real EngineClient over a mock
+The engine is the FAKE vLLM of loadtest/fake_vllm (real EngineClient over a mock
 transport); the registry and validator are real, on adapter directories in the real formats.
 """
 
@@ -29,8 +29,9 @@ from gateway.errors import (
     ModelNotFoundError,
 )
 from gateway.lifecycle.service import AdapterLifecycle
+from loadtest.fake_vllm import FakeVLLM
 from tests.adapters.builders import write_adapter, write_base_model
-from tests.gateway.lifecycle_fakes import FakeEngine, FakeLoraUpstream
+from tests.support.fake_engine import FakeEngine
 
 BASE = "tinybase"
 
@@ -70,13 +71,13 @@ MakeLifecycle = Callable[..., Awaitable[AdapterLifecycle]]
 
 
 @pytest.fixture
-def env(tmp_path: Path) -> Env:
+def env(tmp_path: Path, db_url: str) -> Env:
     roots = tmp_path / "adapters"
     roots.mkdir()
     return Env(
         roots=roots.resolve(),
         base_dir=write_base_model(tmp_path / BASE),
-        db_url=f"sqlite:///{tmp_path / 'registry.db'}",
+        db_url=db_url,  # SQLite and PostgreSQL (tests/conftest.py)
     )
 
 
@@ -123,7 +124,7 @@ async def request(lifecycle: AdapterLifecycle, name: str, hold: float = 0.0) -> 
 
 
 async def test_loads_on_first_request_and_lists_models(env: Env, make: MakeLifecycle) -> None:
-    upstream = FakeLoraUpstream()
+    upstream = FakeVLLM()
     events = Events()
     lifecycle = await make(FakeEngine(upstream), observer=events)
     view, created = await lifecycle.register("a1", env.adapter("a1"))
@@ -145,7 +146,7 @@ async def test_loads_on_first_request_and_lists_models(env: Env, make: MakeLifec
 
 
 async def test_register_with_load_and_idempotent_operations(env: Env, make: MakeLifecycle) -> None:
-    upstream = FakeLoraUpstream()
+    upstream = FakeVLLM()
     lifecycle = await make(FakeEngine(upstream))
     path = env.adapter("a1")
     await lifecycle.register("a1", path, load=True)
@@ -161,7 +162,7 @@ async def test_register_with_load_and_idempotent_operations(env: Env, make: Make
 
 
 async def test_lru_eviction_skips_pinned_and_in_flight(env: Env, make: MakeLifecycle) -> None:
-    upstream = FakeLoraUpstream(max_loaded=2)
+    upstream = FakeVLLM(max_loaded=2)
     events = Events()
     lifecycle = await make(FakeEngine(upstream), capacity=2, observer=events, slot_wait_s=0.1)
     for name in ("a", "b", "c", "d"):
@@ -210,7 +211,7 @@ async def test_lru_eviction_skips_pinned_and_in_flight(env: Env, make: MakeLifec
 
 
 async def test_concurrent_requests_never_exceed_capacity(env: Env, make: MakeLifecycle) -> None:
-    upstream = FakeLoraUpstream(max_loaded=2)
+    upstream = FakeVLLM(max_loaded=2)
     upstream.load_delay_s = 0.01
     events = Events()
     lifecycle = await make(FakeEngine(upstream), capacity=2, observer=events)
@@ -231,7 +232,7 @@ async def test_concurrent_requests_never_exceed_capacity(env: Env, make: MakeLif
 
 
 async def test_conflict_new_version_swap_drains_then_restore(env: Env, make: MakeLifecycle) -> None:
-    upstream = FakeLoraUpstream()
+    upstream = FakeVLLM()
     lifecycle = await make(FakeEngine(upstream), capacity=3)
     v1_path, v2_path = env.adapter("a", seed=1), env.adapter("a", seed=2)
     await lifecycle.register("a", v1_path, load=True)
@@ -276,7 +277,7 @@ def damage(stored: Path) -> None:
 async def test_restore_ignores_the_source_but_refuses_a_damaged_copy(
     env: Env, make: MakeLifecycle
 ) -> None:
-    lifecycle = await make(FakeEngine(FakeLoraUpstream()))
+    lifecycle = await make(FakeEngine(FakeVLLM()))
     v1_path = env.adapter("a", seed=1)
     await lifecycle.register("a", v1_path)
     await lifecycle.register("a", env.adapter("a", seed=2), new_version=True)
@@ -291,7 +292,7 @@ async def test_restore_ignores_the_source_but_refuses_a_damaged_copy(
 
 
 async def test_register_with_load_refused_keeps_nothing(env: Env, make: MakeLifecycle) -> None:
-    upstream = FakeLoraUpstream()
+    upstream = FakeVLLM()
     lifecycle = await make(FakeEngine(upstream))
     path = env.adapter("a")
     upstream.refuse_names.add("a")
@@ -301,7 +302,7 @@ async def test_register_with_load_refused_keeps_nothing(env: Env, make: MakeLife
 
 
 async def test_engine_down_is_503_and_state_stays_registered(env: Env, make: MakeLifecycle) -> None:
-    upstream = FakeLoraUpstream()
+    upstream = FakeVLLM()
     lifecycle = await make(FakeEngine(upstream))
     await lifecycle.register("a", env.adapter("a"))
     upstream.unreachable = True
@@ -319,13 +320,13 @@ async def test_engine_down_is_503_and_state_stays_registered(env: Env, make: Mak
 async def test_new_lifecycle_on_same_db_keeps_registrations_and_loads(
     env: Env, make: MakeLifecycle
 ) -> None:
-    first = await make(FakeEngine(FakeLoraUpstream()), capacity=2)
+    first = await make(FakeEngine(FakeVLLM()), capacity=2)
     await first.register("kept", env.adapter("kept"), load=True)
     await first.register("pinned", env.adapter("pinned"), pinned=True)
     await first.register("idle", env.adapter("idle"))
     await first.close()
 
-    upstream = FakeLoraUpstream()  # a fresh engine that knows nothing
+    upstream = FakeVLLM()  # a fresh engine that knows nothing
     second = await make(FakeEngine(upstream), capacity=2)
     assert [m.id for m in second.public_models()] == ["idle", "kept", "pinned"]
     assert second.view("pinned").record.pinned
@@ -335,7 +336,7 @@ async def test_new_lifecycle_on_same_db_keeps_registrations_and_loads(
 
 
 async def test_engine_restart_reapplies_without_api_calls(env: Env, make: MakeLifecycle) -> None:
-    upstream = FakeLoraUpstream()
+    upstream = FakeVLLM()
     engine = FakeEngine(upstream)
     lifecycle = await make(engine, capacity=2)
     await lifecycle.register("pin", env.adapter("pin"), pinned=True)
@@ -362,7 +363,7 @@ async def test_engine_restart_reapplies_without_api_calls(env: Env, make: MakeLi
 
 
 async def test_delete_waits_for_requests_then_forgets(env: Env, make: MakeLifecycle) -> None:
-    upstream = FakeLoraUpstream()
+    upstream = FakeVLLM()
     lifecycle = await make(FakeEngine(upstream), drain_timeout_s=0.2)
     await lifecycle.register("a", env.adapter("a"), load=True)
     async with lifecycle.lease("a"):
@@ -391,7 +392,7 @@ async def test_delete_waits_for_requests_then_forgets(env: Env, make: MakeLifecy
 
 
 async def test_validation_errors_pass_through(env: Env, make: MakeLifecycle) -> None:
-    lifecycle = await make(FakeEngine(FakeLoraUpstream()))
+    lifecycle = await make(FakeEngine(FakeVLLM()))
     with pytest.raises(AdapterError) as caught:
         await lifecycle.register(BASE, env.adapter("x"))
     assert caught.value.code == "name_is_base_model"

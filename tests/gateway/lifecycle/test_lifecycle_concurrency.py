@@ -9,7 +9,7 @@ lifecycle bugs 1, 5 and 6.
 
 And an admin client that hangs up does not leave its operation half done.
 
-The engine is the FAKE of tests/gateway/lifecycle_fakes.py (the real EngineClient over a mock
+The engine is the FAKE vLLM of loadtest/fake_vllm (the real EngineClient over a mock
 transport, with slow loads and unloads); registry and validator are real.
 """
 
@@ -29,8 +29,9 @@ from adapters.store import AdapterStore
 from adapters.validation import AdapterValidator, ValidationLimits
 from gateway.errors import CapacityError, ConflictError, ModelNotFoundError
 from gateway.lifecycle.service import AdapterLifecycle
+from loadtest.fake_vllm import FakeVLLM
 from tests.adapters.builders import write_adapter, write_base_model
-from tests.gateway.lifecycle_fakes import FakeEngine, FakeLoraUpstream
+from tests.support.fake_engine import FakeEngine
 
 BASE = "tinybase"
 
@@ -46,7 +47,7 @@ async def built(tmp_path: Path) -> AsyncIterator[list[AdapterLifecycle]]:
 async def make(
     tmp_path: Path,
     made: list[AdapterLifecycle],
-    upstream: FakeLoraUpstream,
+    upstream: FakeVLLM,
     *,
     capacity: int,
     slot_wait_s: float = 2.0,
@@ -99,7 +100,7 @@ def settled_states(lifecycle: AdapterLifecycle) -> dict[str, AdapterState]:
 async def test_clients_hanging_up_during_loads_and_evictions_wedge_nothing(
     tmp_path: Path, built: list[AdapterLifecycle]
 ) -> None:
-    upstream = FakeLoraUpstream(max_loaded=2)
+    upstream = FakeVLLM(max_loaded=2)
     upstream.load_delay_s = 0.02
     upstream.unload_delay_s = 0.02
     lifecycle = await make(tmp_path, built, upstream, capacity=2)
@@ -141,7 +142,7 @@ async def test_clients_hanging_up_during_loads_and_evictions_wedge_nothing(
 async def test_hang_up_during_a_load_leaves_the_adapter_loaded_for_the_next_request(
     tmp_path: Path, built: list[AdapterLifecycle]
 ) -> None:
-    upstream = FakeLoraUpstream()
+    upstream = FakeVLLM()
     upstream.load_delay_s = 0.1
     lifecycle = await make(tmp_path, built, upstream, capacity=1)
     await register(lifecycle, tmp_path, "a")
@@ -175,7 +176,7 @@ async def test_requests_waiting_for_a_slot_wait_side_by_side(
     tmp_path: Path, built: list[AdapterLifecycle]
 ) -> None:
     slot_wait_s = 0.3
-    upstream = FakeLoraUpstream()
+    upstream = FakeVLLM()
     lifecycle = await make(tmp_path, built, upstream, capacity=1, slot_wait_s=slot_wait_s)
     await register(lifecycle, tmp_path, "busy")
     await register(lifecycle, tmp_path, "cold")
@@ -202,7 +203,7 @@ async def test_requests_waiting_for_a_slot_wait_side_by_side(
 async def test_delete_draining_a_request_stalls_no_other_adapter_or_admin_call(
     tmp_path: Path, built: list[AdapterLifecycle]
 ) -> None:
-    upstream = FakeLoraUpstream(max_loaded=2)
+    upstream = FakeVLLM(max_loaded=2)
     lifecycle = await make(tmp_path, built, upstream, capacity=2, slot_wait_s=3.0)
     await register(lifecycle, tmp_path, "a", seed=1)
     await register(lifecycle, tmp_path, "c")
@@ -239,7 +240,7 @@ async def test_delete_draining_a_request_stalls_no_other_adapter_or_admin_call(
 async def test_unload_with_a_request_in_flight_waits_then_succeeds_or_changes_nothing(
     tmp_path: Path, built: list[AdapterLifecycle]
 ) -> None:
-    upstream = FakeLoraUpstream()
+    upstream = FakeVLLM()
     lifecycle = await make(tmp_path, built, upstream, capacity=3, drain_timeout_s=0.2)
     await register(lifecycle, tmp_path, "a")
     await register(lifecycle, tmp_path, "b")
@@ -299,7 +300,7 @@ async def test_unload_with_a_request_in_flight_waits_then_succeeds_or_changes_no
 async def test_admin_client_hanging_up_leaves_no_operation_half_done(
     tmp_path: Path, built: list[AdapterLifecycle]
 ) -> None:
-    upstream = FakeLoraUpstream()
+    upstream = FakeVLLM()
     lifecycle = await make(tmp_path, built, upstream, capacity=2, slot_wait_s=0.5)
     await register(lifecycle, tmp_path, "a")
     release = asyncio.Event()

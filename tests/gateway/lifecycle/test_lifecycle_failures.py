@@ -2,7 +2,7 @@
 to load it (5xx) is not; neither stays failed for good. Within the cool-down requests get the error
 with no engine call; the first request after it loads again, without an operator.
 
-The engine is the FAKE of tests/gateway/lifecycle_fakes.py; the clock is a test clock, so
+The engine is the FAKE vLLM of loadtest/fake_vllm; the clock is a test clock, so
 cool-downs pass without sleeping.
 """
 
@@ -20,8 +20,9 @@ from adapters.store import AdapterStore
 from adapters.validation import AdapterValidator, ValidationLimits
 from gateway.errors import AdapterLoadError, EngineUnavailableError
 from gateway.lifecycle.service import AdapterLifecycle
+from loadtest.fake_vllm import FakeVLLM
 from tests.adapters.builders import write_adapter, write_base_model
-from tests.gateway.lifecycle_fakes import FakeEngine, FakeLoraUpstream
+from tests.support.fake_engine import FakeEngine
 
 BASE = "tinybase"
 REFUSED_RETRY_S = 30.0
@@ -58,7 +59,7 @@ class Events:
 
 @dataclass
 class Env:
-    upstream: FakeLoraUpstream
+    upstream: FakeVLLM
     clock: Clock
     events: Events
     tmp: Path
@@ -93,7 +94,7 @@ class Env:
 
 @pytest.fixture
 async def env(tmp_path: Path) -> AsyncIterator[Env]:
-    made = Env(FakeLoraUpstream(), Clock(), Events(), tmp_path)
+    made = Env(FakeVLLM(), Clock(), Events(), tmp_path)
     yield made
     for lifecycle in made.lifecycles:
         await lifecycle.close()

@@ -3,7 +3,7 @@ directory (a symlink outside the allowed roots, pickle-only weights, other weigh
 nothing the engine is given, on first use, after an eviction and after an engine restart; a
 directory overwritten in place (``lora-trainer train --overwrite``) keeps its old versions.
 
-The engine is the FAKE of tests/gateway/lifecycle_fakes.py; it records the path each adapter
+The engine is the FAKE vLLM of loadtest/fake_vllm; it records the path each adapter
 was loaded from, and these tests read the files at that path as the engine would.
 """
 
@@ -21,8 +21,9 @@ from adapters.registry import Registry
 from adapters.store import AdapterStore
 from adapters.validation import AdapterValidator, ValidationLimits
 from gateway.lifecycle.service import AdapterLifecycle
+from loadtest.fake_vllm import FakeVLLM
 from tests.adapters.builders import write_adapter, write_base_model
-from tests.gateway.lifecycle_fakes import FakeEngine, FakeLoraUpstream
+from tests.support.fake_engine import FakeEngine
 
 BASE = "tinybase"
 
@@ -41,7 +42,7 @@ async def make(tmp_path: Path) -> AsyncIterator[Callable[[int], Awaitable[Setup]
         validator = AdapterValidator(
             BASE, ValidationLimits(16, 1 << 30, (roots,)), base_dir=base_dir
         )
-        engine = FakeEngine(FakeLoraUpstream(), lora_capacity=capacity)
+        engine = FakeEngine(FakeVLLM(), lora_capacity=capacity)
         lifecycle = AdapterLifecycle(
             Registry(f"sqlite:///{tmp_path / 'registry.db'}"),
             [engine],

@@ -1,5 +1,5 @@
 """The adapter lifecycle with 2 engines under each placement policy (FAKE engines of
-tests/gateway/lifecycle_fakes.py: the real EngineClient over a mock transport; real registry,
+tests/support/fake_engine.py: the real EngineClient over the one fake vLLM; real registry,
 store and validator on adapter directories in the real formats)."""
 
 from __future__ import annotations
@@ -16,8 +16,9 @@ from adapters.validation import AdapterValidator, ValidationLimits
 from gateway.lifecycle.service import AdapterLifecycle
 from gateway.placement.policy import PlacementPolicy
 from gateway.placement.stats import PlacementEvent
+from loadtest.fake_vllm import FakeVLLM
 from tests.adapters.builders import write_adapter, write_base_model
-from tests.gateway.lifecycle_fakes import FakeEngine, FakeLoraUpstream
+from tests.support.fake_engine import FakeEngine
 
 BASE = "tinybase"
 
@@ -64,7 +65,7 @@ async def make(tmp_path: Path) -> AsyncIterator[Make]:
 
 def two_engines(capacity: int = 2) -> list[FakeEngine]:
     return [
-        FakeEngine(FakeLoraUpstream(max_loaded=capacity), name=f"e{i}", lora_capacity=capacity)
+        FakeEngine(FakeVLLM(max_loaded=capacity), name=f"e{i}", lora_capacity=capacity)
         for i in range(2)
     ]
 

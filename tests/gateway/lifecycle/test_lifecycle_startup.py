@@ -12,8 +12,9 @@ from adapters.errors import AdapterError
 from adapters.registry import Registry
 from gateway.lifecycle.startup import open_lifecycle, scan_adapters_dir
 from gateway.settings import GatewaySettings
+from loadtest.fake_vllm import FakeVLLM
 from tests.adapters.builders import write_adapter, write_base_model
-from tests.gateway.lifecycle_fakes import FakeEngine, FakeLoraUpstream
+from tests.support.fake_engine import FakeEngine
 
 BASE = "tinybase"
 
@@ -43,9 +44,7 @@ async def test_scan_registers_valid_and_reports_invalid(settings: GatewaySetting
     (scan / "not-an-adapter").mkdir()
     (scan / "notes.txt").write_text("ignored")
 
-    async with open_lifecycle(
-        settings, [FakeEngine(FakeLoraUpstream(), base_model=BASE)]
-    ) as lifecycle:
+    async with open_lifecycle(settings, [FakeEngine(FakeVLLM(), base_model=BASE)]) as lifecycle:
         assert [m.id for m in lifecycle.public_models()] == ["legal-style", "plain"]
         # A re-scan: unchanged content is a no-op; changed content becomes the next version.
         write_adapter(scan / "plain", base_model=BASE, seed=3)
@@ -74,9 +73,7 @@ async def test_validator_checks_against_the_settings_base_model(
     settings: GatewaySettings, tmp_path: Path
 ) -> None:
     roots = settings.managed_adapters_dir
-    async with open_lifecycle(
-        settings, [FakeEngine(FakeLoraUpstream(), base_model=BASE)]
-    ) as lifecycle:
+    async with open_lifecycle(settings, [FakeEngine(FakeVLLM(), base_model=BASE)]) as lifecycle:
         path = write_adapter(roots / "wide", base_model=BASE, layers=3)
         with pytest.raises(AdapterError) as caught:
             await lifecycle.register("wide", path)
@@ -94,9 +91,7 @@ async def test_trainer_manifest_is_accepted(settings: GatewaySettings) -> None:
     path = write_adapter(
         settings.managed_adapters_dir / "t", base_model=str(base_dir), manifest=manifest
     )
-    async with open_lifecycle(
-        settings, [FakeEngine(FakeLoraUpstream(), base_model=BASE)]
-    ) as lifecycle:
+    async with open_lifecycle(settings, [FakeEngine(FakeVLLM(), base_model=BASE)]) as lifecycle:
         view, _ = await lifecycle.register("from-trainer", path)
         assert view.active.version.manifest == json.loads((path / MANIFEST).read_text())
         tampered = {**manifest, "base_model": {**identity, "config_sha256": "f" * 64}}
@@ -117,7 +112,7 @@ async def test_a_restore_survives_a_restart_with_the_scan(settings: GatewaySetti
     scan = settings.adapters_dir
     assert scan is not None
     write_adapter(scan / "legal", base_model=BASE, seed=1)
-    engines = [FakeEngine(FakeLoraUpstream(), base_model=BASE)]
+    engines = [FakeEngine(FakeVLLM(), base_model=BASE)]
     async with open_lifecycle(settings, engines) as lifecycle:
         assert lifecycle.view("legal").record.active_version == 1
     write_adapter(scan / "legal", base_model=BASE, seed=2)  # retrained in place
@@ -137,7 +132,7 @@ async def test_a_directory_cannot_take_over_another_adapters_name(
 ) -> None:
     scan = settings.adapters_dir
     assert scan is not None
-    engines = [FakeEngine(FakeLoraUpstream(), base_model=BASE)]
+    engines = [FakeEngine(FakeVLLM(), base_model=BASE)]
     async with open_lifecycle(settings, engines) as lifecycle:
         await lifecycle.register(
             "legal", write_adapter(settings.managed_adapters_dir / "legal", base_model=BASE)

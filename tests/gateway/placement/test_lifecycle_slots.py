@@ -8,7 +8,8 @@ import pytest
 
 from adapters.state import AdapterState, InvalidTransitionError
 from gateway.placement.slots import Slot, SlotTable
-from tests.gateway.lifecycle_fakes import FakeEngine, FakeLoraUpstream
+from loadtest.fake_vllm import FakeVLLM
+from tests.support.fake_engine import FakeEngine
 
 
 class Clock:
@@ -32,7 +33,7 @@ def never(_: object) -> bool:
 
 
 def test_victim_is_least_recently_used_and_never_pinned_leased_or_locked() -> None:
-    engine = FakeEngine(FakeLoraUpstream())
+    engine = FakeEngine(FakeVLLM())
     table = SlotTable([engine], capacity=4, clock=Clock())
     a, b, c, d = (loaded(table, n, engine) for n in "abcd")
     assert table.full
@@ -52,7 +53,7 @@ def test_victim_is_least_recently_used_and_never_pinned_leased_or_locked() -> No
 
 
 def test_current_engines_follow_restarts() -> None:
-    engine = FakeEngine(FakeLoraUpstream())
+    engine = FakeEngine(FakeVLLM())
     table = SlotTable([engine], capacity=2, clock=Clock())
     slot = loaded(table, "a", engine)
     assert table.current_engines(slot) == ["fake"] and table.pick_engine(slot) is engine
@@ -66,7 +67,7 @@ def test_current_engines_follow_restarts() -> None:
 
 
 async def test_wait_freed_wakes_on_release_and_times_out() -> None:
-    engine = FakeEngine(FakeLoraUpstream())
+    engine = FakeEngine(FakeVLLM())
     table = SlotTable([engine], capacity=1, clock=Clock())
     slot = loaded(table, "a", engine)
     table.take(slot)
@@ -81,7 +82,7 @@ async def test_wait_freed_wakes_on_release_and_times_out() -> None:
 
 
 def test_slot_transitions_are_checked() -> None:
-    table = SlotTable([FakeEngine(FakeLoraUpstream())], capacity=1, clock=Clock())
+    table = SlotTable([FakeEngine(FakeVLLM())], capacity=1, clock=Clock())
     slot = table.open("a", 1, "a@v1", "/a")
     assert slot.state is AdapterState.LOADING
     with pytest.raises(InvalidTransitionError):

@@ -1,4 +1,4 @@
-"""The FAKE upstream answers like an OpenAI server: checked with the official SDK and raw HTTP."""
+"""The FAKE vLLM answers like an OpenAI server: checked with the official SDK and raw HTTP."""
 
 from __future__ import annotations
 
@@ -10,17 +10,26 @@ import openai
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from loadtest.fake_openai import FakeBehaviour
-from loadtest.fake_upstream import MAX_BODY_BYTES, start_server
+from loadtest.fake_vllm import (
+    MAX_BODY_BYTES,
+    FakeBehaviour,
+    FakeVLLM,
+    Recorded,
+    Reply,
+    Stream,
+    chunk_event,
+    serving,
+    start_server,
+)
 from loadtest.procs import Service
 
 
 @pytest.fixture
-def client(fake_upstream: Service) -> openai.OpenAI:
-    return openai.OpenAI(base_url=fake_upstream.url + "/v1", api_key="unused", max_retries=0)
+def client(fake_vllm: Service) -> openai.OpenAI:
+    return openai.OpenAI(base_url=fake_vllm.url + "/v1", api_key="unused", max_retries=0)
 
 
-FAKE_MODEL = "fake-base"  # what conftest's fake_upstream serves
+FAKE_MODEL = "fake-base"  # what conftest's fake_vllm serves
 FAKE_CHUNKS = 5
 
 
@@ -80,23 +89,21 @@ def test_completion_full(client: openai.OpenAI) -> None:
     assert answer.choices[0].text == expected_text(3)
 
 
-def test_bad_requests_get_openai_errors(client: openai.OpenAI, fake_upstream: Service) -> None:
+def test_bad_requests_get_openai_errors(client: openai.OpenAI, fake_vllm: Service) -> None:
     with pytest.raises(openai.BadRequestError) as excinfo:
         client.chat.completions.create(model=FAKE_MODEL, messages=[])
     assert excinfo.value.status_code == 400
-    response = httpx.post(fake_upstream.url + "/v1/completions", content=b"{not json")
+    response = httpx.post(fake_vllm.url + "/v1/completions", content=b"{not json")
     assert response.status_code == 400
     assert set(response.json()["error"]) == {"message", "type", "param", "code"}
-    response = httpx.post(
-        fake_upstream.url + "/v1/completions", content=b"x" * (MAX_BODY_BYTES + 1)
-    )
+    response = httpx.post(fake_vllm.url + "/v1/completions", content=b"x" * (MAX_BODY_BYTES + 1))
     assert response.status_code == 413
-    assert httpx.get(fake_upstream.url + "/v1/nowhere").status_code == 404
-    assert httpx.get(fake_upstream.url + "/v1/completions").status_code == 405
+    assert httpx.get(fake_vllm.url + "/v1/nowhere").status_code == 404
+    assert httpx.get(fake_vllm.url + "/v1/completions").status_code == 405
 
 
-def test_lora_load_unload_like_vllm(fake_upstream: Service, client: openai.OpenAI) -> None:
-    url = fake_upstream.url
+def test_lora_load_unload_like_vllm(fake_vllm: Service, client: openai.OpenAI) -> None:
+    url = fake_vllm.url
     body = {"lora_name": "legal", "lora_path": "/anywhere/legal"}
     assert httpx.post(url + "/v1/load_lora_adapter", json=body).status_code == 200
     again = httpx.post(url + "/v1/load_lora_adapter", json=body)
@@ -112,27 +119,25 @@ def test_lora_load_unload_like_vllm(fake_upstream: Service, client: openai.OpenA
     )
 
 
-def test_metrics_are_vllm_like_and_count_chunks(
-    fake_upstream: Service, client: openai.OpenAI
-) -> None:
-    before = httpx.get(fake_upstream.url + "/fake/stats").json()
+def test_metrics_are_vllm_like_and_count_chunks(fake_vllm: Service, client: openai.OpenAI) -> None:
+    before = httpx.get(fake_vllm.url + "/fake/stats").json()
     list(
         client.chat.completions.create(
             model=FAKE_MODEL, messages=[{"role": "user", "content": "x"}], stream=True
         )
     )
-    after = httpx.get(fake_upstream.url + "/fake/stats").json()
+    after = httpx.get(fake_vllm.url + "/fake/stats").json()
     assert after["stream_chunks_total"] - before["stream_chunks_total"] == 1 + FAKE_CHUNKS
-    text = httpx.get(fake_upstream.url + "/metrics").text
+    text = httpx.get(fake_vllm.url + "/metrics").text
     families = {f.name: f for f in text_string_to_metric_families(text)}
     assert "vllm:num_requests_running" in families
     success = families["vllm:request_success"].samples[0]
     assert success.value == after["completions_total"]
-    assert families["fake_upstream_stream_chunks"].samples[0].value == after["stream_chunks_total"]
+    assert families["fake_vllm_stream_chunks"].samples[0].value == after["stream_chunks_total"]
 
 
-def test_health(fake_upstream: Service) -> None:
-    assert httpx.get(fake_upstream.url + "/health").status_code == 200
+def test_health(fake_vllm: Service) -> None:
+    assert httpx.get(fake_vllm.url + "/health").status_code == 200
 
 
 async def test_pipelined_requests_are_answered_in_order() -> None:
@@ -158,3 +163,61 @@ async def test_pipelined_requests_are_answered_in_order() -> None:
     assert len(answers) == 2
     assert answers[0].startswith(b"200") and b'"text":" w0"' in answers[0]
     assert answers[1].startswith(b"200") and b"Connection: close" in answers[1]
+
+
+async def test_a_slow_load_completes_when_its_caller_gives_up() -> None:
+    """Like vLLM: a client that hangs up during a load does not undo it (lifecycle tests rely
+    on this to reproduce hang-ups during cold loads)."""
+    fake = FakeVLLM()
+    fake.load_delay_s = 0.2
+    async with httpx.AsyncClient(base_url="http://fake", transport=fake.transport()) as http:
+        body = {"lora_name": "legal", "lora_path": "/adapters/legal"}
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(0.05):
+                await http.post("/v1/load_lora_adapter", json=body)
+        assert fake.loaded == {}
+        await asyncio.sleep(0.3)
+        assert fake.loaded == {"legal": "/adapters/legal"} and fake.count("load") == 1
+
+
+async def test_faults_on_a_socket_scripted_stream_breaks_and_unhealthy() -> None:
+    fake = FakeVLLM(FakeBehaviour(record_requests=True))
+
+    async def broken(request: Recorded) -> Reply | None:
+        if request.path == "/v1/chat/completions":
+            return Stream([chunk_event("m", "x")], fail_at_end=True)
+        return None
+
+    fake.handler = broken
+    async with serving(fake) as url, httpx.AsyncClient(base_url=url) as http:
+        with pytest.raises(httpx.RemoteProtocolError):
+            await http.post("/v1/chat/completions", json={"model": "m"}, headers={"x-k": "v"})
+        assert fake.requests[-1].headers["x-k"] == "v"
+        fake.unhealthy = True
+        assert (await http.get("/health")).status_code == 503
+        fake.reset()
+        assert (await http.get("/health")).status_code == 200
+
+
+async def test_metrics_name_only_adapters_with_a_request_running() -> None:
+    """Like vLLM's ``lora_requests_info``: a loaded adapter is not "running" while idle."""
+    fake = FakeVLLM(FakeBehaviour(delay_ms=400))
+    fake.loaded["legal"] = "/adapters/legal"
+    async with serving(fake) as url, httpx.AsyncClient(base_url=url) as http:
+
+        async def running_adapters() -> str:
+            text = (await http.get("/metrics")).text
+            (info,) = [f for f in text_string_to_metric_families(text) if f.name.endswith("info")]
+            return str(info.samples[0].labels["running_lora_adapters"])
+
+        assert await running_adapters() == ""
+        body = {"model": "legal", "prompt": "a", "max_tokens": 1}
+        answer = asyncio.create_task(http.post("/v1/completions", json=body))
+        async with asyncio.timeout(5):
+            while fake.running == 0:  # noqa: ASYNC110 (the fake has no event for this)
+                await asyncio.sleep(0.01)
+        async with httpx.AsyncClient(base_url=url) as other:  # its own connection
+            text = (await other.get("/metrics")).text
+        assert 'running_lora_adapters="legal"' in text
+        assert (await answer).status_code == 200
+        assert await running_adapters() == ""

@@ -1,22 +1,30 @@
-"""The OpenAI side of the FAKE upstream: request checks, response bodies, SSE events, counters.
+"""The OpenAI side of the FAKE vLLM: request checks, response bodies, SSE events.
 
-Pure functions and a small state object, no I/O; :mod:`loadtest.fake_upstream` owns the sockets.
+Pure functions, no I/O and no state: :class:`~loadtest.fake_vllm.engine.FakeVLLM` owns the
+state, :mod:`loadtest.fake_vllm.server` the sockets.
 The shapes follow what vLLM's OpenAI server sends (a chat stream opens with a role chunk, the last
 token chunk carries ``finish_reason``, ``stream_options.include_usage`` adds a final chunk with
 empty ``choices``), so a gateway sees the same traffic it would see from a real engine. Generated
-text is fixed words, not a model: this upstream is only for overhead benchmarks and tests.
+text is fixed words, not a model: this fake is only for overhead benchmarks and tests. The
+small event builders at the end (:func:`chunk_event`, :func:`usage_event`, :data:`DONE`,
+:func:`completion_body`) are for tests that script a stream by hand.
 """
 
 from __future__ import annotations
 
-import itertools
 import json
 import time
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from loadtest.fake_vllm.engine import FakeVLLM
 
 MAX_TOKENS_LIMIT = 65_536
 _dumps = json.JSONEncoder(separators=(",", ":")).encode
+
+
+_ERROR_TYPES = {404: "NotFoundError", 500: "InternalServerError", 503: "ServiceUnavailableError"}
 
 
 class FakeRequestError(Exception):
@@ -29,7 +37,7 @@ class FakeRequestError(Exception):
         self.param = param
 
     def body(self) -> bytes:
-        kind = "NotFoundError" if self.status == 404 else "BadRequestError"
+        kind = _ERROR_TYPES.get(self.status, "BadRequestError")
         return _dumps(
             {
                 "error": {
@@ -40,50 +48,6 @@ class FakeRequestError(Exception):
                 }
             }
         ).encode()
-
-
-@dataclass(frozen=True, slots=True)
-class FakeBehaviour:
-    model: str = "fake-base"
-    #: Token chunks per response (fewer if the request's max_tokens is smaller).
-    chunks: int = 16
-    #: Wait before the response starts, and between streamed chunks.
-    delay_ms: float = 0.0
-    chunk_delay_ms: float = 0.0
-    #: Like vLLM: 404 for a model that is neither the base nor a loaded adapter.
-    strict_models: bool = False
-    max_lora_slots: int = 8
-
-
-@dataclass(slots=True)
-class FakeState:
-    behaviour: FakeBehaviour
-    loras: dict[str, str] = field(default_factory=dict)
-    requests_total: int = 0
-    completions_total: int = 0
-    stream_chunks_total: int = 0
-    prompt_tokens_total: int = 0
-    generation_tokens_total: int = 0
-    running: int = 0
-    lora_loads_total: int = 0
-    lora_unloads_total: int = 0
-    _ids: itertools.count[int] = field(default_factory=itertools.count)
-
-    def next_id(self, prefix: str) -> str:
-        return f"{prefix}-fake{next(self._ids)}"
-
-    def stats(self) -> dict[str, Any]:
-        return {
-            "requests_total": self.requests_total,
-            "completions_total": self.completions_total,
-            "stream_chunks_total": self.stream_chunks_total,
-            "prompt_tokens_total": self.prompt_tokens_total,
-            "generation_tokens_total": self.generation_tokens_total,
-            "running": self.running,
-            "lora_loads_total": self.lora_loads_total,
-            "lora_unloads_total": self.lora_unloads_total,
-            "loaded_loras": sorted(self.loras),
-        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,12 +82,12 @@ def _count_words(value: Any) -> int:
     return 0
 
 
-def parse_completion(state: FakeState, payload: dict[str, Any], *, chat: bool) -> CompletionJob:
+def parse_completion(state: FakeVLLM, payload: dict[str, Any], *, chat: bool) -> CompletionJob:
     model = payload.get("model")
     if not isinstance(model, str) or not model:
         raise FakeRequestError(400, "`model` must be a non-empty string", "model")
     b = state.behaviour
-    if b.strict_models and model != b.model and model not in state.loras:
+    if b.strict_models and model != b.model and model not in state.loaded:
         raise FakeRequestError(404, f"The model `{model}` does not exist.", "model")
     if chat:
         messages = payload.get("messages")
@@ -165,7 +129,7 @@ def _usage(job: CompletionJob) -> dict[str, int]:
     }
 
 
-def full_response(state: FakeState, job: CompletionJob) -> bytes:
+def full_response(state: FakeVLLM, job: CompletionJob) -> bytes:
     text = "".join(_word(i) for i in range(job.tokens))
     created = int(time.time())
     if job.chat:
@@ -196,7 +160,7 @@ def full_response(state: FakeState, job: CompletionJob) -> bytes:
     return _dumps(body).encode()
 
 
-def stream_events(state: FakeState, job: CompletionJob) -> list[bytes]:
+def stream_events(state: FakeVLLM, job: CompletionJob) -> list[bytes]:
     """Every SSE event of one streamed response, ``data: [DONE]`` last."""
     created = int(time.time())
     if job.chat:
@@ -252,7 +216,7 @@ def stream_events(state: FakeState, job: CompletionJob) -> list[bytes]:
     return events
 
 
-def models_body(state: FakeState) -> bytes:
+def models_body(state: FakeVLLM) -> bytes:
     created = int(time.time())
     base = state.behaviour.model
     data = [
@@ -260,7 +224,7 @@ def models_body(state: FakeState) -> bytes:
             "id": base,
             "object": "model",
             "created": created,
-            "owned_by": "fake-upstream",
+            "owned_by": "fake-vllm",
             "root": base,
             "parent": None,
             "max_model_len": 2048,
@@ -271,43 +235,19 @@ def models_body(state: FakeState) -> bytes:
             "id": name,
             "object": "model",
             "created": created,
-            "owned_by": "fake-upstream",
+            "owned_by": "fake-vllm",
             "root": path,
             "parent": base,
         }
-        for name, path in sorted(state.loras.items())
+        for name, path in sorted(state.loaded.items())
     ]
     return _dumps({"object": "list", "data": data}).encode()
 
 
-def load_lora(state: FakeState, payload: dict[str, Any]) -> bytes:
-    name, path = payload.get("lora_name"), payload.get("lora_path")
-    if not isinstance(name, str) or not name or not isinstance(path, str) or not path:
-        raise FakeRequestError(400, "lora_name and lora_path are required strings")
-    if name in state.loras and not payload.get("load_inplace"):
-        raise FakeRequestError(
-            400,
-            f"The lora adapter '{name}' has already been loaded. If you want to load the "
-            "adapter in place, set 'load_inplace' to True.",
-        )
-    state.loras[name] = path
-    state.lora_loads_total += 1
-    return f"Success: LoRA adapter '{name}' added successfully.".encode()
-
-
-def unload_lora(state: FakeState, payload: dict[str, Any]) -> bytes:
-    name = payload.get("lora_name")
-    if not isinstance(name, str) or name not in state.loras:
-        raise FakeRequestError(404, f"The lora adapter '{name}' cannot be found.", "lora_name")
-    del state.loras[name]
-    state.lora_unloads_total += 1
-    return f"Success: LoRA adapter '{name}' removed successfully.".encode()
-
-
-def metrics_text(state: FakeState) -> bytes:
+def metrics_text(state: FakeVLLM) -> bytes:
     """A minimal vLLM-like exposition (same family names), plus the fake's own counters."""
     m = f'model_name="{state.behaviour.model}"'
-    running = ",".join(sorted(state.loras))
+    running = ",".join(state.running_adapters())
     lines = [
         "# TYPE vllm:num_requests_running gauge",
         f"vllm:num_requests_running{{{m}}} {state.running}",
@@ -322,9 +262,57 @@ def metrics_text(state: FakeState) -> bytes:
         "# TYPE vllm:lora_requests_info gauge",
         f'vllm:lora_requests_info{{max_lora="{state.behaviour.max_lora_slots}",'
         f'running_lora_adapters="{running}",waiting_lora_adapters=""}} {time.time():.3f}',
-        "# TYPE fake_upstream_stream_chunks_total counter",
-        f"fake_upstream_stream_chunks_total {state.stream_chunks_total}",
-        "# TYPE fake_upstream_requests_total counter",
-        f"fake_upstream_requests_total {state.requests_total}",
+        "# TYPE fake_vllm_stream_chunks_total counter",
+        f"fake_vllm_stream_chunks_total {state.stream_chunks_total}",
+        "# TYPE fake_vllm_requests_total counter",
+        f"fake_vllm_requests_total {state.requests_total}",
     ]
     return ("\n".join(lines) + "\n").encode()
+
+
+# --- For tests that script a stream by hand -------------------------------------------------
+
+DONE = b"data: [DONE]\n\n"
+
+
+def chunk_event(model: str, text: str, index: int = 0) -> bytes:
+    """One chat-completion chunk carrying ``text``, as an SSE event."""
+    payload = {
+        "id": "chatcmpl-fake",
+        "object": "chat.completion.chunk",
+        "created": 1,
+        "model": model,
+        "choices": [{"index": index, "delta": {"content": text}, "finish_reason": None}],
+    }
+    return b"data: " + _dumps(payload).encode() + b"\n\n"
+
+
+def usage_event(model: str, prompt: int, completion: int) -> bytes:
+    """vLLM's last chunk when ``include_usage`` is asked: no choices, the usage."""
+    payload = {
+        "id": "chatcmpl-fake",
+        "object": "chat.completion.chunk",
+        "created": 1,
+        "model": model,
+        "choices": [],
+        "usage": {
+            "prompt_tokens": prompt,
+            "completion_tokens": completion,
+            "total_tokens": prompt + completion,
+        },
+    }
+    return b"data: " + _dumps(payload).encode() + b"\n\n"
+
+
+def completion_body(model: str, text: str = "fake answer") -> dict[str, Any]:
+    """A non-streamed chat completion answering ``text``."""
+    return {
+        "id": "chatcmpl-fake",
+        "object": "chat.completion",
+        "created": 1,
+        "model": model,
+        "choices": [
+            {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}
+        ],
+        "usage": {"prompt_tokens": 7, "completion_tokens": 2, "total_tokens": 9},
+    }
