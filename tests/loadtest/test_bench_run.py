@@ -191,3 +191,30 @@ def test_registry_size_run(tmp_path: Path, tiny_model_dir: Path) -> None:
         (3, "zipf over 3", 0),
     ]
     assert all(r["added_p50_ms"] is not None for r in registry)
+
+
+@pytest.mark.integration
+def test_placement_suite_over_two_fake_engines(tmp_path: Path, tiny_model_dir: Path) -> None:
+    """Both policies over 2 FAKE engines with slow loads: counters come back per policy."""
+    completed, data = run_bench(
+        tmp_path,
+        tiny_model_dir,
+        "--suites",
+        "placement-fake",
+        "--placement-adapters",
+        "6",
+        "--placement-duration",
+        "3",
+        "--placement-concurrency",
+        "4",
+        "--placement-load-delay-ms",
+        "20",
+    )
+    assert completed.returncode == 0, completed.stdout + completed.stderr
+    rows = data["comparison"]["placement"]
+    assert [r["policy"] for r in rows] == ["replicate", "affinity"]
+    for row in rows:
+        assert row["errors"] == 0 and row["rps"] > 0 and row["loads"] > 0
+        assert 0 <= row["resident_hit_ratio"] <= 1
+    assert data["comparison"]["placement_affinity_over_replicate"] > 0
+    assert "Placement: 2 FAKE vLLM engines" in completed.stdout
