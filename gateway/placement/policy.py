@@ -11,9 +11,10 @@ Two policies (setting ``placement_policy``):
   gateway's adapter capacity is the smallest engine's.
 * ``affinity`` (default): a version lives on as few engines as its load needs; a request goes to
   the least loaded engine holding it; a cold version loads on the least loaded engine with a free
-  slot, else on the least loaded engine that can evict its stalest idle version; a hot version is
-  copied onto a second engine once its in-flight requests on every engine holding it reach
-  ``replicate_threshold``. The gateway's adapter capacity is the sum of the engines'.
+  slot (the emptier on a tie), else on the least loaded engine that can evict its stalest idle
+  version; a hot version is copied onto a second engine once its in-flight requests on every
+  engine holding it reach ``replicate_threshold``. The gateway's adapter capacity is the sum of
+  the engines'.
 
 Base-model requests go to the least loaded ready engine under either policy.
 """
@@ -104,7 +105,12 @@ def choose_load(
     free slot; else the least loaded engine with an evictable version (its stalest one); None
     when every slot of every ready engine is busy."""
     candidates = [e for e in snapshot.ready(exclude) if upstream not in e.resident]
-    free = _least_loaded([e for e in candidates if e.free > 0])
+    # Least loaded; between equally loaded ones the emptier, so adapters spread.
+    free = min(
+        (e for e in candidates if e.free > 0),
+        key=lambda e: (e.in_flight, len(e.resident)),
+        default=None,
+    )
     if free is not None:
         return LoadPlan(free.name)
     with_victims = [e for e in candidates if e.victims]

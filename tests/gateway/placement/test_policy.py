@@ -158,3 +158,8 @@ def test_a_hot_adapter_is_copied_onto_a_second_engine_past_the_threshold() -> No
 def test_replicate_targets_are_the_ready_engines_missing_it() -> None:
     snap = Snapshot((engine("e0", resident=("a",)), engine("e1"), engine("e2", ready=False)))
     assert replicate_targets(snap, "a") == ["e1"]
+
+
+def test_equally_loaded_engines_fill_evenly() -> None:
+    snap = Snapshot((engine("e0", resident=("a",)), engine("e1")))
+    assert choose_load(snap, "x") == LoadPlan("e1")
