@@ -337,7 +337,9 @@ def run_placement(
                     max_loras=args.placement_slots,
                     max_cpu_loras=args.placement_slots,
                 )
-                engines.append(start_vllm(options, ctx.log_dir, cpus=cpus[index]))
+                engines.append(
+                    start_vllm(options, ctx.log_dir, cpus=cpus[index], name=f"vllm-{index}")
+                )
         result.placement_upstream = (
             f"2 FAKE vLLM engines (LoRA load {args.placement_load_delay_ms:.0f} ms)"
             if fake

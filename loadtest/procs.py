@@ -205,8 +205,9 @@ def start_vllm(
     *,
     cpus: frozenset[int] | None = None,
     timeout_s: float = 300.0,
+    name: str = "vllm",
 ) -> Service:
-    """A real vLLM OpenAI server with LoRA on, runtime loading allowed."""
+    """A real vLLM OpenAI server with LoRA on, runtime loading allowed (log: ``<name>.log``)."""
     port = free_port()
     command = [
         sys.executable,
@@ -242,7 +243,7 @@ def start_vllm(
         "PYTHONUNBUFFERED": "1",
     }
     service = spawn(
-        "vllm", command, url=f"http://127.0.0.1:{port}", log_dir=log_dir, cpus=cpus, env=env
+        name, command, url=f"http://127.0.0.1:{port}", log_dir=log_dir, cpus=cpus, env=env
     )
     service.wait_ready("/health", timeout_s=timeout_s)
     return service

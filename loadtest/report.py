@@ -201,6 +201,7 @@ def to_dict(report: BenchReport) -> dict[str, Any]:
         "suites": [asdict(suite) for suite in report.suites],
         "registry_points": [asdict(p) for p in report.registry],
         "scaling_points": [asdict(p) for p in report.scaling],
+        "placement_points": [asdict(p) for p in report.placement],
     }
 
 
