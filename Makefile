@@ -31,6 +31,7 @@ serve: install
 test: install
 	bash scripts/ensure-prometheus.sh
 	bash scripts/ensure-postgres.sh
+	bash scripts/ensure-redis.sh
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 lint: install

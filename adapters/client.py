@@ -1,10 +1,12 @@
-"""The one client of the gateway's admin API (``/admin/adapters``, ``/admin/status``), over httpx.
+"""The one client of the gateway's admin API (``/admin/adapters``, ``/admin/status``,
+``/admin/keys``), over httpx.
 
     with AdminClient("http://127.0.0.1:8000", token) as admin:
         admin.register("legal-lora", Path("adapters/legal-lora"), load=True, new_version=True)
         admin.list(); admin.get(name); admin.load(name); admin.unload(name)
         admin.restore(name, 1); admin.set_pinned(name, True); admin.delete(name)
         admin.status()  # engines, slots, adapters, requests in flight
+        admin.create_key({"name": "team-a"}); admin.list_keys(); admin.rotate_key("team-a")
 
 Used by the gateway's CLI (``lora-gateway adapters ...``, :mod:`gateway.commands.adapters`),
 the trainer's ``--register`` (:mod:`trainer.register`), the benchmark (:mod:`loadtest`) and
@@ -32,12 +34,14 @@ from adapters.errors import AdapterError, AdapterErrorKind
 ADMIN_TOKEN_ENV = "LORA_GATEWAY_ADMIN_TOKEN"
 ADMIN_ADAPTERS_PATH = "/admin/adapters"
 ADMIN_STATUS_PATH = "/admin/status"
+ADMIN_KEYS_PATH = "/admin/keys"
 #: A load waits for the engine and a registration hashes and copies the weights.
 DEFAULT_TIMEOUT_S = 300.0
 CONNECT_TIMEOUT_S = 10.0
 MAX_ERROR_CHARS = 2000
 
 JSONObject = dict[str, Any]
+JSONObjects = list[JSONObject]
 
 _KIND_BY_STATUS = {
     400: AdapterErrorKind.INVALID,
@@ -153,6 +157,37 @@ class AdminClient:
             body["pinned"] = pinned
         return self._call("POST", ADMIN_ADAPTERS_PATH, body)
 
+    def register_source(
+        self,
+        name: str,
+        source: str,
+        *,
+        wait: bool = True,
+        pinned: bool | None = None,
+        load: bool = False,
+        new_version: bool = False,
+    ) -> JSONObject:
+        """``POST /admin/adapters`` with a remote ``source`` (``s3://``, ``hf://``): the
+        registered adapter, or with ``wait=False`` (or a fetch outlasting the gateway's bound)
+        the fetch in progress (``object: adapter.fetch``)."""
+        body: JSONObject = {
+            "name": name,
+            "source": source,
+            "load": load,
+            "new_version": new_version,
+        }
+        if pinned is not None:
+            body["pinned"] = pinned
+        path = f"{ADMIN_ADAPTERS_PATH}?wait=true" if wait else ADMIN_ADAPTERS_PATH
+        return self._call("POST", path, body)
+
+    def fetches(self) -> list[JSONObject]:
+        """The fetches of names with no registered version yet (in progress or failed)."""
+        fetching = self._call("GET", ADMIN_ADAPTERS_PATH).get("fetching", [])
+        if not isinstance(fetching, list):
+            raise self._unexpected(ADMIN_ADAPTERS_PATH, "fetching is not a list")
+        return fetching
+
     def list(self) -> list[JSONObject]:
         data = self._call("GET", ADMIN_ADAPTERS_PATH).get("data")
         if not isinstance(data, list):
@@ -180,6 +215,30 @@ class AdminClient:
     def status(self) -> JSONObject:
         """``GET /admin/status``: engines, adapter slots, adapters, requests in flight."""
         return self._call("GET", ADMIN_STATUS_PATH)
+
+    # --- client keys (/admin/keys) -------------------------------------------------------------
+    def create_key(self, body: JSONObject) -> JSONObject:
+        """``{name, models?, limits?, expires_at?}``; the answer holds the secret, once."""
+        return self._call("POST", ADMIN_KEYS_PATH, body)
+
+    def list_keys(self) -> JSONObjects:
+        data = self._call("GET", ADMIN_KEYS_PATH).get("data")
+        if not isinstance(data, list):
+            raise self._unexpected(ADMIN_KEYS_PATH, "no 'data' list")
+        return data
+
+    def get_key(self, key: str) -> JSONObject:
+        return self._call("GET", _key_path(key))
+
+    def update_key(self, key: str, body: JSONObject) -> JSONObject:
+        return self._call("PATCH", _key_path(key), body)
+
+    def revoke_key(self, key: str) -> JSONObject:
+        return self._call("POST", _key_path(key, "revoke"))
+
+    def rotate_key(self, key: str) -> JSONObject:
+        """A new secret for the key (in the answer, once); the old one stops working."""
+        return self._call("POST", _key_path(key, "rotate"))
 
     # --- one request -------------------------------------------------------------------------
     def _call(
@@ -234,4 +293,9 @@ class AdminClient:
 
 def _adapter_path(name: str, action: str | None = None) -> str:
     path = f"{ADMIN_ADAPTERS_PATH}/{quote(name, safe='')}"
+    return f"{path}/{action}" if action else path
+
+
+def _key_path(key: str, action: str | None = None) -> str:
+    path = f"{ADMIN_KEYS_PATH}/{quote(key, safe='')}"
     return f"{path}/{action}" if action else path

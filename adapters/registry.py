@@ -7,7 +7,8 @@ methods are synchronous and short; the async lifecycle calls them through
 async extension keeps one code path for every database driver and needs no extra package).
 
 Per name: the active version and whether it is pinned. Per version: what was validated at
-registration (paths, rank, hashes, ...) and its last settled lifecycle state with its error.
+registration (paths, rank, hashes, ...), its manifest (whose ``sampling_defaults`` the admin API
+may replace), and its last settled lifecycle state with its error.
 Every change of what should be served runs through :meth:`Registry._write`, which first bumps
 the generation counter (:class:`adapters.db.GenerationRow`): that serializes writers across
 processes (no version number is handed out twice) and lets another replica ask "did anything
@@ -42,9 +43,14 @@ from adapters.db import (
 )
 from adapters.errors import AdapterError, AdapterErrorKind
 from adapters.layout import AdapterLayout
+from adapters.sampling import SAMPLING_DEFAULTS_KEY
 from adapters.state import SETTLED, AdapterState
 
 T = TypeVar("T")
+
+
+#: What :func:`upstream_name` writes, to read the public name back out of an engine's answer.
+UPSTREAM_NAME_PATTERN = r"(?P<name>[A-Za-z0-9][A-Za-z0-9._-]*)@v(?P<version>[0-9]+)\.[0-9a-f]{12}"
 
 
 def upstream_name(name: str, version: int, sha256: str, config_sha256: str) -> str:
@@ -123,6 +129,12 @@ class AdapterVersion:
     @property
     def upstream_name(self) -> str:
         return upstream_name(self.name, self.version, self.sha256, self.config_sha256)
+
+    @property
+    def sampling_defaults(self) -> dict[str, Any] | None:
+        """The version's default sampling (its manifest's key, or what an admin set)."""
+        found = (self.manifest or {}).get(SAMPLING_DEFAULTS_KEY)
+        return found if isinstance(found, dict) and found else None
 
     def same_content(self, sha256: str, config_sha256: str) -> bool:
         return self.sha256 == sha256 and self.config_sha256 == config_sha256
@@ -343,6 +355,34 @@ class Registry:
             return _record_out(row)
 
         return self._write("set_pinned", work)
+
+    def set_sampling_defaults(
+        self, name: str, version: int, defaults: dict[str, Any] | None
+    ) -> AdapterRecord:
+        """Replace (or, with None, clear) a version's sampling defaults: the key of its
+        recorded manifest. The adapter's files are not touched."""
+
+        def work(session: Session) -> AdapterRecord:
+            row = self._row(session, name)
+            found = next((v for v in row.versions if v.version == version), None)
+            if found is None:
+                raise AdapterError(
+                    AdapterErrorKind.NOT_FOUND,
+                    f"adapter {name!r} has no version {version}",
+                    code="adapter_not_found",
+                    param="version",
+                )
+            manifest = dict(found.manifest or {})
+            if defaults:
+                manifest[SAMPLING_DEFAULTS_KEY] = dict(defaults)
+            else:
+                manifest.pop(SAMPLING_DEFAULTS_KEY, None)
+            found.manifest = manifest or None  # a new object: the JSON column sees the change
+            found.updated_at = row.updated_at = utcnow()
+            session.flush()
+            return _record_out(row)
+
+        return self._write("set_sampling_defaults", work)
 
     def set_state(
         self, name: str, version: int, state: AdapterState, last_error: str | None = None

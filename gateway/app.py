@@ -37,6 +37,7 @@ lifecycle closes, then owned engines stop.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -44,16 +45,24 @@ from contextlib import asynccontextmanager
 from fastapi import Depends, FastAPI
 
 from gateway.api.admin.adapters import build_admin_router
+from gateway.api.admin.keys import build_keys_router
 from gateway.api.admin.status import build_status_router
-from gateway.api.deps import Services
+from gateway.api.admin.usage import build_usage_router
+from gateway.api.anthropic.messages import build_messages_router
+from gateway.api.deps import Services, get_principal
 from gateway.api.error_handlers import install_error_handlers
 from gateway.api.health import build_health_router
 from gateway.api.metrics import build_metrics_router
 from gateway.api.middleware import RequestContextMiddleware
 from gateway.api.openai.routes import build_openai_router
+from gateway.auth.adapter_limits import AdapterLimitStore
 from gateway.auth.admin_token import load_admin_token
-from gateway.auth.client_keys import ApiKeyAuth
+from gateway.auth.key_store import KeyStore
+from gateway.auth.limits import KeyLimiter, open_storage
+from gateway.auth.tenants import Tenants
+from gateway.auth.usage_records import UsageRecorder, UsageStore
 from gateway.engines.base import Engine
+from gateway.engines.basemodels import base_sampling_defaults
 from gateway.inference.proxy import OpenAIProxy
 from gateway.inference.routing import Router
 from gateway.lifecycle.service import AdapterLifecycle
@@ -113,6 +122,17 @@ def create_app(
         owns_engines = engines is None
         active = _build_engines(settings) if engines is None else list(engines)
         started: list[Engine] = []
+        key_store = await asyncio.to_thread(KeyStore.open, settings.resolved_database_url)
+        usage = UsageRecorder(await asyncio.to_thread(UsageStore, key_store.engine))
+        usage_writer = asyncio.create_task(usage.run(settings.usage_flush_interval_s))
+        tenants = Tenants(
+            key_store,
+            KeyLimiter(open_storage(settings.redis_url)),
+            settings.api_keys,
+            usage=usage,
+            adapter_limits=await asyncio.to_thread(AdapterLimitStore, key_store.engine),
+            cache_ttl_s=settings.key_cache_ttl_s,
+        )
         try:
             if owns_engines:
                 for engine in active:
@@ -132,6 +152,9 @@ def create_app(
                     adapters,
                     load=adapters.engine_load,
                     stats=adapters.placement_stats,
+                    base_sampling_defaults=base_sampling_defaults(
+                        settings.base_model, settings.models_dir, settings.served_model_name
+                    ),
                 )
                 app.state.services = Services(
                     settings=settings,
@@ -142,9 +165,16 @@ def create_app(
                     observer=observer,
                     owns_engines=owns_engines,
                     metrics=metrics,
+                    tenants=tenants,
                 )
                 yield
         finally:
+            usage_writer.cancel()
+            try:
+                await usage.flush()
+            except Exception:
+                logger.exception("could not write the last usage records")
+            key_store.close()
             for engine in reversed(started):
                 try:
                     await engine.stop()
@@ -165,6 +195,8 @@ def create_app(
         title="lora-gateway",
         summary="OpenAI-compatible multi-LoRA gateway in front of vLLM.",
         lifespan=lifespan,
+        # "/v1/models/" is an unknown path (404 in the OpenAI shape), not a redirect elsewhere.
+        redirect_slashes=False,
     )
     # The first start writes DATA_DIR/admin_token (0600); `serve` prints where it is.
     app.state.admin_token = load_admin_token(settings)
@@ -180,6 +212,9 @@ def create_app(
     app.include_router(build_metrics_router(metrics))
     app.include_router(build_admin_router())
     app.include_router(build_status_router())
-    v1_dependencies = [Depends(ApiKeyAuth(settings.api_keys))] if settings.api_keys else []
-    app.include_router(build_openai_router(), dependencies=v1_dependencies)
+    app.include_router(build_keys_router())
+    app.include_router(build_usage_router())
+    # Every /v1 route, present and future, authenticates (a no-op on an open gateway).
+    app.include_router(build_openai_router(), dependencies=[Depends(get_principal)])
+    app.include_router(build_messages_router(), dependencies=[Depends(get_principal)])
     return app

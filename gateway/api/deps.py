@@ -12,6 +12,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
+from gateway.auth.tenants import Principal, Tenants
 from gateway.engines.base import Engine
 from gateway.inference.proxy import OpenAIProxy
 from gateway.inference.record import RequestInfo, RequestObserver, request_info_of
@@ -34,6 +35,8 @@ class Services:
     #: True when the app built the engines and so starts and stops them.
     owns_engines: bool
     metrics: GatewayMetrics
+    #: Client keys, their scopes and limits.
+    tenants: Tenants
 
 
 def services_of(request: Request) -> Services:
@@ -57,6 +60,18 @@ async def get_proxy(request: Request) -> OpenAIProxy:
     return services_of(request).proxy
 
 
+async def get_tenants(request: Request) -> Tenants:
+    return services_of(request).tenants
+
+
+async def get_principal(request: Request) -> Principal:
+    """Who calls: a 401 unless the key is known, usable (or static), or the gateway is open."""
+    authorization = request.headers.get("authorization")
+    if authorization is None and (key := request.headers.get("x-api-key")) is not None:
+        authorization = f"Bearer {key}"  # Anthropic's SDK sends its key this way
+    return await services_of(request).tenants.authenticate(authorization)
+
+
 async def get_request_info(request: Request) -> RequestInfo:
     info = request_info_of(request.scope)
     if info is None:
@@ -67,4 +82,6 @@ async def get_request_info(request: Request) -> RequestInfo:
 ServicesDep = Annotated[Services, Depends(get_services)]
 RouterDep = Annotated[Router, Depends(get_router)]
 ProxyDep = Annotated[OpenAIProxy, Depends(get_proxy)]
+TenantsDep = Annotated[Tenants, Depends(get_tenants)]
+PrincipalDep = Annotated[Principal, Depends(get_principal)]
 RequestInfoDep = Annotated[RequestInfo, Depends(get_request_info)]

@@ -4,9 +4,10 @@
 an :class:`adapters.errors.AdapterError` is first given its status by
 :func:`gateway.errors.from_adapter_error`.
 FastAPI's request validation errors become 400 (not its default 422 body) and Starlette's HTTP
-errors (unknown path 404, wrong method 405) take the same shape. Unexpected exceptions are
-caught by the request middleware (:mod:`gateway.api.middleware`), which renders them with
-:func:`internal_error_response` after logging the traceback.
+errors (unknown path 404, wrong method 405) take the same shape, their message naming the method
+and path asked for (the app does not redirect a trailing slash: that path is unknown too).
+Unexpected exceptions are caught by the request middleware (:mod:`gateway.api.middleware`), which
+renders them with :func:`internal_error_response` after logging the traceback.
 """
 
 from __future__ import annotations
@@ -92,6 +93,26 @@ def _status_code_name(status: int) -> str | None:
         return None
 
 
+#: The longest piece of a client's path quoted back in an error message.
+MAX_QUOTED_PATH = 256
+
+
+def _http_error_message(request: Request, exc: HTTPException) -> str:
+    """Starlette's bare "Not Found" / "Method Not Allowed" (no route matched) say, as OpenAI's
+    own answer does, what was asked for; any other detail is kept."""
+    status, detail = exc.status_code, str(exc.detail)
+    if detail != HTTPStatus(status).phrase or status not in (404, 405):
+        return detail
+    path = request.url.path
+    if len(path) > MAX_QUOTED_PATH:
+        path = path[:MAX_QUOTED_PATH] + "..."
+    asked = f"{request.method} {path}"
+    if status == 404:
+        return f"Invalid URL ({asked}): no such endpoint."
+    allowed = (exc.headers or {}).get("Allow")
+    return f"Method not allowed ({asked})" + (f"; allowed: {allowed}." if allowed else ".")
+
+
 async def _gateway_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, GatewayError)
     record_error(request.scope, exc)
@@ -121,7 +142,7 @@ async def _http_exception(request: Request, exc: Exception) -> Response:
     status = exc.status_code
     body = {
         "error": {
-            "message": str(exc.detail),
+            "message": _http_error_message(request, exc),
             "type": "invalid_request_error" if status < 500 else "internal_error",
             "param": None,
             "code": _status_code_name(status),

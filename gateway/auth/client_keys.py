@@ -1,4 +1,5 @@
-"""Client API keys for ``/v1/*``: ``Authorization: Bearer <key>``, compared in constant time.
+"""Client API keys for ``/v1/*``: ``Authorization: Bearer <key>`` (or ``x-api-key: <key>``, as
+Anthropic's SDK sends it), compared in constant time.
 
 :func:`gateway.app.create_app` adds an :class:`ApiKeyAuth` as a dependency of the OpenAI routes
 when ``settings.api_keys`` is non-empty (with no keys configured the routes are open and pay
@@ -52,4 +53,7 @@ class ApiKeyAuth:
             raise AuthenticationError("Incorrect API key provided.", headers=_CHALLENGE)
 
     async def __call__(self, request: Request) -> None:
-        self.check(request.headers.get("authorization"))
+        authorization = request.headers.get("authorization")
+        if authorization is None and (key := request.headers.get("x-api-key")) is not None:
+            authorization = f"Bearer {key}"  # Anthropic's SDK sends its key this way
+        self.check(authorization)

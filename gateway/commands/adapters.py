@@ -68,7 +68,7 @@ def _token(token: str | None, data_dir: Path | None) -> str:
 
 
 @contextmanager
-def _admin(url: str, token: str | None, data_dir: Path | None) -> Iterator[AdminClient]:
+def admin_client(url: str, token: str | None, data_dir: Path | None) -> Iterator[AdminClient]:
     """An admin API client; any failure of the call becomes one red line and exit status 1."""
     try:
         with AdminClient(url, _token(token, data_dir), timeout_s=TIMEOUT_S) as client:
@@ -83,10 +83,24 @@ def _summary(adapter: dict[str, Any]) -> str:
     )
 
 
+def _fetch_summary(fetch: dict[str, Any]) -> str:
+    """One line for an ``adapter.fetch`` object: fetching (bytes) or failed (why)."""
+    where = f"{fetch['name']} from {fetch['source']}"
+    if fetch["state"] == "failed":
+        return f"fetching {where} failed: {(fetch.get('error') or {}).get('message')}"
+    return f"fetching {where} ({fetch['bytes_done']} of {fetch['bytes_total'] or '?'} bytes)"
+
+
 @app.command("add")
 def add(
     name: str,
-    path: Annotated[Path, typer.Argument(help="The PEFT adapter directory.")],
+    path: Annotated[
+        str,
+        typer.Argument(
+            help="The PEFT adapter directory, or a remote source: s3://BUCKET/PREFIX, "
+            "hf://ORG/NAME[@REVISION] (fetched by the gateway)."
+        ),
+    ],
     pinned: Annotated[bool, typer.Option(help="Keep it loaded; never evicted.")] = False,
     load: Annotated[bool, typer.Option(help="Load it now.")] = False,
     new_version: Annotated[
@@ -97,11 +111,21 @@ def add(
     admin_token: TokenOpt = None,
     data_dir: DataDirOpt = None,
 ) -> None:
-    """Register an adapter directory under NAME (its path as the gateway sees it)."""
-    with _admin(url, admin_token, data_dir) as admin:
-        adapter = admin.register(
-            name, path, pinned=True if pinned else None, load=load, new_version=new_version
-        )
+    """Register an adapter under NAME: a directory (its path as the gateway sees it), or a
+    remote source the gateway fetches (waits for the fetch, within the gateway's bound)."""
+    options: dict[str, Any] = {
+        "pinned": True if pinned else None,
+        "load": load,
+        "new_version": new_version,
+    }
+    with admin_client(url, admin_token, data_dir) as admin:
+        if "://" in path and not path.startswith("file://"):
+            adapter = admin.register_source(name, path, **options)
+        else:
+            adapter = admin.register(name, Path(path.removeprefix("file://")), **options)
+    if adapter.get("object") == "adapter.fetch":
+        typer.echo(f"{_fetch_summary(adapter)}; `lora-gateway adapters show {name}` follows it")
+        return
     typer.echo(f"registered {_summary(adapter)}")
 
 
@@ -110,8 +134,9 @@ def list_(
     url: UrlOpt = DEFAULT_URL, admin_token: TokenOpt = None, data_dir: DataDirOpt = None
 ) -> None:
     """Show every registered adapter."""
-    with _admin(url, admin_token, data_dir) as admin:
+    with admin_client(url, admin_token, data_dir) as admin:
         adapters = admin.list()
+        fetches = admin.fetches()
     table = Table("name", "version", "state", "pinned", "in flight", "engines", "last error")
     for adapter in adapters:
         table.add_row(
@@ -126,6 +151,8 @@ def list_(
     Console().print(table)
     if not adapters:
         typer.echo("no adapters registered")
+    for fetch in fetches:
+        typer.echo(_fetch_summary(fetch))
 
 
 @app.command("show")
@@ -133,9 +160,14 @@ def show(
     name: str, url: UrlOpt = DEFAULT_URL, admin_token: TokenOpt = None, data_dir: DataDirOpt = None
 ) -> None:
     """Show one adapter with all its versions."""
-    with _admin(url, admin_token, data_dir) as admin:
+    with admin_client(url, admin_token, data_dir) as admin:
         adapter = admin.get(name)
+    if adapter.get("object") == "adapter.fetch":
+        typer.echo(_fetch_summary(adapter))
+        return
     typer.echo(_summary(adapter))
+    if adapter.get("fetch"):
+        typer.echo(_fetch_summary(adapter["fetch"]))
     table = Table("version", "active", "state", "rank", "sha256", "path")
     for version in adapter["versions"]:
         table.add_row(
@@ -154,7 +186,7 @@ def rm(
     name: str, url: UrlOpt = DEFAULT_URL, admin_token: TokenOpt = None, data_dir: DataDirOpt = None
 ) -> None:
     """Unload and forget an adapter (its files stay where they are)."""
-    with _admin(url, admin_token, data_dir) as admin:
+    with admin_client(url, admin_token, data_dir) as admin:
         admin.delete(name)
     typer.echo(f"removed {name}")
 
@@ -164,7 +196,7 @@ def load(
     name: str, url: UrlOpt = DEFAULT_URL, admin_token: TokenOpt = None, data_dir: DataDirOpt = None
 ) -> None:
     """Load an adapter now (and retry one whose load failed)."""
-    with _admin(url, admin_token, data_dir) as admin:
+    with admin_client(url, admin_token, data_dir) as admin:
         typer.echo(_summary(admin.load(name)))
 
 
@@ -173,7 +205,7 @@ def unload(
     name: str, url: UrlOpt = DEFAULT_URL, admin_token: TokenOpt = None, data_dir: DataDirOpt = None
 ) -> None:
     """Unload an adapter once its requests in flight finish."""
-    with _admin(url, admin_token, data_dir) as admin:
+    with admin_client(url, admin_token, data_dir) as admin:
         typer.echo(_summary(admin.unload(name)))
 
 
@@ -186,5 +218,5 @@ def restore(
     data_dir: DataDirOpt = None,
 ) -> None:
     """Make an earlier VERSION of NAME active again."""
-    with _admin(url, admin_token, data_dir) as admin:
+    with admin_client(url, admin_token, data_dir) as admin:
         typer.echo(_summary(admin.restore(name, version)))

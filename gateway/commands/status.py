@@ -17,8 +17,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from gateway.commands.adapters import DEFAULT_URL, DataDirOpt, TokenOpt, UrlOpt
-from gateway.commands.adapters import _admin as admin_client
+from gateway.commands.adapters import DEFAULT_URL, DataDirOpt, TokenOpt, UrlOpt, admin_client
 
 #: Width of the tables when the output is not a terminal.
 STATUS_WIDTH = 200

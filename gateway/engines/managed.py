@@ -219,6 +219,9 @@ class ManagedVLLMEngine(WatchedEngine):
                 "VLLM_CPU_OMP_THREADS_BIND": "auto",
                 "HF_HUB_OFFLINE": "1",
                 "VLLM_NO_USAGE_STATS": "1",
+                # Responses API: keep stored responses (GET, cancel, previous_response_id).
+                # vLLM never drops them: they live until the engine restarts.
+                "VLLM_ENABLE_RESPONSES_API_STORE": "1",
                 "PYTHONUNBUFFERED": "1",
             },
         )

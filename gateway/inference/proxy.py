@@ -3,18 +3,21 @@
 :class:`OpenAIProxy` is what the OpenAI routes (:mod:`gateway.api.openai.routes`) call once a
 body has been validated. It routes ``model`` (holding the adapter lease for the whole request,
 streams included), forwards the client's own JSON with only ``model`` replaced by the engine's
-name for it (:func:`body_for_upstream`), and renders the engine's answer: a non-streamed body is
-passed through with ``model`` renamed back to the public name; a stream goes to
+name for it (:func:`body_for_upstream`) and the sampling defaults the client left out added
+(:func:`upstream_body`, :mod:`gateway.inference.sampling`), and renders the engine's answer:
+a non-streamed body is passed through with ``model`` renamed back to the public name; a stream
+goes to
 :class:`gateway.inference.streaming.SSEProxyResponse`. Engine error statuses become
 :class:`~gateway.errors.UpstreamHTTPError` with the engine's message; transport failures are
 translated by :func:`gateway.engines.client.translate_session_errors`.
 
-Token usage goes on the request's record (and so into the access log and the metrics): from the
-body's ``usage``, or, for a stream, from the engine's final usage chunk. A streaming client that
-did not ask for usage gets it asked for anyway
-(:func:`gateway.inference.usage.prepare_stream_bytes`), and that chunk is dropped before it reaches
-the client, so the client sees exactly the events vLLM would have sent it. Only events holding
-``"choices":[]`` (the usage chunk's mark) are parsed.
+Token usage goes on the request's record (and so into the access log and the metrics), read by
+the one parser of :mod:`gateway.inference.usage`: from the body's ``usage``, or, for a stream,
+from the engine's final usage chunk. A streaming client that did not ask for usage (as its parsed
+request says: :attr:`ProxyCall.client_asked_usage`) gets it asked for anyway
+(:func:`gateway.inference.usage.ask_for_stream_usage`), and that chunk is dropped before it
+reaches the client, so the client sees exactly the events vLLM would have sent it. Only events
+holding ``"choices":[]`` (the usage chunk's mark) are parsed.
 """
 
 from __future__ import annotations
@@ -23,9 +26,10 @@ import asyncio
 import json
 import logging
 import re
-from collections.abc import AsyncGenerator, Callable, Sequence
-from contextlib import AsyncExitStack
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
+from enum import Enum
 
 import aiohttp
 import anyio
@@ -35,9 +39,17 @@ from starlette.types import Receive
 from gateway.engines.client import translate_session_errors, upstream_error_from
 from gateway.errors import EngineUnavailableError, GatewayError, log_detail
 from gateway.inference.record import NullObserver, RequestInfo, RequestObserver
+from gateway.inference.responses import new_response_id, rename_versioned_models
 from gateway.inference.routing import Route, Router
+from gateway.inference.sampling import DefaultsTarget, add_fields, defaults_to_send
 from gateway.inference.streaming import SSEProxyResponse
-from gateway.inference.usage import StreamUsage, prepare_stream_bytes
+from gateway.inference.usage import (
+    EventUsage,
+    StreamUsage,
+    UsageFilter,
+    ask_for_stream_usage,
+    usage_of_body,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -51,8 +63,16 @@ _MODEL_KEY_START = b'"model"'
 _MODEL_KEY = re.compile(rb'"model"[ \t\r\n]*:[ \t\r\n]*')
 _MODEL_LETTER_ESCAPE = b"\\u006"
 _JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
-_USAGE_KEYS = (b'"usage":{', b'"usage": {')
-_DECODER = json.JSONDecoder()
+
+
+class StreamKind(Enum):
+    """Where a stream's usage is: the final usage chunk of a chat / completion stream (asked
+    for when the client did not, then hidden), the final event of a Responses stream, the
+    ``message_delta`` event of an Anthropic Messages stream."""
+
+    CHAT = "chat"
+    RESPONSES = "responses"
+    MESSAGES = "messages"
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,10 +81,24 @@ class ProxyCall:
 
     #: Engine path, e.g. ``/v1/chat/completions``.
     endpoint: str
-    model: str
+    #: The public model to route by; None: no model, the call goes to ``engine``.
+    model: str | None
     stream: bool
-    #: The client's JSON body, byte for byte.
+    #: The client's JSON body, byte for byte (empty for a GET).
     body: bytes
+    #: ``stream_options.include_usage`` of the parsed request (a stream's client asked for
+    #: the usage chunk, so it is not stripped).
+    client_asked_usage: bool = False
+    #: How this endpoint spells sampling parameters; None: no defaults apply.
+    defaults: DefaultsTarget | None = None
+    #: Top-level keys the parsed request holds with a non-null value.
+    sent: frozenset[str] = frozenset()
+    method: str = "POST"
+    #: Run on this engine (it holds the state the call continues).
+    engine: str | None = None
+    stream_kind: StreamKind = StreamKind.CHAT
+    #: Give the engine the response id to use, one naming the engine (Responses API).
+    new_response_id: bool = False
 
 
 def _escaped(body: bytes, quote_at: int) -> bool:
@@ -152,30 +186,35 @@ class ModelRename:
         return body
 
 
-def read_usage(data: bytes) -> tuple[int | None, int | None] | None:
-    """(prompt_tokens, completion_tokens) of the last ``usage`` object in ``data``, if any."""
-    for key in _USAGE_KEYS:
-        at = data.rfind(key)
-        if at >= 0:
-            start = at + len(key) - 1
-            try:
-                usage, _ = _DECODER.raw_decode(data[start:].decode("utf-8", "replace"))
-            except ValueError:
-                return None
-            if not isinstance(usage, dict):
-                return None
-            prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
-            return (
-                prompt if isinstance(prompt, int) else None,
-                completion if isinstance(completion, int) else None,
-            )
+def upstream_body(call: ProxyCall, body: bytes, route: Route) -> bytes:
+    """What the engine gets: ``body`` with the route's sampling defaults the client left out,
+    and the engine's name for the model."""
+    fields = (
+        defaults_to_send(call.defaults, route.sampling_defaults, call.sent)
+        if call.defaults is not None
+        else {}
+    )
+    if call.new_response_id:
+        fields["request_id"] = new_response_id(route.engine)
+    body = add_fields(body, fields)
+    if call.model is None:
+        return body
+    return body_for_upstream(body, call.model, route.upstream_model)
+
+
+def _renamer(call: ProxyCall, route: Route) -> Callable[[bytes], bytes] | None:
+    """How the engine's names for models become the client's in answers."""
+    if call.model is None:  # not routed by model: whatever version made it, named publicly
+        return rename_versioned_models
+    if route.upstream_model != route.public_model:
+        return ModelRename(route.upstream_model, route.public_model).apply
     return None
 
 
-def _note_usage(info: RequestInfo, data: bytes) -> None:
-    usage = read_usage(data)
+def _note_usage(info: RequestInfo, body: bytes) -> None:
+    usage = usage_of_body(body)
     if usage is not None:
-        info.prompt_tokens, info.completion_tokens = usage
+        info.prompt_tokens, info.completion_tokens = usage.prompt_tokens, usage.completion_tokens
 
 
 async def _engine_bytes(
@@ -206,7 +245,7 @@ class ClientEvents:
     __slots__ = ("_info", "_rename", "_usage")
 
     def __init__(
-        self, info: RequestInfo, rename: Callable[[bytes], bytes] | None, usage: StreamUsage
+        self, info: RequestInfo, rename: Callable[[bytes], bytes] | None, usage: UsageFilter
     ) -> None:
         self._info = info
         self._rename = rename
@@ -252,40 +291,62 @@ class OpenAIProxy:
             return Response(status_code=CLIENT_CLOSED_REQUEST)
         return answer
 
+    def _route(
+        self, call: ProxyCall, exclude: list[str] | None = None
+    ) -> AbstractAsyncContextManager[Route]:
+        if call.model is not None:
+            return self.router.route(call.model, engine=call.engine, exclude=exclude or ())
+        return self._engine_route(call.engine)
+
+    @asynccontextmanager
+    async def _engine_route(self, name: str | None) -> AsyncIterator[Route]:
+        if name is None:
+            raise ValueError("a call without a model must name its engine")
+        engine = self.router.engine_named(name)
+        yield Route(engine, engine.base_model, engine.base_model, adapter=None)
+
     async def _unary(self, call: ProxyCall, info: RequestInfo) -> Response:
         failed: list[str] = []
         while True:
-            async with self.router.route(call.model, exclude=failed) as route:
+            async with self._route(call, failed) as route:
                 self._note_route(info, route)
                 client = route.engine.client
                 try:
                     with translate_session_errors(client.base_url):
-                        async with client.openai_session().post(
+                        async with client.openai_session().request(
+                            call.method,
                             client.base_url + call.endpoint,
-                            data=body_for_upstream(call.body, call.model, route.upstream_model),
+                            data=upstream_body(call, call.body, route) if call.body else None,
                             headers=UPSTREAM_HEADERS,
                         ) as response:
                             status, content = response.status, await response.read()
                 except EngineUnavailableError as exc:
                     # Nothing reached the client yet: once more, on another engine.
-                    if not self._may_fail_over(route, failed, exc, info):
+                    if not self._may_fail_over(call, route, failed, exc, info):
                         raise
                     continue
                 if status != 200:
                     raise _engine_error(route, status, content)
-                if route.upstream_model != route.public_model:
+                if call.model is None:
+                    content = rename_versioned_models(content)
+                elif route.upstream_model != route.public_model:
                     rename = ModelRename(route.upstream_model, route.public_model)
                     content = rename.apply_to_body(content)
             _note_usage(info, content)
             return Response(content=content, media_type="application/json")
 
     def _may_fail_over(
-        self, route: Route, failed: list[str], error: GatewayError, info: RequestInfo
+        self,
+        call: ProxyCall,
+        route: Route,
+        failed: list[str],
+        error: GatewayError,
+        info: RequestInfo,
     ) -> bool:
         """True (and ``route``'s engine noted as failed) when the request may be retried once
         on another ready engine: its engine refused or reset the connection before any byte
-        reached the client, and another engine is ready."""
-        if failed:
+        reached the client, it is not bound to that engine, and another engine is ready."""
+        if failed or call.engine is not None or call.model is None:
             return False
         others = [e for e in self.router.engines if e.ready and e.name != route.engine.name]
         if not others:
@@ -301,26 +362,33 @@ class OpenAIProxy:
         return True
 
     async def _stream(self, call: ProxyCall, info: RequestInfo) -> Response:
-        body, strip_usage = prepare_stream_bytes(call.body)
+        usage: UsageFilter
+        body = call.body
+        if call.stream_kind is StreamKind.CHAT:
+            body, strip = ask_for_stream_usage(body, client_asked=call.client_asked_usage)
+            usage = StreamUsage(strip=strip)
+        elif call.stream_kind is StreamKind.RESPONSES:
+            usage = EventUsage.responses()
+        else:
+            usage = EventUsage.messages()
         tried: list[str] = []
         while True:
             cleanup = AsyncExitStack()
             try:
-                route = await cleanup.enter_async_context(
-                    self.router.route(call.model, exclude=tried)
-                )
+                route = await cleanup.enter_async_context(self._route(call, tried))
                 self._note_route(info, route)
                 client = route.engine.client
                 try:
                     with translate_session_errors(client.base_url):
-                        response = await client.openai_session().post(
+                        response = await client.openai_session().request(
+                            call.method,
                             client.base_url + call.endpoint,
-                            data=body_for_upstream(body, call.model, route.upstream_model),
+                            data=upstream_body(call, body, route) if body else None,
                             headers=UPSTREAM_HEADERS,
                         )
                 except EngineUnavailableError as exc:
                     # No byte reached the client yet: once more, on another engine.
-                    if not self._may_fail_over(route, tried, exc, info):
+                    if not self._may_fail_over(call, route, tried, exc, info):
                         raise
                     await cleanup.aclose()
                     continue
@@ -334,11 +402,7 @@ class OpenAIProxy:
                 await cleanup.aclose()
                 raise
             break
-        rename = (
-            ModelRename(route.upstream_model, route.public_model).apply
-            if route.upstream_model != route.public_model
-            else None
-        )
+        rename = _renamer(call, route)
         observer = self.observer
 
         def inspect(event: bytes) -> None:
@@ -355,7 +419,7 @@ class OpenAIProxy:
         return SSEProxyResponse(
             _engine_bytes(response, client.base_url),
             cleanup,
-            events=ClientEvents(info, rename, StreamUsage(strip=strip_usage)),
+            events=ClientEvents(info, rename, usage),
             inspect=inspect,
             on_disconnect=disconnected,
             on_error=failed,

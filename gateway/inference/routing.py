@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import itertools
 import time
-from collections.abc import AsyncIterator, Collection, Sequence
+from collections.abc import AsyncIterator, Collection, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 from gateway.engines.base import Engine
 from gateway.errors import EngineUnavailableError, ModelNotFoundError
+from gateway.inference.sampling import SamplingDefaults, layered
 from gateway.placement.policy import EngineView, Snapshot, choose_base_engine
 from gateway.placement.slots import EngineLoad
 from gateway.placement.stats import PlacementEvent, PlacementStats
@@ -35,6 +36,8 @@ class Route:
     public_model: str
     #: Registered adapter name, or None for the base model.
     adapter: str | None
+    #: Sampling for requests that leave it out (:mod:`gateway.inference.sampling`).
+    sampling_defaults: SamplingDefaults | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,9 +53,14 @@ class PublicModel:
 
 
 class AdapterResolver(Protocol):
-    def lease(self, name: str, exclude: Collection[str] = ()) -> AbstractAsyncContextManager[Route]:
-        """Hold adapter ``name`` loaded for one request on an engine not in ``exclude``;
-        ModelNotFoundError if not registered."""
+    def lease(
+        self, name: str, *, engine: str | None = None, exclude: Collection[str] = ()
+    ) -> AbstractAsyncContextManager[Route]:
+        """Hold adapter ``name`` loaded for one request; ModelNotFoundError if not registered.
+
+        ``engine``: the request must run there (it continues a response that engine stored).
+        ``exclude``: engines it must not run on (they just failed it: failover).
+        """
         ...
 
     def public_models(self) -> list[PublicModel]:
@@ -73,6 +81,7 @@ class Router:
         created: int | None = None,
         load: EngineLoad | None = None,
         stats: PlacementStats | None = None,
+        base_sampling_defaults: Mapping[str, SamplingDefaults] | None = None,
     ) -> None:
         if not engines:
             raise ValueError("the router needs at least one engine")
@@ -87,6 +96,8 @@ class Router:
         #: Where failovers are counted (the adapter lifecycle's placement counters).
         self.stats = stats or PlacementStats()
         self._created = int(time.time()) if created is None else created
+        #: Base model name -> its defaults; an adapter's own defaults win over them key by key.
+        self._base_defaults = dict(base_sampling_defaults or {})
 
     @property
     def base_model(self) -> str:
@@ -117,25 +128,55 @@ class Router:
         """A request left ``engine_name`` for another engine (it failed before any byte)."""
         self.stats.count(engine_name, PlacementEvent.FAILOVER)
 
+    def engine_named(self, name: str) -> Engine:
+        """The ready engine ``name``; EngineUnavailableError (503) when it is not ready."""
+        for engine in self._engines:
+            if engine.name == name:
+                if not engine.ready:
+                    raise EngineUnavailableError(
+                        f"engine {name} is not ready ({engine.status().reason})"
+                    )
+                return engine
+        raise EngineUnavailableError(f"no engine named {name}")
+
     @asynccontextmanager
-    async def route(self, model: str, exclude: Collection[str] = ()) -> AsyncIterator[Route]:
-        """Where to send a request for ``model``, on an engine not in ``exclude``; held
-        (adapter pinned, in-flight counted) until the block exits."""
+    async def route(
+        self, model: str, *, engine: str | None = None, exclude: Collection[str] = ()
+    ) -> AsyncIterator[Route]:
+        """Where to send a request for ``model``; held (adapter pinned, in-flight counted)
+        until the block exits.
+
+        ``engine``: run it on that engine (a continued response lives in its memory only).
+        ``exclude``: not on these engines (they just failed this request: failover).
+        """
+        base_defaults = self._base_defaults.get(self.base_model) if self._base_defaults else None
         if model == self.base_model:
-            engine = self.pick_base_engine(exclude)
-            self.load.take(engine.name)
+            picked = (
+                self.engine_named(engine) if engine is not None else self.pick_base_engine(exclude)
+            )
+            self.load.take(picked.name)
             try:
                 yield Route(
-                    engine=engine,
-                    upstream_model=engine.base_model,
+                    engine=picked,
+                    upstream_model=picked.base_model,
                     public_model=model,
                     adapter=None,
+                    sampling_defaults=base_defaults,
                 )
             finally:
-                self.load.release(engine.name)
+                self.load.release(picked.name)
             return
-        lease = self._adapters.lease(model, exclude) if exclude else self._adapters.lease(model)
+        if engine is not None:
+            self.engine_named(engine)  # a clear 503 before any adapter work
+        lease = (
+            self._adapters.lease(model, engine=engine, exclude=exclude)
+            if exclude
+            else self._adapters.lease(model, engine=engine)
+        )
         async with lease as route:
+            if base_defaults:
+                defaults = layered((base_defaults, route.sampling_defaults))
+                route = replace(route, sampling_defaults=defaults)
             yield route
 
     def public_models(self) -> list[PublicModel]:

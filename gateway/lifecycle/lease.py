@@ -25,6 +25,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator, Collection
 from contextlib import asynccontextmanager
+from typing import Any
 
 from adapters.registry import AdapterVersion
 from adapters.state import AdapterState
@@ -53,18 +54,37 @@ class LeaseBroker:
         self._loader = loader
 
     @asynccontextmanager
-    async def lease(self, name: str, exclude: Collection[str] = ()) -> AsyncIterator[Route]:
-        """Hold ``name``'s active version loaded (not evictable) while the block runs, on an
-        engine not in ``exclude``."""
-        slot, engine = await self._acquire(name, exclude)
+    async def lease(
+        self, name: str, *, engine: str | None = None, exclude: Collection[str] = ()
+    ) -> AsyncIterator[Route]:
+        """Hold ``name``'s active version loaded (not evictable) while the block runs; on
+        ``engine`` when given (a continued response lives in that engine's memory only), never
+        on an engine in ``exclude`` (it just failed this request)."""
+        if engine is not None:  # only there: every other engine is out
+            exclude = {e.name for e in self._ctx.engines if e.name != engine}
+        slot, picked = await self._acquire(name, exclude, engine)
         try:
             yield Route(
-                engine=engine, upstream_model=slot.upstream, public_model=name, adapter=name
+                engine=picked,
+                upstream_model=slot.upstream,
+                public_model=name,
+                adapter=name,
+                sampling_defaults=self._sampling_defaults_of(name, slot.upstream),
             )
         finally:
-            self._ctx.table.release(slot, engine.name)
+            self._ctx.table.release(slot, picked.name)
 
-    async def _acquire(self, name: str, exclude: Collection[str]) -> tuple[Slot, Engine]:
+    def _sampling_defaults_of(self, name: str, upstream: str) -> dict[str, Any] | None:
+        """The leased version's defaults (its manifest's, or what the admin API set)."""
+        record = self._ctx.records.get(name)
+        if record is None:
+            return None
+        version = next((v for v in record.versions if v.upstream_name == upstream), None)
+        return version.sampling_defaults if version is not None else None
+
+    async def _acquire(
+        self, name: str, exclude: Collection[str], prefer: str | None = None
+    ) -> tuple[Slot, Engine]:
         ctx = self._ctx
         deadline = ctx.clock() + ctx.slot_wait_s
         event = PlacementEvent.HIT
@@ -75,7 +95,7 @@ class LeaseBroker:
             # Fast path, no lock and no await: the active version is loaded on a current engine.
             slot = ctx.table.get(record.active.upstream_name)
             engine = (
-                ctx.table.pick_engine(slot, exclude)
+                ctx.table.pick_engine(slot, exclude, prefer)
                 if slot is not None and slot.accepting
                 else None
             )
@@ -94,9 +114,10 @@ class LeaseBroker:
                         else await self.ensure_loaded(record.active, exclude)
                     )
                     if slot is not None:
-                        engine = ctx.table.pick_engine(slot, exclude)
+                        engine = ctx.table.pick_engine(slot, exclude, prefer)
                         if engine is None:
-                            raise EngineUnavailableError(f"no ready engine holds adapter {name!r}")
+                            where = f"engine {prefer}" if prefer is not None else "no ready engine"
+                            raise EngineUnavailableError(f"{where} holds adapter {name!r}")
                         self._take(slot, engine, event)
                         return slot, engine
             await self._wait(name, deadline)

@@ -9,7 +9,9 @@ API (register, load, unload, restore, pin, delete); the other jobs live beside i
 * :mod:`gateway.lifecycle.cooldown`: failed loads and when each may be tried again;
 * :mod:`gateway.lifecycle.recovery`: re-applying the desired state after an engine restart;
 * :mod:`gateway.lifecycle.swap`: making a version active, retiring the old one once drained;
-* :mod:`gateway.lifecycle.context`: the state they share, and the locking rules.
+* :mod:`gateway.lifecycle.context`: the state they share, and the locking rules;
+* :mod:`gateway.lifecycle.fetching`: remote sources (``s3://``, ``hf://``) fetched by one
+  background task per name (state ``fetching``), then registered through :meth:`register`.
 
 Capacity: each engine has its own slots (its ``lora_capacity``, or ``capacity`` when given);
 where a version loads is the placement policy's choice (:mod:`gateway.placement.policy`):
@@ -42,9 +44,12 @@ import logging
 import time
 from collections.abc import Callable, Collection, KeysView, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 from adapters.registry import AdapterRecord, AdapterVersion, NewVersion, Registry
+from adapters.sources import Sources
 from adapters.store import AdapterStore
 from adapters.validation import validate_name
 from gateway.engines.base import Engine
@@ -58,7 +63,9 @@ from gateway.errors import (
 from gateway.inference.routing import PublicModel, Route
 from gateway.lifecycle.context import LifecycleContext
 from gateway.lifecycle.cooldown import LoadFailures
+from gateway.lifecycle.defaults import set_sampling_defaults, with_checked_sampling_defaults
 from gateway.lifecycle.drain import drain, give_back, start_drain
+from gateway.lifecycle.fetching import AdapterFetcher, Fetch, FetchLimits
 from gateway.lifecycle.lease import LeaseBroker
 from gateway.lifecycle.loader import EngineLoader
 from gateway.lifecycle.recovery import Recovery
@@ -85,6 +92,7 @@ class AdapterLifecycle:
         *,
         capacity: int | None = None,
         observer: LifecycleObserver | None = None,
+        fetcher: AdapterFetcher | None = None,
         drain_timeout_s: float = 30.0,
         slot_wait_s: float = 10.0,
         load_retry_s: float = 30.0,
@@ -99,6 +107,12 @@ class AdapterLifecycle:
         self.store = store
         self.engines = list(engines)
         self.observer: LifecycleObserver = observer or NullLifecycleObserver()
+        #: Remote sources (s3://, hf://) are fetched by it, then registered here.
+        self.fetcher = fetcher or AdapterFetcher(
+            Sources(),
+            store.root.parent / ".fetch",
+            FetchLimits(max_adapter_bytes=store.validator.limits.max_adapter_bytes),
+        )
         self._ctx = ctx = LifecycleContext(
             registry,
             self.engines,
@@ -167,6 +181,7 @@ class AdapterLifecycle:
         """Stop background work. Loaded adapters stay loaded (the engine may outlive us)."""
         self._ctx.closed = True
         self._recovery.stop()
+        await self.fetcher.close()
         await self._ctx.cancel_all()
         await asyncio.to_thread(self.registry.close)
 
@@ -175,10 +190,17 @@ class AdapterLifecycle:
         await self._recovery.on_engine_ready(engine)
 
     # --- AdapterResolver -------------------------------------------------------------------
-    def lease(self, name: str, exclude: Collection[str] = ()) -> AbstractAsyncContextManager[Route]:
-        """Hold ``name``'s active version loaded (not evictable) while the block runs, on an
-        engine not in ``exclude``."""
-        return self._broker.lease(name, exclude)
+    def lease(
+        self, name: str, *, engine: str | None = None, exclude: Collection[str] = ()
+    ) -> AbstractAsyncContextManager[Route]:
+        """Hold ``name``'s active version loaded (not evictable) while the block runs; on
+        ``engine`` when given, never on one in ``exclude``. A name whose only version is still
+        being fetched: 503 with Retry-After."""
+        if name not in self._ctx.records:
+            pending = self.fetcher.unavailable(name)
+            if pending is not None:
+                raise pending
+        return self._broker.lease(name, engine=engine, exclude=exclude)
 
     def public_models(self) -> list[PublicModel]:
         base = self.engines[0].base_model
@@ -209,11 +231,19 @@ class AdapterLifecycle:
         pinned: bool | None = None,
         load: bool = False,
         new_version: bool = False,
+        origin: str | None = None,
     ) -> tuple[AdapterView, bool]:
-        """Validate and record an adapter; (view, created). Same name and content: no-op."""
+        """Validate and record an adapter; (view, created). Same name and content: no-op.
+        ``origin``: the remote source ``path`` was fetched from (recorded as its source)."""
         validate_name(name, base_model=self.engines[0].base_model)
         layout = await asyncio.to_thread(self.store.admit, name, path)
-        new = NewVersion.from_layout(layout, base_model=self.engines[0].base_model)
+        new = with_checked_sampling_defaults(
+            NewVersion.from_layout(layout, base_model=self.engines[0].base_model)
+        )
+        if origin is not None:
+            new = replace(new, source_path=origin)
+        else:
+            self.fetcher.forget_failed(name)
         return await self._ctx.shielded(self._register(name, new, pinned, load, new_version))
 
     async def _register(
@@ -270,6 +300,26 @@ class AdapterLifecycle:
                     ctx.failures.clear(record.active.upstream_name)
                     raise
             return self.view(name), True
+
+    def fetch(
+        self,
+        name: str,
+        source: str,
+        *,
+        pinned: bool | None = None,
+        load: bool = False,
+        new_version: bool = False,
+    ) -> Fetch:
+        """Start (or join) the background fetch of ``name`` from a remote ``source``; once
+        fetched it is registered as :meth:`register` would (see gateway.lifecycle.fetching)."""
+        validate_name(name, base_model=self.engines[0].base_model)
+
+        async def register(directory: Path, origin: str) -> tuple[AdapterView, bool]:
+            return await self.register(
+                name, directory, pinned=pinned, load=load, new_version=new_version, origin=origin
+            )
+
+        return self.fetcher.start(name, source, register)
 
     async def _load_soft(self, version: AdapterVersion) -> None:
         """Load now if possible; with no engine up or no free slot, it loads later (on the next
@@ -344,6 +394,12 @@ class AdapterLifecycle:
             await self._swap.activate(record, version, load=False)
             return self.view(name)
 
+    async def set_sampling_defaults(
+        self, name: str, defaults: Mapping[str, Any] | None
+    ) -> AdapterView:
+        await set_sampling_defaults(self._ctx, self.registry, name, defaults)
+        return self.view(name)
+
     async def set_pinned(self, name: str, pinned: bool) -> AdapterView:
         return await self._ctx.shielded(self._set_pinned(name, pinned))
 
@@ -378,7 +434,10 @@ class AdapterLifecycle:
             )
 
     async def delete(self, name: str) -> None:
-        """Unload every version of ``name`` (after in-flight requests) and forget it."""
+        """Unload every version of ``name`` (after in-flight requests) and forget it; a fetch
+        of it in progress is stopped."""
+        if await self.fetcher.cancel(name) and name not in self._ctx.records:
+            return
         await self._ctx.shielded(self._delete(name))
 
     async def _delete(self, name: str) -> None:

@@ -2,8 +2,9 @@
 
 :func:`open_lifecycle` is what the app's lifespan enters (``gateway.app.open_adapter_resolver``):
 it opens the registry database (``settings.resolved_database_url``), makes the validator for
-the engines' base model, starts the :class:`~gateway.lifecycle.service.AdapterLifecycle` (which
-re-applies the registry's desired state on every ready engine), registers every adapter found
+the engines' base model and the remote-adapter fetcher (:func:`build_fetcher`), starts the
+:class:`~gateway.lifecycle.service.AdapterLifecycle` (which re-applies the registry's desired
+state on every ready engine), registers every adapter found
 in ``settings.adapters_dir`` and closes it all at shutdown. :func:`scan_adapters_dir` makes a
 trainer's output servable without an API call: each sub-directory holding an
 ``adapter_config.json`` is registered under the directory's own name, as a new version when
@@ -20,14 +21,18 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pydantic import SecretStr
+
 from adapters.contract import ADAPTER_CONFIG, MANIFEST, MANIFEST_ADAPTER_NAME
 from adapters.errors import AdapterError
 from adapters.layout import LayoutError, read_adapter, read_json, with_sha256
 from adapters.registry import Registry
+from adapters.sources import HubSource, S3Source, Sources
 from adapters.store import AdapterStore
 from adapters.validation import AdapterValidator, ValidationLimits
 from gateway.engines.base import Engine
 from gateway.errors import GatewayError
+from gateway.lifecycle.fetching import AdapterFetcher, FetchLimits
 from gateway.lifecycle.service import AdapterLifecycle
 from gateway.lifecycle.types import LifecycleObserver
 from gateway.settings import GatewaySettings
@@ -80,10 +85,13 @@ def build_lifecycle(
     registry = Registry(settings.resolved_database_url)
     store = AdapterStore(settings.adapter_store_dir, validator)
     store.adopt(registry)  # versions registered before the store existed
+    fetcher = build_fetcher(settings)
+    fetcher.clean_staging()
     return AdapterLifecycle(
         registry,
         engines,
         store,
+        fetcher=fetcher,
         capacity=capacity,
         observer=observer,
         drain_timeout_s=settings.drain_timeout_s,
@@ -91,6 +99,31 @@ def build_lifecycle(
         policy=settings.placement_policy,
         replicate_threshold=settings.replicate_threshold,
     )
+
+
+def build_fetcher(settings: GatewaySettings) -> AdapterFetcher:
+    """The remote-adapter fetcher: the sources configured from ``settings``, and its limits."""
+
+    def secret(value: SecretStr | None) -> str | None:
+        return value.get_secret_value() if value is not None else None
+
+    sources = Sources(
+        s3=S3Source(
+            endpoint_url=settings.s3_endpoint_url,
+            region=settings.s3_region,
+            access_key_id=secret(settings.s3_access_key_id),
+            secret_access_key=secret(settings.s3_secret_access_key),
+        ),
+        hf=HubSource(cache_dir=settings.hf_cache_dir, token=secret(settings.hf_token)),
+    )
+    limits = FetchLimits(
+        max_adapter_bytes=settings.max_adapter_bytes,
+        timeout_s=settings.fetch_timeout_s,
+        attempts=settings.fetch_attempts,
+        backoff_s=settings.fetch_backoff_s,
+        wait_max_s=settings.fetch_wait_max_s,
+    )
+    return AdapterFetcher(sources, settings.adapter_fetch_dir, limits)
 
 
 @asynccontextmanager

@@ -28,11 +28,17 @@ from gateway.observability.metrics import (
     upstream_error_kind,
 )
 
-INFERENCE_PATHS = frozenset({"/v1/chat/completions", "/v1/completions"})
+INFERENCE_PATHS = frozenset(
+    {"/v1/chat/completions", "/v1/completions", "/v1/responses", "/v1/messages"}
+)
 CLIENT_CLOSED = "499"
 #: Bound on requests tracked at once; a request never finished (a bug elsewhere) cannot make
 #: the table grow without end.
 MAX_TRACKED = 100_000
+
+
+#: Text deltas of a Responses API stream and of an Anthropic Messages stream.
+_DELTA_TYPES = (b'"response.output_text.delta"', b'"text_delta"')
 
 
 def is_token_event(event: bytes) -> bool:
@@ -42,7 +48,9 @@ def is_token_event(event: bytes) -> bool:
     role-only first chunk of a chat stream comes with its first token, so skipping it keeps a
     ~0 s gap out of the inter-token histogram without moving time to first token.
     """
-    if b'"choices"' not in event or b'"choices":[]' in event or b'"choices": []' in event:
+    if _DELTA_TYPES[0] in event or _DELTA_TYPES[1] in event:  # Responses / Messages API
+        return True
+    if b'"choices"' not in event or b'"choices": []' in event or b'"choices":[]' in event:
         return False
     return not (b'"role"' in event and b'"content":""' in event)
 

@@ -236,12 +236,16 @@ class SlotTable:
                 current.append(engine_name)
         return current
 
-    def pick_engine(self, slot: Slot, exclude: Collection[str] = ()) -> Engine | None:
-        """The least loaded ready engine holding the loaded ``slot`` (not in ``exclude``), or
-        None (:func:`gateway.placement.policy.choose_route`)."""
+    def pick_engine(
+        self, slot: Slot, exclude: Collection[str] = (), prefer: str | None = None
+    ) -> Engine | None:
+        """The least loaded ready engine holding the loaded ``slot`` (not in ``exclude``; only
+        ``prefer`` when given), or None (:func:`gateway.placement.policy.choose_route`)."""
         if slot.state is not AdapterState.LOADED:
             return None
         current = [name for name in self.current_engines(slot) if name not in exclude]
+        if prefer is not None:
+            return self._engines[prefer] if prefer in current else None
         if not current:
             return None
         turn = next(self._turn) % len(current)  # ties rotate

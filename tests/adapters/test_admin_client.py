@@ -92,3 +92,21 @@ def test_an_answer_that_is_not_an_object_is_an_error() -> None:
     with client([], 200, [1, 2]) as admin, pytest.raises(AdapterError) as caught:
         admin.get("a")
     assert caught.value.code == "unexpected_answer"
+
+
+def test_register_source_sends_the_url_and_waits() -> None:
+    seen: list[httpx.Request] = []
+    with client(seen, status=201, body={"object": "adapter"}) as admin:
+        admin.register_source("a", "s3://b/p", load=True)
+        admin.register_source("a", "hf://o/n@v1", wait=False, pinned=True)
+    assert [r.url.raw_path.decode() for r in seen] == [
+        "/admin/adapters?wait=true",
+        "/admin/adapters",
+    ]
+    assert json.loads(seen[0].content) == {
+        "name": "a",
+        "source": "s3://b/p",
+        "load": True,
+        "new_version": False,
+    }
+    assert json.loads(seen[1].content)["pinned"] is True

@@ -13,6 +13,7 @@ Tests that need other settings (API keys, a small body limit) build their own wi
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ import pytest_asyncio
 
 from gateway.app import create_app
 from gateway.engines.base import EngineState
+from gateway.engines.basemodels import MARKER_FILE, RECIPE_VERSIONS
 from gateway.engines.client import ClientLimits
 from gateway.lifecycle.service import AdapterLifecycle
 from gateway.settings import GatewaySettings
@@ -56,14 +58,18 @@ GatewayFactory = Callable[..., AbstractAsyncContextManager[Gateway]]
 def make_gateway(tmp_path_factory: pytest.TempPathFactory) -> GatewayFactory:
     @asynccontextmanager
     async def make(
-        *, read_timeout_s: float = 30.0, **settings_fields: Any
+        *, read_timeout_s: float = 30.0, recipe: str | None = None, **settings_fields: Any
     ) -> AsyncIterator[Gateway]:
         root = tmp_path_factory.mktemp("gateway")
         adapters_dir = root / "data" / "adapters" / "scanned"
         write_adapter(adapters_dir / ADAPTER, base_model=BASE, seed=1)
+        base_dir = write_base_model(root / "models" / BASE)
+        if recipe is not None:  # the base model reads as a prepared one (its model card)
+            marker = {"recipe": recipe, "version": RECIPE_VERSIONS[recipe]}
+            (base_dir / MARKER_FILE).write_text(json.dumps(marker))
         settings = GatewaySettings(
             data_dir=root / "data",
-            base_model=str(write_base_model(root / "models" / BASE)),
+            base_model=str(base_dir),
             adapters_dir=adapters_dir,
             **settings_fields,
         )

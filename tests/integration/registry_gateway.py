@@ -124,6 +124,7 @@ async def registry_gateway(
     *,
     capacity: int | None = None,
     adapters_dir: Path | None = None,
+    settings_update: dict[str, object] | None = None,
     database_url: str | None = None,
 ) -> AsyncIterator[RegistryGateway]:
     settings = engine_settings.model_copy(
@@ -134,6 +135,7 @@ async def registry_gateway(
             "adapter_roots": [adapter_root],
             "admin_token": SecretStr(ADMIN_TOKEN),
             "adapters_dir": adapters_dir,
+            **(settings_update or {}),
         }
     )
     events = LifecycleCounts()

@@ -6,10 +6,11 @@ both in the OpenAI error shape). The app keeps the lifecycle on ``app.state.life
 token (:class:`gateway.auth.admin_token.AdminToken`) on ``app.state.admin_token``;
 :func:`build_admin_router` is included by :func:`gateway.app.create_app`.
 
-    POST   /admin/adapters                   register {name, path, pinned?, load?, new_version?}
-    GET    /admin/adapters                   list
-    GET    /admin/adapters/{name}            one, with its versions
-    PATCH  /admin/adapters/{name}            {pinned}
+    POST   /admin/adapters                   register {name, path | source, pinned?, load?,
+                                             new_version?}; ?wait=true: wait for a fetch
+    GET    /admin/adapters                   list (and the fetches of unregistered names)
+    GET    /admin/adapters/{name}            one, with its versions (or its fetch)
+    PATCH  /admin/adapters/{name}            {pinned?, sampling_defaults?} (null clears)
     POST   /admin/adapters/{name}/load       load now (retries a failed load)
     POST   /admin/adapters/{name}/unload     unload once in-flight requests drain
     POST   /admin/adapters/{name}/restore    {version}: make an earlier version active
@@ -20,17 +21,19 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Path, Request, Response
+from fastapi import APIRouter, Depends, Path, Query, Request, Response
 
 from adapters.db import NAME_LENGTH
 from gateway.api.admin.protocol import (
     AdapterDeletedOut,
+    AdapterFetchOut,
     AdapterListOut,
     AdapterOut,
     RegisterAdapterRequest,
     RestoreAdapterRequest,
     UpdateAdapterRequest,
     adapter_out,
+    fetch_out,
 )
 from gateway.auth.admin_token import AdminToken
 from gateway.errors import AuthenticationError, GatewayError, PermissionDeniedError
@@ -72,27 +75,59 @@ def build_admin_router() -> APIRouter:
 
     @router.post("/adapters", status_code=201)
     async def register_adapter(
-        body: RegisterAdapterRequest, lifecycle: LifecycleDep, response: Response
-    ) -> AdapterOut:
-        view, created = await lifecycle.register(
-            body.name, body.path, pinned=body.pinned, load=body.load, new_version=body.new_version
-        )
+        body: RegisterAdapterRequest,
+        lifecycle: LifecycleDep,
+        response: Response,
+        wait: Annotated[bool, Query(description="Wait (bounded) for a remote fetch.")] = False,
+    ) -> AdapterOut | AdapterFetchOut:
+        pinned, load, new_version = body.pinned, body.load, body.new_version
+        if body.source is None or not lifecycle.fetcher.is_remote(body.source):
+            path = body.path or (body.source or "").removeprefix("file://")
+            view, created = await lifecycle.register(
+                body.name, path, pinned=pinned, load=load, new_version=new_version
+            )
+        else:
+            fetch = lifecycle.fetch(
+                body.name, body.source, pinned=pinned, load=load, new_version=new_version
+            )
+            if not wait or not await lifecycle.fetcher.wait(fetch):
+                response.status_code = 202
+                return fetch_out(fetch)
+            view, created = fetch.result
         response.status_code = 201 if created else 200
         return adapter_out(view)
 
     @router.get("/adapters")
     async def list_adapters(lifecycle: LifecycleDep) -> AdapterListOut:
-        return AdapterListOut(data=[adapter_out(v, with_versions=False) for v in lifecycle.views()])
+        fetcher = lifecycle.fetcher
+        return AdapterListOut(
+            data=[
+                adapter_out(v, with_versions=False, fetch=fetcher.get(v.record.name))
+                for v in lifecycle.views()
+            ],
+            fetching=[
+                fetch_out(f) for f in fetcher.list() if f.name not in lifecycle.registered_names()
+            ],
+        )
 
     @router.get("/adapters/{name}")
-    async def get_adapter(name: AdapterName, lifecycle: LifecycleDep) -> AdapterOut:
-        return adapter_out(lifecycle.view(name))
+    async def get_adapter(
+        name: AdapterName, lifecycle: LifecycleDep
+    ) -> AdapterOut | AdapterFetchOut:
+        fetch = lifecycle.fetcher.get(name)
+        if fetch is not None and name not in lifecycle.registered_names():
+            return fetch_out(fetch)
+        return adapter_out(lifecycle.view(name), fetch=fetch)
 
     @router.patch("/adapters/{name}")
     async def update_adapter(
         name: AdapterName, body: UpdateAdapterRequest, lifecycle: LifecycleDep
     ) -> AdapterOut:
-        return adapter_out(await lifecycle.set_pinned(name, body.pinned))
+        if "sampling_defaults" in body.model_fields_set:
+            await lifecycle.set_sampling_defaults(name, body.sampling_defaults)
+        if body.pinned is not None:
+            await lifecycle.set_pinned(name, body.pinned)
+        return adapter_out(lifecycle.view(name))
 
     @router.post("/adapters/{name}/load")
     async def load_adapter(name: AdapterName, lifecycle: LifecycleDep) -> AdapterOut:

@@ -5,7 +5,8 @@ The request models validate what a client sends to ``/v1/chat/completions`` and
 with a bound, and ``extra="allow"`` so vendor extensions (``top_k``, ``min_p``,
 ``repetition_penalty``, ``ignore_eos``, ...) pass through for vLLM to judge. They are used for
 validation only: the proxy forwards the client's own JSON (``gateway.inference.proxy``), never a
-dump of these models. The response models describe ``GET /v1/models``. Used by
+dump of these models. Also vLLM's ``/tokenize`` and ``/detokenize``. The response models
+describe ``GET /v1/models``. Used by
 :mod:`gateway.api.openai.routes`.
 """
 
@@ -13,7 +14,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 # Bounds on client input. vLLM enforces model-specific limits itself (context length,
 # max_logprobs); these keep absurd requests from reaching it at all.
@@ -47,6 +48,11 @@ class _Open(BaseModel):
     """Unknown fields are kept (and forwarded), not rejected."""
 
     model_config = ConfigDict(extra="allow")
+
+    @property
+    def sent_keys(self) -> frozenset[str]:
+        """Top-level keys the client sent with a value (``null`` means "the default")."""
+        return frozenset(key for key, value in self if value is not None)
 
 
 class StreamOptions(_Open):
@@ -88,6 +94,11 @@ class _SamplingParams(_Open):
     response_format: ResponseFormat | None = None
     user: Annotated[str, StringConstraints(max_length=MAX_USER_CHARS)] | None = None
 
+    @property
+    def asks_for_usage(self) -> bool:
+        """The client asked for a stream's final usage chunk (decided on the parsed body)."""
+        return self.stream_options is not None and self.stream_options.include_usage is True
+
 
 class ChatCompletionRequest(_SamplingParams):
     """Body of ``POST /v1/chat/completions``."""
@@ -120,6 +131,55 @@ class CompletionRequest(_SamplingParams):
     echo: bool | None = None
     suffix: Annotated[str, StringConstraints(max_length=MAX_STOP_CHARS)] | None = None
     best_of: Annotated[int, Field(ge=1, le=MAX_N)] | None = None
+
+
+MAX_RESPONSE_ID = 128
+MAX_METADATA = 16
+MAX_INSTRUCTIONS_CHARS = 1 << 20
+
+
+class ResponsesRequest(_Open):
+    """Body of ``POST /v1/responses`` (vLLM's fields pass through; these are bounded)."""
+
+    model: ModelName
+    input: str | Annotated[list[dict[str, Any]], Field(max_length=MAX_MESSAGES)] | None = None
+    instructions: Annotated[str, StringConstraints(max_length=MAX_INSTRUCTIONS_CHARS)] | None = None
+    stream: bool = False
+    store: bool | None = None
+    background: bool | None = None
+    previous_response_id: (
+        Annotated[str, StringConstraints(min_length=1, max_length=MAX_RESPONSE_ID)] | None
+    ) = None
+    temperature: Annotated[float, Field(ge=0.0, le=2.0)] | None = None
+    top_p: Annotated[float, Field(gt=0.0, le=1.0)] | None = None
+    max_output_tokens: TokenCount | None = None
+    tools: Annotated[list[dict[str, Any]], Field(max_length=MAX_TOOLS)] | None = None
+    metadata: Annotated[dict[str, str], Field(max_length=MAX_METADATA)] | None = None
+    user: Annotated[str, StringConstraints(max_length=MAX_USER_CHARS)] | None = None
+
+
+class TokenizeRequest(_Open):
+    """Body of vLLM's ``POST /tokenize``: a ``prompt`` or chat ``messages`` (one of them);
+    ``model`` is optional there (the base model)."""
+
+    model: ModelName | None = None
+    prompt: str | None = None
+    messages: Annotated[list[ChatMessage], Field(min_length=1, max_length=MAX_MESSAGES)] | None = (
+        None
+    )
+
+    @model_validator(mode="after")
+    def _one_input(self) -> TokenizeRequest:
+        if (self.prompt is None) == (self.messages is None):
+            raise ValueError("give exactly one of prompt and messages")
+        return self
+
+
+class DetokenizeRequest(_Open):
+    """Body of vLLM's ``POST /detokenize``."""
+
+    model: ModelName | None = None
+    tokens: Annotated[list[TokenId], Field(max_length=MAX_PROMPT_TOKEN_IDS)]
 
 
 class ModelCard(BaseModel):

@@ -206,6 +206,70 @@ def test_generated_admin_token_file(tmp_path: Path, caplog: pytest.LogCaptureFix
     assert not (tmp_path / "other" / TOKEN_FILE).exists()
 
 
+async def test_sampling_defaults_from_the_manifest_and_the_admin_api(admin: Admin) -> None:
+    trained = {"adapter_name": "a", "sampling_defaults": {"temperature": 0, "stop": "###"}}
+    path = admin.adapter("a", manifest=trained)
+    created = await admin.http.post("/admin/adapters", json={"name": "a", "path": path})
+    assert created.status_code == 201, created.text
+    # Read from the manifest at registration, checked and normalised, kept with the version.
+    expected = {"temperature": 0.0, "stop": ["###"]}
+    assert created.json()["sampling_defaults"] == expected
+    async with admin.lifecycle.lease("a") as route:
+        assert route.sampling_defaults == expected
+
+    patched = await admin.http.patch(
+        "/admin/adapters/a", json={"sampling_defaults": {"temperature": 0.7, "max_tokens": 32}}
+    )
+    assert patched.status_code == 200, patched.text
+    assert patched.json()["sampling_defaults"] == {"temperature": 0.7, "max_tokens": 32}
+    assert patched.json()["pinned"] is False
+    async with admin.lifecycle.lease("a") as route:
+        assert route.sampling_defaults == {"temperature": 0.7, "max_tokens": 32}
+    # Kept in the registry: a gateway that starts again serves the same defaults.
+    record = admin.lifecycle.registry.get("a")
+    assert record is not None
+    assert record.active.sampling_defaults == {"temperature": 0.7, "max_tokens": 32}
+
+    both = await admin.http.patch(
+        "/admin/adapters/a", json={"sampling_defaults": None, "pinned": True}
+    )
+    assert both.json()["sampling_defaults"] is None and both.json()["pinned"] is True
+    async with admin.lifecycle.lease("a") as route:
+        assert route.sampling_defaults is None
+    detail = (await admin.http.get("/admin/adapters/a")).json()
+    assert detail["versions"][0]["sampling_defaults"] is None
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {},
+        {"pinned": None},
+        {"sampling_defaults": {"temperature": 3}},
+        {"sampling_defaults": {"temprature": 0.2}},
+        {"sampling_defaults": {"stop": ["x"] * 5}},
+        {"sampling_defaults": [0.2]},
+        {"pinned": True, "surprise": 1},
+    ],
+)
+async def test_bad_updates_change_nothing(admin: Admin, body: dict[str, Any]) -> None:
+    path = admin.adapter("a", manifest={"sampling_defaults": {"top_p": 0.5}})
+    await admin.http.post("/admin/adapters", json={"name": "a", "path": path})
+    error_of(await admin.http.patch("/admin/adapters/a", json=body), 400)
+    detail = (await admin.http.get("/admin/adapters/a")).json()
+    assert detail["sampling_defaults"] == {"top_p": 0.5} and detail["pinned"] is False
+
+
+async def test_a_manifest_with_bad_sampling_defaults_is_refused(admin: Admin) -> None:
+    path = admin.adapter("a", manifest={"sampling_defaults": {"temperature": "hot"}})
+    error = error_of(
+        await admin.http.post("/admin/adapters", json={"name": "a", "path": path}), 400
+    )
+    assert error["code"] == "invalid_sampling_defaults"
+    assert "sampling_defaults.temperature" in error["message"]
+    assert (await admin.http.get("/admin/adapters")).json()["data"] == []
+
+
 async def test_status_shows_engines_slots_adapters_and_in_flight(admin: Admin) -> None:
     path = admin.adapter("a1")
     response = await admin.http.post(

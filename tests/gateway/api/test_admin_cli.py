@@ -10,8 +10,10 @@ import asyncio
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 import uvicorn
@@ -24,6 +26,7 @@ from gateway.settings import GatewaySettings
 from loadtest.fake_vllm import FakeVLLM
 from tests.adapters.builders import write_adapter, write_base_model
 from tests.support.fake_engine import FakeEngine
+from tests.support.s3_server import S3Server
 
 BASE = "tinybase"
 
@@ -42,9 +45,18 @@ class Served:
 
 @pytest.fixture
 def served(tmp_path: Path) -> Iterator[Served]:
+    with serving(tmp_path) as served:
+        yield served
+
+
+@contextmanager
+def serving(tmp_path: Path, **settings_kw: Any) -> Iterator[Served]:
     data_dir = tmp_path / "data"
     settings = GatewaySettings(
-        data_dir=data_dir, admin_token=None, base_model=str(write_base_model(tmp_path / BASE))
+        data_dir=data_dir,
+        admin_token=None,
+        base_model=str(write_base_model(tmp_path / BASE)),
+        **settings_kw,
     )
     upstream = FakeVLLM()
     engine = FakeEngine(upstream, base_model=BASE)
@@ -109,6 +121,30 @@ def test_errors_are_clear(served: Served, tmp_path: Path, monkeypatch: pytest.Mo
     assert code == 1 and "no admin token" in out
     code, out = served.cli("rm", "ghost", "--url", served.url, "--data-dir", str(served.data_dir))
     assert code == 1 and "no adapter named 'ghost'" in out and "HTTP 404" in out
+
+
+def test_add_from_s3_and_show(
+    tmp_path: Path, s3_server: S3Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("LORA_GATEWAY_ADMIN_TOKEN", raising=False)
+    path = write_adapter(tmp_path / "src", base_model=BASE, seed=3)
+    client = s3_server.client()
+    client.create_bucket(Bucket="cli-bucket")
+    for file in path.iterdir():
+        client.put_object(Bucket="cli-bucket", Key=f"x/{file.name}", Body=file.read_bytes())
+    with serving(tmp_path, s3_endpoint_url=s3_server.endpoint_url, fetch_attempts=1) as served:
+        common = ["--url", served.url, "--data-dir", str(served.data_dir)]
+        code, out = served.cli("add", "s1", "s3://cli-bucket/x", *common)
+        assert code == 0, out
+        assert "registered s1 v1 registered" in out
+        code, out = served.cli("show", "s1", *common)
+        assert code == 0 and "s3://cli-bucket/x" in out
+        code, out = served.cli("add", "s2", "s3://cli-bucket/missing", *common)
+        assert code == 1 and "source_not_found" in out
+        code, out = served.cli("show", "s2", *common)
+        assert code == 0 and "fetching s2 from s3://cli-bucket/missing failed" in out
+        code, out = served.cli("list", *common)
+        assert code == 0 and "s1" in out and "fetching s2 from" in out
 
 
 def test_status_on_one_screen(served: Served, monkeypatch: pytest.MonkeyPatch) -> None:

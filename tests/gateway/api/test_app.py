@@ -25,7 +25,7 @@ from tests.support.gateway_server import StaticEngine, serve_in_loop, unused_url
 class NoAdapters:
     """The router's adapter side, empty: these tests exercise base-model routing only."""
 
-    def lease(self, name: str) -> AbstractAsyncContextManager[Route]:
+    def lease(self, name: str, *, engine: str | None = None) -> AbstractAsyncContextManager[Route]:
         raise unknown_model(name)
 
     def public_models(self) -> list[PublicModel]:

@@ -230,9 +230,58 @@ async def test_upstream_timeout_is_504(make_gateway: GatewayFactory) -> None:
         assert_openai_error(response, 504, "upstream_timeout")
 
 
-async def test_unknown_path_and_wrong_method_use_the_openai_shape(gateway: Gateway) -> None:
-    assert_openai_error(await gateway.http.get("/v1/nothing-here"), 404, "not_found")
-    assert_openai_error(await gateway.http.get("/v1/chat/completions"), 405, "method_not_allowed")
+@pytest.mark.parametrize(
+    ("method", "path", "status", "code"),
+    [
+        ("GET", "/v1/nothing-here", 404, "not_found"),
+        ("POST", "/v1/embeddings", 404, "not_found"),
+        ("GET", "/", 404, "not_found"),
+        ("POST", "/v1/chat/completions/", 404, "not_found"),  # no redirect to elsewhere
+        ("GET", "/admin/nothing-here", 404, "not_found"),
+        ("GET", "/v1/chat/completions", 405, "method_not_allowed"),
+        ("DELETE", "/v1/models", 405, "method_not_allowed"),
+        ("PUT", "/v1/completions", 405, "method_not_allowed"),
+    ],
+)
+async def test_unknown_path_and_wrong_method_use_the_openai_shape(
+    gateway: Gateway, method: str, path: str, status: int, code: str
+) -> None:
+    response = await gateway.http.request(method, path, json={})
+    error = assert_openai_error(response, status, code)
+    assert error["type"] == "invalid_request_error"
+    # Like OpenAI's own answer: the message names what was asked for.
+    assert f"{method} {path}" in error["message"]
+    if status == 405:
+        assert response.headers["allow"]
+
+
+async def test_sdk_retrieves_a_model_and_gets_model_not_found_for_an_unknown_one(
+    gateway: Gateway,
+) -> None:
+    client = openai.AsyncOpenAI(base_url=f"{gateway.url}/v1", api_key="x", max_retries=0)
+    try:
+        base = await client.models.retrieve(BASE)
+        adapter = await client.models.retrieve(ADAPTER)
+        with pytest.raises(openai.NotFoundError) as caught:
+            await client.models.retrieve("no-such-model")
+    finally:
+        await client.close()
+    assert base.id == BASE and adapter.id == ADAPTER
+    listed = {m["id"]: m for m in (await gateway.http.get("/v1/models")).json()["data"]}
+    for name in (BASE, ADAPTER):
+        assert (await gateway.http.get(f"/v1/models/{name}")).json() == listed[name]
+    assert caught.value.status_code == 404 and caught.value.code == "model_not_found"
+    assert "no-such-model" in caught.value.message
+
+
+async def test_a_model_id_with_a_slash_is_retrieved(make_gateway: GatewayFactory) -> None:
+    """A base model is often served under its Hub id (``org/name``)."""
+    async with make_gateway() as gw:
+        gw.engine.base_model = "org/base-model"
+        response = await gw.http.get("/v1/models/org/base-model")
+        assert response.status_code == 200, response.text
+        assert response.json()["id"] == "org/base-model"
+        assert_openai_error(await gw.http.get("/v1/models/org/other"), 404, "model_not_found")
 
 
 async def test_non_stream_usage_is_logged(

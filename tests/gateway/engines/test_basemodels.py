@@ -20,6 +20,7 @@ from gateway.engines.basemodels import (
     SMOLLM2,
     TINY,
     BaseModelError,
+    base_sampling_defaults,
     is_complete,
     locate_base_model,
     prepare_command,
@@ -191,3 +192,19 @@ def test_leftovers_of_killed_builds_are_cleaned_up(tmp_path: Path) -> None:
 
     basemodels._build_atomically(tmp_path / "tiny", TINY, build)
     assert not leftover.exists()
+
+
+def test_smollm2_carries_its_model_card_s_sampling(tmp_path: Path) -> None:
+    card = {"temperature": 0.2, "top_p": 0.9}
+    assert base_sampling_defaults(SMOLLM2, tmp_path) == {SMOLLM2: card}
+    assert base_sampling_defaults(SMOLLM2, tmp_path, "chat") == {"chat": card}
+    assert base_sampling_defaults(TINY, tmp_path) == {}
+    # A prepared directory named by path keeps its recipe's card (its marker says which).
+    prepared = tmp_path / "prepared"
+    prepared.mkdir()
+    (prepared / "config.json").write_text("{}")
+    (prepared / MARKER_FILE).write_text(json.dumps({"recipe": SMOLLM2, "version": 1}))
+    assert base_sampling_defaults(str(prepared), tmp_path) == {"prepared": card}
+    (prepared / MARKER_FILE).unlink()
+    assert base_sampling_defaults(str(prepared), tmp_path) == {}
+    assert base_sampling_defaults(str(tmp_path / "missing"), tmp_path) == {}

@@ -1,7 +1,7 @@
 """The engine is not an open door, fast: the guard that runs inside the managed vLLM, the key the
 engine client sends on every call, a new key per managed start (in the environment, not argv),
 and the configured key of a remote engine. The real vLLM case is
-tests/integration/test_engine_key.py.
+tests/integration/test_vllm_engine_key.py.
 
 The upstream here is a small Starlette app with vLLM's paths, wrapped in the REAL
 :class:`~gateway.engines.engine_guard.EngineKeyGuard`; it records the Authorization header of

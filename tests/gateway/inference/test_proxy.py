@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from gateway.inference.proxy import ModelRename, body_for_upstream, read_usage
+from gateway.inference.proxy import ModelRename, body_for_upstream
 
 
 @pytest.mark.parametrize(
@@ -71,20 +71,3 @@ def test_model_rename_of_a_body_falls_back_to_json() -> None:
     odd = b'{"model" :\n"style@v2", "choices": []}'
     assert json.loads(rename.apply_to_body(odd)) == {"model": "style", "choices": []}
     assert rename.apply_to_body(b"not json") == b"not json"
-
-
-@pytest.mark.parametrize(
-    ("data", "expected"),
-    [
-        (
-            b'{"choices":[],"usage":{"prompt_tokens":5,"completion_tokens":16,"total_tokens":21}}',
-            (5, 16),
-        ),
-        (b'data: {"usage": {"prompt_tokens": 3, "completion_tokens": 0}}\n\n', (3, 0)),
-        (b'{"choices":[{"text":"\\"usage\\":{"}],"usage":null}', None),
-        (b'{"usage":{"prompt_tokens":"many"}}', (None, None)),
-        (b'{"choices":[]}', None),
-    ],
-)
-def test_read_usage(data: bytes, expected: tuple[int | None, int | None] | None) -> None:
-    assert read_usage(data) == expected

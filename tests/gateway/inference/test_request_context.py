@@ -78,7 +78,7 @@ async def test_body_over_the_limit_is_413_declared_or_chunked(
 
 
 class ExplodingResolver:
-    def lease(self, name: str) -> AbstractAsyncContextManager[Route]:
+    def lease(self, name: str, *, engine: str | None = None) -> AbstractAsyncContextManager[Route]:
         raise RuntimeError("a bug in a resolver")
 
     def public_models(self) -> list[PublicModel]:

@@ -303,3 +303,31 @@ async def test_stream_usage_reaches_the_access_log(
     assert split_events(response.content) == [EVENTS[0], usage_event(BASE, 11, 1), DONE]
     assert (line["prompt_tokens"], line["completion_tokens"]) == (11, 1)
     assert line["ttfb_ms"] is not None and line["ttfb_ms"] <= line["latency_ms"]
+
+
+@pytest.mark.parametrize("client_asks", [False, True])
+async def test_an_escaped_stream_options_key_decides_like_a_plain_one(
+    gateway: Gateway, caplog: pytest.LogCaptureFixture, client_asks: bool
+) -> None:
+    """Bug: the usage decision read the raw bytes, so ``"stream_\\u006fptions"`` (the same key,
+    spelled with an escape) switched token accounting off, or had the usage the client asked
+    for stripped. The parsed request decides."""
+    asks = b"true" if client_asks else b"false"
+    raw = (
+        b'{"model":"%s","messages":[{"role":"user","content":"hi"}],"stream":true,'
+        b'"stream_\\u006fptions":{"include_usage":%s}}' % (BASE.encode(), asks)
+    )
+    request_id = f"escaped-{client_asks}"
+    with caplog.at_level("INFO", logger="gateway.access"):
+        response = await gateway.http.post(
+            "/v1/chat/completions",
+            content=raw,
+            headers={"x-request-id": request_id, "content-type": "application/json"},
+        )
+        (line,) = await access_lines(caplog, request_id)
+    assert response.status_code == 200, response.text
+    # The engine was asked for usage, whatever the client's spelling.
+    assert gateway.fake.requests[-1].json()["stream_options"]["include_usage"] is True
+    assert line["prompt_tokens"] is not None and line["completion_tokens"] is not None
+    usage_chunks = [e for e in split_events(response.content) if b'"choices":[]' in e]
+    assert bool(usage_chunks) is client_asks

@@ -210,6 +210,19 @@ def test_client_that_left_mid_stream_is_a_499(
             False,
         ),
         (b'data: {"choices":[{"index":0,"delta":{"role":"assistant","content":""}}]}\n\n', False),
+        # The Responses API and Anthropic's Messages API.
+        (
+            b"event: response.output_text.delta\n"
+            b'data: {"type":"response.output_text.delta","delta":"x"}\n\n',
+            True,
+        ),
+        (b'event: response.created\ndata: {"type":"response.created"}\n\n', False),
+        (
+            b"event: content_block_delta\ndata: "
+            b'{"type":"content_block_delta","delta":{"type":"text_delta","text":"x"}}\n\n',
+            True,
+        ),
+        (b'event: message_start\ndata: {"type":"message_start"}\n\n', False),
     ],
 )
 def test_token_event_detection(event: bytes, tokens: bool) -> None:

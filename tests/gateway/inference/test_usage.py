@@ -1,4 +1,5 @@
-"""gateway.inference.usage: asking the engine for stream usage, and finding its usage chunk.
+"""gateway.inference.usage: the one usage parser (bodies and stream chunks alike), asking the
+engine for stream usage, and hiding its usage chunk again.
 
 The ``.sse`` fixtures are raw bytes captured from a real vLLM 0.32 (tiny Llama + a LoRA).
 """
@@ -14,54 +15,23 @@ import pytest
 from gateway.inference.usage import (
     StreamUsage,
     Usage,
-    parse_usage_event,
-    prepare_stream_body,
-    prepare_stream_bytes,
-    usage_from_response,
+    ask_for_stream_usage,
+    usage_chunk,
+    usage_from,
+    usage_of_body,
 )
 
 FIXTURES = Path(__file__).parents[1] / "fixtures"
 
 
+def parse_usage_event(event: bytes) -> Usage | None:
+    found = usage_chunk(event)
+    return None if found is None else found.usage
+
+
 def sse_events(name: str) -> list[bytes]:
     raw = (FIXTURES / name).read_bytes()
     return [event + b"\n\n" for event in raw.split(b"\n\n") if event.strip()]
-
-
-def test_non_streaming_body_is_untouched() -> None:
-    body = {"model": "m", "messages": []}
-    assert prepare_stream_body(body) == (body, False)
-    assert prepare_stream_body({**body, "stream": False}) == ({**body, "stream": False}, False)
-
-
-def test_streaming_without_usage_asks_for_it_and_strips() -> None:
-    body = {"model": "m", "stream": True}
-    sent, strip = prepare_stream_body(body)
-    assert strip is True
-    assert sent == {"model": "m", "stream": True, "stream_options": {"include_usage": True}}
-    assert body == {"model": "m", "stream": True}  # the client's body is not mutated
-
-
-def test_streaming_keeps_other_stream_options() -> None:
-    body = {
-        "stream": True,
-        "stream_options": {"include_usage": False, "continuous_usage_stats": True},
-    }
-    sent, strip = prepare_stream_body(body)
-    assert strip is True
-    # Without include_usage vLLM ignores continuous_usage_stats: the client's chunks carried no
-    # usage, so they must not now.
-    assert sent["stream_options"] == {"include_usage": True, "continuous_usage_stats": False}
-
-
-def test_client_that_asked_for_usage_keeps_it() -> None:
-    body = {"stream": True, "stream_options": {"include_usage": True}}
-    assert prepare_stream_body(body) == (body, False)
-
-
-def test_malformed_stream_options_are_left_for_the_engine() -> None:
-    body = {"stream": True, "stream_options": "yes"}
-    assert prepare_stream_body(body) == (body, False)
 
 
 @pytest.mark.parametrize(
@@ -115,27 +85,75 @@ def test_crlf_and_no_space_after_data() -> None:
     assert parse_usage_event(event) == Usage(3, 4)
 
 
-def test_usage_of_non_streaming_response() -> None:
-    payload = json.loads((FIXTURES / "vllm-0.32-chat-nonstream.json").read_bytes())
-    assert usage_from_response(payload) == Usage(18, 5)
-    assert usage_from_response({"choices": []}) is None
-    assert usage_from_response("not an object") is None
+def test_a_real_answer_counts_the_same_streamed_and_not() -> None:
+    body = (FIXTURES / "vllm-0.32-chat-nonstream.json").read_bytes()
+    (streamed,) = [
+        usage
+        for event in sse_events("vllm-0.32-chat-stream-usage.sse")
+        if (usage := parse_usage_event(event)) is not None
+    ]
+    assert usage_of_body(body) == streamed == Usage(18, 5)
+
+
+@pytest.mark.parametrize(
+    ("usage", "expected"),
+    [
+        ({"prompt_tokens": 5, "completion_tokens": 16, "total_tokens": 21}, Usage(5, 16)),
+        ({"prompt_tokens": 3, "total_tokens": 3}, Usage(3, 0)),  # embeddings: no completion
+        ({"input_tokens": 4, "output_tokens": 9, "total_tokens": 13}, Usage(4, 9)),  # responses
+        ({"prompt_tokens": 1 << 24, "completion_tokens": 0}, Usage(1 << 24, 0)),
+        ({"prompt_tokens": (1 << 24) + 1, "completion_tokens": 0}, None),
+        ({"prompt_tokens": 1, "completion_tokens": 1e30}, None),
+        ({"prompt_tokens": -1, "completion_tokens": 2}, None),
+        ({"prompt_tokens": True, "completion_tokens": 2}, None),
+        ({"prompt_tokens": "many", "completion_tokens": 2}, None),
+        ({"prompt_tokens": 2.0, "completion_tokens": 2}, None),
+        ({"completion_tokens": 2}, None),
+        ("lots", None),
+        (None, None),
+    ],
+)
+def test_one_parser_one_set_of_bounds_streamed_and_not(usage: object, expected: object) -> None:
+    """The same ``usage`` counts the same in a body and in a stream's usage chunk."""
+    body = json.dumps({"object": "chat.completion", "choices": [{}], "usage": usage})
+    event = "data: " + json.dumps({"object": "chunk", "choices": [], "usage": usage}) + "\n\n"
+    assert usage_from(usage) == expected
+    assert usage_of_body(body.encode()) == expected
+    assert parse_usage_event(event.encode()) == expected
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"choices":[{"text":"\\"usage\\":{\\"prompt_tokens\\":5}"}],"usage":null}',
+        b'{"choices":[]}',
+        b"not json",
+        b'["usage"]',
+    ],
+)
+def test_bodies_without_usage(body: bytes) -> None:
+    assert usage_of_body(body) is None
 
 
 def test_raw_body_without_options_gets_the_option_spliced_in() -> None:
     raw = b'  {"model": "legal", "stream": true, "messages": [{"role": "user", "content": "{"}]}'
-    sent, strip = prepare_stream_bytes(raw)
+    sent, strip = ask_for_stream_usage(raw, client_asked=False)
     assert strip is True
     assert sent.endswith(raw.split(b"{", 1)[1])  # the client's bytes are kept as they were
     assert json.loads(sent) == {**json.loads(raw), "stream_options": {"include_usage": True}}
 
 
-def test_raw_body_with_options_is_rewritten_only_when_needed() -> None:
+def test_a_client_that_asked_keeps_its_bytes() -> None:
     asked = b'{"stream": true, "stream_options": {"include_usage": true}, "model": "m"}'
-    assert prepare_stream_bytes(asked) == (asked, False)
+    assert ask_for_stream_usage(asked, client_asked=True) == (asked, False)
+
+
+def test_other_stream_options_are_kept_and_continuous_stats_turned_off() -> None:
     other = b'{"stream": true, "stream_options": {"continuous_usage_stats": true}, "model": "m"}'
-    sent, strip = prepare_stream_bytes(other)
+    sent, strip = ask_for_stream_usage(other, client_asked=False)
     assert strip is True
+    # Without include_usage vLLM ignores continuous_usage_stats: the client's chunks carried no
+    # usage, so they must not now.
     assert json.loads(sent)["stream_options"] == {
         "continuous_usage_stats": False,
         "include_usage": True,
@@ -143,21 +161,31 @@ def test_raw_body_with_options_is_rewritten_only_when_needed() -> None:
     assert json.loads(sent)["model"] == "m"
 
 
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b'{"stream": true, "stream_\\u006fptions": {"include_usage": false}, "model": "m"}',
+        b'{"stream": true, "\\u0073tream_options": null, "model": "m"}',
+        b'{"stream_options": {"include_usage": false}, "stream_options": null, "stream": true}',
+    ],
+)
+def test_any_spelling_of_the_key_ends_with_usage_asked_for(raw: bytes) -> None:
+    sent, strip = ask_for_stream_usage(raw, client_asked=False)
+    assert strip is True
+    assert b"\\u00" not in sent and sent.count(b'"stream_options"') == 1
+    assert json.loads(sent)["stream_options"] == {"include_usage": True}
+
+
 def test_raw_body_mentioning_stream_options_in_a_string() -> None:
     raw = b'{"stream": true, "prompt": "what are \\"stream_options\\"?"}'
-    sent, strip = prepare_stream_bytes(raw)
+    sent, strip = ask_for_stream_usage(raw, client_asked=False)
     assert strip is True
     assert json.loads(sent)["stream_options"] == {"include_usage": True}
     assert json.loads(sent)["prompt"] == 'what are "stream_options"?'
 
 
-@pytest.mark.parametrize("raw", [b"not json", b'["stream_options"]', b"[1, 2]"])
-def test_raw_body_that_is_not_an_object_is_left_alone(raw: bytes) -> None:
-    assert prepare_stream_bytes(raw) == (raw, False)
-
-
 def test_empty_object_stays_valid_json() -> None:
-    sent, _ = prepare_stream_bytes(b"{ }")
+    sent, _ = ask_for_stream_usage(b"{ }", client_asked=False)
     assert json.loads(sent) == {"stream_options": {"include_usage": True}}
 
 
