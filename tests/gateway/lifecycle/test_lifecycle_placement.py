@@ -182,3 +182,14 @@ async def test_a_lease_that_excludes_the_holder_loads_the_adapter_on_another_eng
         route.engine.upstream.serve(route.upstream_model)
     assert sorted(holders(lifecycle, "a0")) == ["e0", "e1"]
     no_violations(engines)
+
+
+async def test_a_lease_bound_to_an_engine_loads_the_adapter_there(make: Make) -> None:
+    engines = two_engines()
+    lifecycle = await make(engines, adapters=1)
+    first = await request(lifecycle, "a0")
+    other = next(e.name for e in engines if e.name != first)
+    async with lifecycle.lease("a0", engine=other) as route:
+        assert route.engine.name == other
+    assert sorted(holders(lifecycle, "a0")) == ["e0", "e1"]
+    no_violations(engines)
