@@ -23,13 +23,19 @@ vLLM on the others. Load generator: asyncio +
 aiohttp on uvloop (:mod:`loadtest.openloop`) for both the fixed-rate and the maximum-throughput
 phases; locust reached the same ceiling on this machine (about 2.3k to 2.8k req/s against the
 fake on one shared core), and one process keeps the phases in one timeline.
-Writes ``bench.json``, ``bench.png`` and the services' logs into the results directory.
+Every phase runs ``--repeat`` times (default 3), the baseline in each repetition with the targets,
+so each figure is the median of the repetitions' figures (ratios and added latencies computed
+within a repetition) with its min-max spread (:mod:`loadtest.repeats`). ``--compare OLD.json``
+prints the differences to an earlier run and flags those beyond the spread.
+Writes ``bench.json`` (the medians and spreads, and every repetition's raw figures under
+``repetitions``), ``bench.png`` and the services' logs into the results directory.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime as dt
+import json
 import os
 import platform
 import secrets
@@ -44,7 +50,7 @@ from typing import Any
 
 from rich.console import Console
 
-from loadtest import adapter_suites, gateway_admin, plot, report, suites
+from loadtest import adapter_suites, gateway_admin, plot, repeats, report, suites
 from loadtest.litellm_proxy import LITELLM_VERSION
 from loadtest.procs import VllmOptions, start_fake_vllm, start_vllm
 from loadtest.workload import Workload
@@ -108,6 +114,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=150.0,
         help="placement-fake: a LoRA load's duration on the FAKE engines",
     )
+    p.add_argument(
+        "--repeat",
+        type=int,
+        default=3,
+        help="repetitions of every phase; each figure is their median with its min-max",
+    )
+    p.add_argument(
+        "--compare",
+        type=Path,
+        default=None,
+        metavar="OLD.json",
+        help="an earlier bench.json: print the differences, flag those beyond the spread",
+    )
     args = p.parse_args(argv)
     args.suites = tuple(s.strip() for s in args.suites.split(",") if s.strip())
     args.targets = tuple(t.strip() for t in args.targets.split(",") if t.strip())
@@ -123,6 +142,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("the direct target is the baseline: keep it in --targets")
     if any(r <= 0 for r in (*args.rates, *args.vllm_rates)) or args.duration <= 0:
         p.error("rates and durations must be > 0")
+    if not 1 <= args.repeat <= 20:
+        p.error("--repeat must be between 1 and 20")
+    if args.compare is not None and not args.compare.is_file():
+        p.error(f"--compare: no such file {args.compare}")
     return args
 
 
@@ -207,7 +230,9 @@ def run(args: argparse.Namespace, console: Console) -> dict[str, Any]:
         "errors": [],
         "load_average_at_start": os.getloadavg(),
     }
-    result = report.BenchReport(meta=meta)
+    # One report per repetition: each measures the baseline and the targets phase by phase, so
+    # its ratios are to a baseline measured minutes, not a whole run, apart.
+    results = [report.BenchReport(meta=meta) for _ in range(args.repeat)]
 
     def attempt(what: str, step: Any) -> None:
         console.log(f"[bold]{what}[/bold]")
@@ -231,27 +256,32 @@ def run(args: argparse.Namespace, console: Console) -> dict[str, Any]:
                 max_rps_concurrency=args.concurrency,
                 workload=workload,
             )
-            attempt(
-                "fake upstream: direct / gateway / LiteLLM",
-                lambda: result.suites.append(
-                    suites.three_way(
-                        ctx, fake, "fake", plan, lambda: gateway_admin.fake_stream_chunks(fake.url)
-                    )
-                ),
-            )
-            if args.registry_size > 0 and suites.GATEWAY in args.targets:
+            for rep, result in enumerate(results, 1):
                 attempt(
-                    f"registry size 1 vs {args.registry_size}",
-                    lambda: result.registry.extend(
-                        adapter_suites.registry_size(
+                    f"fake upstream: direct / gateway / LiteLLM ({rep}/{args.repeat})",
+                    lambda result=result: result.suites.append(
+                        suites.three_way(
                             ctx,
                             fake,
-                            rate=args.registry_rate,
-                            duration_s=args.duration,
-                            large=args.registry_size,
+                            "fake",
+                            plan,
+                            lambda: gateway_admin.fake_stream_chunks(fake.url),
                         )
                     ),
                 )
+                if args.registry_size > 0 and suites.GATEWAY in args.targets:
+                    attempt(
+                        f"registry size 1 vs {args.registry_size} ({rep}/{args.repeat})",
+                        lambda result=result: result.registry.extend(
+                            adapter_suites.registry_size(
+                                ctx,
+                                fake,
+                                rate=args.registry_rate,
+                                duration_s=args.duration,
+                                large=args.registry_size,
+                            )
+                        ),
+                    )
         finally:
             fake.stop()
     if "vllm" in suite_names:
@@ -273,37 +303,44 @@ def run(args: argparse.Namespace, console: Console) -> dict[str, Any]:
                 workload=vllm_workload,
                 timeout_s=300.0,
             )
-            attempt(
-                "vLLM: direct / gateway / LiteLLM",
-                lambda: result.suites.append(suites.three_way(ctx, vllm, "vllm", plan, None)),
-            )
-            if args.scaling and suites.GATEWAY in args.targets:
+            for rep, result in enumerate(results, 1):
                 attempt(
-                    "adapter scaling",
-                    lambda: result.scaling.extend(
-                        adapter_suites.adapter_scaling(
-                            ctx,
-                            vllm,
-                            counts=args.scaling,
-                            max_loras=args.max_loras,
-                            max_cpu_loras=args.max_cpu_loras,
-                            concurrency=args.vllm_concurrency,
-                            duration_s=args.scaling_duration,
-                            workload=replace(vllm_workload, stream=True),
-                        )
+                    f"vLLM: direct / gateway / LiteLLM ({rep}/{args.repeat})",
+                    lambda result=result: result.suites.append(
+                        suites.three_way(ctx, vllm, "vllm", plan, None)
                     ),
                 )
+                if args.scaling and suites.GATEWAY in args.targets:
+                    attempt(
+                        f"adapter scaling ({rep}/{args.repeat})",
+                        lambda result=result: result.scaling.extend(
+                            adapter_suites.adapter_scaling(
+                                ctx,
+                                vllm,
+                                counts=args.scaling,
+                                max_loras=args.max_loras,
+                                max_cpu_loras=args.max_cpu_loras,
+                                concurrency=args.vllm_concurrency,
+                                duration_s=args.scaling_duration,
+                                workload=replace(vllm_workload, stream=True),
+                            )
+                        ),
+                    )
         finally:
             vllm.stop()
     for kind in ("placement", "placement-fake"):
         if kind in suite_names:
             attempt(
                 f"{kind}: replicate / affinity",
-                lambda kind=kind: run_placement(args, ctx, result, fake=kind == "placement-fake"),
+                lambda kind=kind: run_placement(
+                    args, ctx, results[0], fake=kind == "placement-fake"
+                ),
             )
     meta["load_average_at_end"] = os.getloadavg()
-    data = report.write_json(result, args.results_dir / "bench.json")
-    if data["comparison"]["latency"]:  # the figure is of the three-way suites
+    data = report.write_json(
+        report.repeated_to_dict(meta, results), args.results_dir / "bench.json"
+    )
+    if data["comparison"].get("latency"):  # the figure is of the three-way suites
         plot.plot(data, args.results_dir / "bench.png")
     return data
 
@@ -367,6 +404,9 @@ def main(argv: list[str] | None = None) -> int:
     console = Console(width=200)
     data = run(args, console)
     report.print_tables(data, console)
+    if args.compare is not None:
+        old = json.loads(args.compare.read_text())
+        console.print(report.difference_table(repeats.differences(old, data)))
     console.print(f"JSON: {args.results_dir / 'bench.json'}\nPNG: {args.results_dir / 'bench.png'}")
     for error in data["meta"]["errors"]:
         console.print(f"[red]error[/red]: {error}")

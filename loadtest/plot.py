@@ -1,7 +1,8 @@
 """The benchmark's PNG: added latency by rate, maximum req/s, adapter scaling (matplotlib).
 
-Reads the JSON-ready dict of :func:`loadtest.report.to_dict`; called by :mod:`loadtest.bench`.
-Every panel names what each axis measures and its unit. :func:`bench_figure` builds the figure
+Reads the JSON-ready dict of :func:`loadtest.report.repeated_to_dict` (medians are plotted; a
+single repetition's dict works too); called by :mod:`loadtest.bench`. Every panel names what
+each axis measures and its unit. :func:`bench_figure` builds the figure
 (a plain ``Figure``, no pyplot state), :func:`plot` writes it.
 """
 
@@ -9,6 +10,8 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from loadtest.repeats import median_of as m
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -33,18 +36,18 @@ def bench_figure(data: dict[str, Any]) -> Figure:
                 for r in comparison["latency"]
                 if r["upstream"] == upstream
                 and r["mode"] == "full"
-                and r[f"{row_key}_added_p50_ms"] is not None
+                and m(r[f"{row_key}_added_p50_ms"]) is not None
             ]
             if rows:
                 ax.plot(
                     [r["rate"] for r in rows],
-                    [r[f"{row_key}_added_p50_ms"] for r in rows],
+                    [m(r[f"{row_key}_added_p50_ms"]) for r in rows],
                     marker="o",
                     label=f"{label} p50 ({upstream})",
                 )
                 ax.plot(
                     [r["rate"] for r in rows],
-                    [r[f"{row_key}_added_p99_ms"] for r in rows],
+                    [m(r[f"{row_key}_added_p99_ms"]) for r in rows],
                     marker="x",
                     linestyle="--",
                     label=f"{label} p99 ({upstream})",
@@ -65,7 +68,7 @@ def bench_figure(data: dict[str, Any]) -> Figure:
     ):
         bars = ax.bar(
             [j + (i - 1) * width for j in range(len(rows))],
-            [r[key] or 0 for r in rows],
+            [m(r[key]) or 0 for r in rows],
             width,
             label=label,
         )
@@ -82,7 +85,7 @@ def bench_figure(data: dict[str, Any]) -> Figure:
     scaling = comparison["adapter_scaling"]
     if scaling:
         counts = [r["adapters"] for r in scaling]
-        ax.plot(counts, [r["rps"] for r in scaling], marker="o", label="req/s")
+        ax.plot(counts, [m(r["rps"]) for r in scaling], marker="o", label="req/s")
         ax.set(
             xscale="log",
             xlabel="registered adapters (count)",
@@ -92,14 +95,14 @@ def bench_figure(data: dict[str, Any]) -> Figure:
         twin = ax.twinx()
         twin.plot(
             counts,
-            [r["ttft_p50_ms"] or 0 for r in scaling],
+            [m(r["ttft_p50_ms"]) or 0 for r in scaling],
             marker="s",
             color="C1",
             label="TTFT p50",
         )
         twin.plot(
             counts,
-            [r["ttft_p95_ms"] or 0 for r in scaling],
+            [m(r["ttft_p95_ms"]) or 0 for r in scaling],
             marker="^",
             color="C2",
             label="TTFT p95",

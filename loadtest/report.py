@@ -17,6 +17,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from loadtest import repeats
 from loadtest.adapter_suites import PlacementPoint, RegistryPoint, ScalingPoint, placement_ratio
 from loadtest.stats import PhaseStats, added, ratio
 from loadtest.suites import DIRECT, GATEWAY, LITELLM, SuiteResult
@@ -205,15 +206,53 @@ def to_dict(report: BenchReport) -> dict[str, Any]:
     }
 
 
-def write_json(report: BenchReport, path: Path) -> dict[str, Any]:
-    data = to_dict(report)
+def repeated_to_dict(meta: dict[str, Any], reports: list[BenchReport]) -> dict[str, Any]:
+    """Several repetitions: the comparison as medians with min-max spreads
+    (:func:`loadtest.repeats.aggregate`), each repetition's own figures under ``repetitions``."""
+    runs = [to_dict(report) for report in reports]
+    for run in runs:
+        del run["meta"]
+    return {
+        "meta": {**meta, "repeat": len(reports)},
+        "comparison": repeats.aggregate(runs),
+        "repetitions": runs,
+    }
+
+
+def write_json(data: dict[str, Any], path: Path) -> dict[str, Any]:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(data, indent=2))
     return data
 
 
-def _f(value: float | None, digits: int = 2, suffix: str = "") -> str:
+def _f(value: Any, digits: int = 2, suffix: str = "") -> str:
+    """A figure; a spread as ``median (min-max)``."""
+    if repeats.is_spread(value):
+        median, low, high = value["median"], value["min"], value["max"]
+        if median is None:
+            return "-"
+        if len(value["values"]) < 2:
+            return f"{median:.{digits}f}{suffix}"
+        return f"{median:.{digits}f}{suffix} ({low:.{digits}f}-{high:.{digits}f})"
     return "-" if value is None else f"{value:.{digits}f}{suffix}"
+
+
+def difference_table(found: list[repeats.Difference]) -> Table:
+    """``--compare``: old and new medians with spreads; changes beyond the spread flagged."""
+    table = Table(title="Against the earlier run (flagged: the min-max ranges do not overlap)")
+    for column in ("table", "row", "figure", "old", "new", "change", "flag"):
+        table.add_column(column, justify="right" if column in ("old", "new", "change") else "left")
+    for diff in found:
+        table.add_row(
+            diff.table,
+            " ".join(str(part) for part in diff.row),
+            diff.field,
+            _f(diff.old),
+            _f(diff.new),
+            f"{diff.change:+.2f}",
+            "[bold red]beyond spread[/bold red]" if diff.beyond_spread else "",
+        )
+    return table
 
 
 def tables(data: dict[str, Any]) -> list[Table]:
@@ -319,7 +358,14 @@ def tables(data: dict[str, Any]) -> list[Table]:
         result.append(scaling)
     if comparison.get("placement"):
         rows = comparison["placement"]
-        ratio_text = _f(comparison.get("placement_affinity_over_replicate"), 2, "x")
+
+        def median(value: Any) -> float | None:
+            return value["median"] if repeats.is_spread(value) else value
+
+        rps = {row["policy"]: median(row["rps"]) for row in rows}
+        low, high = rps.get("replicate"), rps.get("affinity")
+        ratio = high / low if low and high is not None else None
+        ratio_text = _f(ratio, 2, "x")
         table = Table(
             title=f"Placement: {rows[0]['upstream']}; affinity / replicate req/s = {ratio_text}"
         )
@@ -336,13 +382,12 @@ def tables(data: dict[str, Any]) -> list[Table]:
         ):
             table.add_column(column, justify="right")
         for row in rows:
-            hit = row["resident_hit_ratio"]
             table.add_row(
                 row["policy"],
                 _f(row["rps"], 1),
                 _f(row["ttft_p50_ms"], 1),
                 _f(row["ttft_p95_ms"], 1),
-                "-" if hit is None else f"{hit:.1%}",
+                _f(row["resident_hit_ratio"], 3),
                 _f(row["loads"], 0),
                 _f(row["evictions"], 0),
                 _f(row["replications"], 0),

@@ -5,6 +5,8 @@ pays for one closure, not a task). For each HTTP request it
 
 * takes the client's ``x-request-id`` when it is sane (bounded length and charset) or makes one,
   and puts it on every response, errors and streams included;
+* adds ``Server-Timing`` to every answer the engine gave
+  (:mod:`gateway.observability.server_timing`);
 * enforces ``max_body_bytes``: a declared Content-Length over the limit is refused before the
   body is read, and a chunked body is counted while it is read (413 either way);
 * turns an unexpected exception into a 500 in the OpenAI shape, logged with its traceback;
@@ -31,6 +33,7 @@ from gateway.errors import (
 )
 from gateway.inference.record import SCOPE_STATE_KEY, RequestInfo, RequestObserver
 from gateway.observability.access_log import AccessLog
+from gateway.observability.server_timing import server_timing_header
 
 logger = logging.getLogger(__name__)
 
@@ -83,7 +86,9 @@ class RequestContextMiddleware:
             if message["type"] == "http.response.start":
                 response_started = True
                 info.status = message["status"]
-                message["headers"] = [*message.get("headers", ()), id_header]
+                timing = server_timing_header(info)
+                extra = (id_header,) if timing is None else (id_header, timing)
+                message["headers"] = [*message.get("headers", ()), *extra]
             elif info.first_byte is None and message["type"] == "http.response.body":
                 info.first_byte = time.perf_counter()
             await send(message)

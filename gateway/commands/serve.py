@@ -30,6 +30,7 @@ from pydantic import ValidationError
 from adapters.errors import AdapterError
 from gateway.engines.factory import build_engines
 from gateway.errors import GatewayError
+from gateway.gc_tuning import tune_for_serving
 from gateway.observability.access_log import configure_logging
 from gateway.placement.policy import PlacementPolicy
 from gateway.settings import GatewaySettings, LogFormat
@@ -155,11 +156,20 @@ async def run_gateway(settings: GatewaySettings) -> None:
         )
     )
     announcer = asyncio.create_task(_announce(server, app, settings))
+    gc_tuner = asyncio.create_task(_tune_gc_once_started(server))
     try:
         await server.serve()
     finally:
         announcer.cancel()
-        await asyncio.gather(announcer, return_exceptions=True)
+        gc_tuner.cancel()
+        await asyncio.gather(announcer, gc_tuner, return_exceptions=True)
+
+
+async def _tune_gc_once_started(server: uvicorn.Server) -> None:
+    """Freeze the start-up objects once the lifespan has built them (:mod:`gateway.gc_tuning`)."""
+    while not server.started:  # noqa: ASYNC110 (uvicorn exposes a flag, not an event)
+        await asyncio.sleep(0.05)
+    tune_for_serving()
 
 
 async def _announce(server: uvicorn.Server, app: FastAPI, settings: GatewaySettings) -> None:
@@ -213,7 +223,11 @@ def gateway_url(server: uvicorn.Server, settings: GatewaySettings) -> str:
 
 def sdk_example(url: str, model: str, *, keys_required: bool) -> str:
     """A copy-paste OpenAI SDK example; with client keys it reads one from OPENAI_API_KEY (the
-    SDK's own variable), so no key ever lands in a terminal's scrollback or a CI log."""
+    SDK's own variable), so no key ever lands in a terminal's scrollback or a CI log.
+
+    It asks for greedy decoding: with SmolLM2-135M's model-card sampling (temperature 0.2,
+    top_p 0.9), about one answer in six to "What is the capital of France?" wanders off into
+    French (measured with HF transformers), and a first try should answer as printed."""
     if keys_required:
         setup = "export OPENAI_API_KEY=<one of the gateway's API keys>, then:\n\n"
         client = f'client = OpenAI(base_url="{url}/v1")  # the key from OPENAI_API_KEY\n'
@@ -228,6 +242,7 @@ def sdk_example(url: str, model: str, *, keys_required: bool) -> str:
         + "reply = client.chat.completions.create(\n"
         f'    model="{model}",\n'
         '    messages=[{"role": "user", "content": "What is the capital of France?"}],\n'
+        "    temperature=0,  # greedy; left out, the model card's sampling applies\n"
         ")\n"
         "print(reply.choices[0].message.content)\n"
     )

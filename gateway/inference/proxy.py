@@ -11,6 +11,10 @@ goes to
 :class:`~gateway.errors.UpstreamHTTPError` with the engine's message; transport failures are
 translated by :func:`gateway.engines.client.translate_session_errors`.
 
+The request's record is stamped when the engine is sent the request, when its headers arrive and
+when its body ends: the ``Server-Timing`` header, the access log and the overhead histogram are
+computed from those (:mod:`gateway.observability.server_timing`).
+
 Token usage goes on the request's record (and so into the access log and the metrics), read by
 the one parser of :mod:`gateway.inference.usage`: from the body's ``usage``, or, for a stream,
 from the engine's final usage chunk. A streaming client that did not ask for usage (as its parsed
@@ -26,6 +30,7 @@ import asyncio
 import json
 import logging
 import re
+import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
@@ -218,11 +223,12 @@ def _note_usage(info: RequestInfo, body: bytes) -> None:
 
 
 async def _engine_bytes(
-    response: aiohttp.ClientResponse, engine_url: str
+    response: aiohttp.ClientResponse, engine_url: str, info: RequestInfo
 ) -> AsyncGenerator[bytes, None]:
     with translate_session_errors(engine_url):
         async for chunk in response.content.iter_any():
             yield chunk
+    info.upstream_last_byte = time.perf_counter()
 
 
 async def _cancel_on_disconnect(
@@ -311,15 +317,19 @@ class OpenAIProxy:
             async with self._route(call, failed) as route:
                 self._note_route(info, route)
                 client = route.engine.client
+                data = upstream_body(call, call.body, route) if call.body else None
                 try:
                     with translate_session_errors(client.base_url):
+                        info.upstream_sent = time.perf_counter()
                         async with client.openai_session().request(
                             call.method,
                             client.base_url + call.endpoint,
-                            data=upstream_body(call, call.body, route) if call.body else None,
+                            data=data,
                             headers=UPSTREAM_HEADERS,
                         ) as response:
+                            info.upstream_first_byte = time.perf_counter()
                             status, content = response.status, await response.read()
+                            info.upstream_last_byte = time.perf_counter()
                 except EngineUnavailableError as exc:
                     # Nothing reached the client yet: once more, on another engine.
                     if not self._may_fail_over(call, route, failed, exc, info):
@@ -378,14 +388,17 @@ class OpenAIProxy:
                 route = await cleanup.enter_async_context(self._route(call, tried))
                 self._note_route(info, route)
                 client = route.engine.client
+                data = upstream_body(call, body, route) if body else None
                 try:
                     with translate_session_errors(client.base_url):
+                        info.upstream_sent = time.perf_counter()
                         response = await client.openai_session().request(
                             call.method,
                             client.base_url + call.endpoint,
-                            data=upstream_body(call, body, route) if body else None,
+                            data=data,
                             headers=UPSTREAM_HEADERS,
                         )
+                        info.upstream_first_byte = time.perf_counter()
                 except EngineUnavailableError as exc:
                     # No byte reached the client yet: once more, on another engine.
                     if not self._may_fail_over(call, route, tried, exc, info):
@@ -417,7 +430,7 @@ class OpenAIProxy:
             info.failure = error
 
         return SSEProxyResponse(
-            _engine_bytes(response, client.base_url),
+            _engine_bytes(response, client.base_url, info),
             cleanup,
             events=ClientEvents(info, rename, usage),
             inspect=inspect,

@@ -31,6 +31,12 @@ class RequestInfo:
     started: float
     first_byte: float | None = None
     finished: float | None = None
+    #: ``time.perf_counter()`` when the proxy sent the request to the engine, when the engine's
+    #: status line and headers arrived, and when its body ended. The gateway's own time is
+    #: before the first (``gateway_pre``) and after the last (``gateway_post``).
+    upstream_sent: float | None = None
+    upstream_first_byte: float | None = None
+    upstream_last_byte: float | None = None
     status: int = 0
     model: str | None = None
     adapter: str | None = None
@@ -53,6 +59,33 @@ class RequestInfo:
     @property
     def ttfb_ms(self) -> float | None:
         return None if self.first_byte is None else (self.first_byte - self.started) * 1000.0
+
+    @property
+    def gateway_pre_s(self) -> float | None:
+        """The gateway's time before the engine had the request: parsing, auth, routing (an
+        adapter load it waited for included)."""
+        return None if self.upstream_sent is None else self.upstream_sent - self.started
+
+    @property
+    def upstream_ttfb_s(self) -> float | None:
+        """The engine's time to its first byte (status line and headers)."""
+        if self.upstream_sent is None or self.upstream_first_byte is None:
+            return None
+        return self.upstream_first_byte - self.upstream_sent
+
+    @property
+    def upstream_s(self) -> float | None:
+        """The engine's whole time, request sent to last body byte."""
+        if self.upstream_sent is None or self.upstream_last_byte is None:
+            return None
+        return self.upstream_last_byte - self.upstream_sent
+
+    @property
+    def gateway_post_s(self) -> float | None:
+        """The gateway's time after the engine's last byte, until the client had the end."""
+        if self.upstream_last_byte is None or self.finished is None:
+            return None
+        return self.finished - self.upstream_last_byte
 
 
 def request_info_of(scope: MutableMapping[str, Any]) -> RequestInfo | None:

@@ -42,6 +42,10 @@ def _round(value: float | None) -> float | None:
     return None if value is None else round(value, 3)
 
 
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds * 1000.0, 3)
+
+
 def quote_value(value: object) -> str:
     """``value`` as one token of a ``key=value`` line: bare when safe, else double-quoted with
     backslash escapes for quotes, backslashes and every non-printable character (newlines,
@@ -94,6 +98,10 @@ class AccessLog:
             "status": info.status,
             "latency_ms": _round(info.latency_ms),
             "ttfb_ms": _round(info.ttfb_ms),
+            "gw_pre_ms": _ms(info.gateway_pre_s),
+            "upstream_ttfb_ms": _ms(info.upstream_ttfb_s),
+            "upstream_ms": _ms(info.upstream_s),
+            "gw_post_ms": _ms(info.gateway_post_s),
             "model": info.model,
             "adapter": info.adapter,
             "engine": info.engine,

@@ -59,6 +59,13 @@ BASE = "base"
 ScrapeHook = Callable[[], Awaitable[None]]
 
 
+class OverheadPhase(StrEnum):
+    """The ``phase`` label of ``lora_gateway_overhead_seconds``."""
+
+    PRE = "pre"
+    POST = "post"
+
+
 class UpstreamErrorKind(StrEnum):
     UNAVAILABLE = "unavailable"
     TIMEOUT = "timeout"
@@ -94,6 +101,21 @@ class Buckets:
     )
     # fmt: on
     adapter_load: tuple[float, ...] = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+    #: The gateway's own time per request: sub-millisecond when healthy.
+    overhead: tuple[float, ...] = (
+        0.0001,
+        0.00025,
+        0.0005,
+        0.001,
+        0.0025,
+        0.005,
+        0.01,
+        0.025,
+        0.05,
+        0.1,
+        0.5,
+        2.5,
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -327,6 +349,16 @@ class GatewayMetrics:
             per_request,
             registry=r,
         )
+        self.overhead = Histogram(
+            PREFIX + "overhead_seconds",
+            "The gateway's own time per proxied request: before the engine had it (pre) and "
+            "after the engine's last byte (post).",
+            ["phase"],
+            buckets=b.overhead,
+            registry=r,
+        )
+        self.overhead_pre = self.overhead.labels(OverheadPhase.PRE.value)
+        self.overhead_post = self.overhead.labels(OverheadPhase.POST.value)
         self.in_flight = Gauge(
             PREFIX + "in_flight_requests", "OpenAI requests being served now.", registry=r
         )

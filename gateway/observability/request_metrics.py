@@ -11,7 +11,8 @@ A client that left before its response was complete is counted with ``status_cod
 (nginx's convention), whatever status its response had started with. An engine failure (the
 request's ``failure``, set by the error handlers and by the proxy when a stream breaks) is also
 counted in ``upstream_errors`` by kind: a stream that broke after its headers went out is
-``stream_broken``.
+``stream_broken``. The gateway's own time before the engine had the request and after its last
+byte goes to ``overhead_seconds`` by phase.
 """
 
 from __future__ import annotations
@@ -109,6 +110,11 @@ class RequestMetricsObserver:
             children.prompt.inc(info.prompt_tokens)
         if info.completion_tokens is not None:
             children.completion.inc(info.completion_tokens)
+        pre, post = info.gateway_pre_s, info.gateway_post_s
+        if pre is not None:
+            self.metrics.overhead_pre.observe(pre)
+        if post is not None:
+            self.metrics.overhead_post.observe(post)
         if info.failure is not None:
             kind = failure_kind(info, info.failure)
             if kind is not None:

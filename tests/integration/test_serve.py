@@ -98,7 +98,7 @@ async def test_serve_prints_a_working_sdk_example_and_stops_cleanly(
             env={**os.environ, "OPENAI_API_KEY": "test-key-123"},
         )
         assert run.returncode == 0, run.stderr
-        # As printed (no temperature given): the model card's sampling, not vLLM's 1.0.
+        # As printed (greedy: see gateway.commands.serve.sdk_example for why).
         assert "Paris" in run.stdout, run.stdout
 
         async with httpx.AsyncClient(base_url=url, timeout=60) as client:

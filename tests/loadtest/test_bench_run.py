@@ -48,6 +48,8 @@ def run_bench(
             "4",
             "--chunks",
             "3",
+            "--repeat",
+            "1",
             *args,
         ],
         cwd=REPO,
@@ -62,10 +64,20 @@ def run_bench(
 
 def test_direct_only_run(tmp_path: Path, tiny_model_dir: Path) -> None:
     completed, data = run_bench(
-        tmp_path, tiny_model_dir, "--targets", "direct", "--rates", "20,40", "--registry-size", "0"
+        tmp_path,
+        tiny_model_dir,
+        "--targets",
+        "direct",
+        "--rates",
+        "20,40",
+        "--registry-size",
+        "0",
+        "--repeat",
+        "2",
     )
     assert completed.returncode == 0, completed.stdout + completed.stderr
-    assert data["meta"]["errors"] == []
+    assert data["meta"]["errors"] == [] and data["meta"]["repeat"] == 2
+    assert len(data["repetitions"]) == 2
     assert "CPU" in data["meta"]["placement"] and data["meta"]["machine"]["cpus"] >= 1
     latency = data["comparison"]["latency"]
     assert [(row["mode"], row["rate"]) for row in latency] == [
@@ -74,7 +86,8 @@ def test_direct_only_run(tmp_path: Path, tiny_model_dir: Path) -> None:
         ("stream", 20.0),
         ("stream", 40.0),
     ]
-    phases = data["suites"][0]["latency"]
+    assert all(len(row["direct_p50_ms"]["values"]) == 2 for row in latency)
+    phases = data["repetitions"][1]["suites"][0]["latency"]
     assert [phase["requests"] for phase in phases] == [20, 40, 20, 40]
     assert all(phase["errors"] == 0 for phase in phases)
     for phase in phases:
@@ -82,9 +95,29 @@ def test_direct_only_run(tmp_path: Path, tiny_model_dir: Path) -> None:
             # what the client counted equals what the fake says it sent: role + 3 + usage
             assert phase["chunks_out"] == phase["chunks_in"] == phase["requests"] * 5
     (maximum,) = data["comparison"]["max_rps"]
-    assert maximum["direct_rps"] > 0 and maximum["gateway_rps"] is None
+    assert maximum["direct_rps"]["min"] > 0 and maximum["gateway_rps"]["median"] is None
     assert (tmp_path / "results" / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "Latency at fixed rates" in completed.stdout and "Maximum requests/s" in completed.stdout
+    # Compared with itself: every figure is there, nothing is beyond the spread.
+    again = subprocess.run(
+        [sys.executable, "-c", COMPARE_SELF, str(tmp_path / "results" / "bench.json")],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert again.returncode == 0, again.stderr
+    assert "direct_rps" in again.stdout and "beyond spread" not in again.stdout
+
+
+COMPARE_SELF = """
+import json, sys
+from rich.console import Console
+from loadtest import repeats, report
+data = json.loads(open(sys.argv[1]).read())
+Console(width=250).print(report.difference_table(repeats.differences(data, data)))
+"""
 
 
 def test_refuses_a_run_without_the_baseline(tmp_path: Path) -> None:
@@ -154,13 +187,16 @@ def test_gateway_over_fake_run(tmp_path: Path, tiny_model_dir: Path) -> None:
     )
     assert completed.returncode == 0, completed.stdout + completed.stderr
     (row_full, row_stream) = data["comparison"]["latency"]
-    assert row_full["gateway_added_p50_ms"] is not None
-    assert row_stream["gateway_chunk_ratio"] is not None and row_stream["errors"] == 0
-    gateway_phases = [p for p in data["suites"][0]["latency"] if p["target"] == "gateway"]
+    assert row_full["gateway_added_p50_ms"]["median"] is not None
+    assert row_stream["gateway_chunk_ratio"]["median"] is not None and row_stream["errors"] == 0
+    gateway_phases = [
+        p for p in data["repetitions"][0]["suites"][0]["latency"] if p["target"] == "gateway"
+    ]
     stream = next(p for p in gateway_phases if p["mode"] == "stream")
     assert stream["chunks_in"] > 0 and stream["chunks_out"] > 0
     (maximum,) = data["comparison"]["max_rps"]
-    assert maximum["gateway_rps"] > 0 and maximum["gateway_cpu_ms_per_request"] > 0
+    assert maximum["gateway_rps"]["min"] > 0
+    assert maximum["gateway_cpu_ms_per_request"]["min"] > 0
     assert (tmp_path / "results" / "logs" / "gateway-fake-three-way.log").exists()
 
 
@@ -190,7 +226,7 @@ def test_registry_size_run(tmp_path: Path, tiny_model_dir: Path) -> None:
         (3, "reg-0", 0),
         (3, "zipf over 3", 0),
     ]
-    assert all(r["added_p50_ms"] is not None for r in registry)
+    assert all(r["added_p50_ms"]["median"] is not None for r in registry)
 
 
 @pytest.mark.integration
@@ -209,12 +245,15 @@ def test_placement_suite_over_two_fake_engines(tmp_path: Path, tiny_model_dir: P
         "4",
         "--placement-load-delay-ms",
         "20",
+        "--repeat",
+        "1",
     )
     assert completed.returncode == 0, completed.stdout + completed.stderr
     rows = data["comparison"]["placement"]
     assert [r["policy"] for r in rows] == ["replicate", "affinity"]
     for row in rows:
-        assert row["errors"] == 0 and row["rps"] > 0 and row["loads"] > 0
-        assert 0 <= row["resident_hit_ratio"] <= 1
-    assert data["comparison"]["placement_affinity_over_replicate"] > 0
+        assert row["errors"] == 0
+        assert row["rps"]["median"] > 0 and row["loads"]["median"] > 0
+        assert 0 <= row["resident_hit_ratio"]["median"] <= 1
     assert "Placement: 2 FAKE vLLM engines" in completed.stdout
+    assert "affinity / replicate req/s = " in completed.stdout
