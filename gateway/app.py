@@ -146,7 +146,9 @@ def create_app(
             activity.bind_engines(active)
             async with _lifecycle(active) as adapters:
                 metrics.bind_adapters(
-                    registered=adapters.registered_names, loaded=adapters.loaded_per_engine
+                    registered=adapters.registered_names,
+                    loaded=adapters.loaded_per_engine,
+                    placement=adapters.placement_stats.items,
                 )
                 app.state.lifecycle = adapters
                 aliases = AliasBook(
@@ -161,6 +163,8 @@ def create_app(
                 router = Router(
                     active,
                     adapters,
+                    load=adapters.engine_load,
+                    stats=adapters.placement_stats,
                     base_sampling_defaults=base_sampling_defaults(
                         settings.base_model, settings.models_dir, settings.served_model_name
                     ),

@@ -16,6 +16,7 @@ from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from adapters.contract import VLLM_LORA_RANKS
+from gateway.placement.policy import PlacementPolicy
 
 DEFAULT_BASE_MODEL = "smollm2-135m-instruct"
 #: Longest client API key: with "Bearer " it must fit the header bound of gateway.auth.
@@ -127,6 +128,26 @@ class GatewaySettings(BaseSettings):
     engine_restart_backoff_s: float = Field(default=1.0, gt=0)
     engine_restart_backoff_max_s: float = Field(default=30.0, gt=0)
     engine_health_interval_s: float = Field(default=2.0, gt=0)
+    engines: int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        description="How many managed vLLM engines to run (ignored with engine_urls).",
+    )
+
+    # --- Placement ----------------------------------------------------------------------------
+    placement_policy: PlacementPolicy = Field(
+        default=PlacementPolicy.AFFINITY,
+        description="affinity: each adapter on as few engines as its load needs (capacity: "
+        "the sum of the engines' slots); replicate: every adapter on every engine.",
+    )
+    replicate_threshold: int = Field(
+        default=4,
+        ge=1,
+        le=100_000,
+        description="affinity: copy an adapter onto one more engine once its requests in "
+        "flight on every engine holding it reach this.",
+    )
 
     # --- Aliases ------------------------------------------------------------------------------
     alias_rollback_window: int = Field(

@@ -76,7 +76,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--results-dir", type=Path, default=REPO / "results" / f"bench-{stamp}")
     p.add_argument("--work-dir", type=Path, default=REPO / ".bench" / "work")
     p.add_argument("--litellm-venv", type=Path, default=REPO / ".bench" / "litellm-venv")
-    p.add_argument("--suites", default="fake,vllm", help="fake, vllm, or both")
+    p.add_argument(
+        "--suites",
+        default="fake,vllm",
+        help="comma-separated: fake, vllm, placement (2 real vLLM engines), placement-fake "
+        "(2 FAKE engines whose LoRA loads take --placement-load-delay-ms)",
+    )
     p.add_argument("--targets", default="direct,gateway,litellm")
     p.add_argument(
         "--base-model", default="tiny", help="a gateway.engines.basemodels name or a dir"
@@ -98,6 +103,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--scaling-duration", type=float, default=20.0)
     p.add_argument("--max-loras", type=int, default=2)
     p.add_argument("--max-cpu-loras", type=int, default=4)
+    p.add_argument("--placement-adapters", type=int, default=16)
+    p.add_argument("--placement-slots", type=int, default=2, help="adapter slots per engine")
+    p.add_argument("--placement-duration", type=float, default=30.0)
+    p.add_argument("--placement-concurrency", type=int, default=8)
+    p.add_argument("--placement-zipf", type=float, default=1.1)
+    p.add_argument(
+        "--placement-load-delay-ms",
+        type=float,
+        default=150.0,
+        help="placement-fake: a LoRA load's duration on the FAKE engines",
+    )
     p.add_argument(
         "--repeat",
         type=int,
@@ -116,7 +132,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.targets = tuple(t.strip() for t in args.targets.split(",") if t.strip())
     args.modes = tuple(m.strip() for m in args.modes.split(",") if m.strip())
     unknown = (
-        (set(args.suites) - {"fake", "vllm"})
+        (set(args.suites) - {"fake", "vllm", "placement", "placement-fake"})
         | (set(args.targets) - {suites.DIRECT, suites.GATEWAY, suites.LITELLM})
         | (set(args.modes) - {suites.FULL, suites.STREAM})
     )
@@ -226,7 +242,8 @@ def run(args: argparse.Namespace, console: Console) -> dict[str, Any]:
             meta["errors"].append(f"{what}: {type(exc).__name__}: {exc}")
             console.log(f"[red]{what} failed[/red]: {exc}\n{traceback.format_exc(limit=3)}")
 
-    if "fake" in args.suites:
+    suite_names = set(args.suites)
+    if "fake" in suite_names:
         fake = start_fake_vllm(
             ctx.log_dir, model=ctx.served_name, chunks=args.chunks, cpus=placement.others
         )
@@ -267,7 +284,7 @@ def run(args: argparse.Namespace, console: Console) -> dict[str, Any]:
                     )
         finally:
             fake.stop()
-    if "vllm" in args.suites:
+    if "vllm" in suite_names:
         options = VllmOptions(
             model_dir=base_dir,
             served_name=ctx.served_name,
@@ -311,12 +328,75 @@ def run(args: argparse.Namespace, console: Console) -> dict[str, Any]:
                     )
         finally:
             vllm.stop()
+    for kind in ("placement", "placement-fake"):
+        if kind in suite_names:
+            attempt(
+                f"{kind}: replicate / affinity",
+                lambda kind=kind: run_placement(
+                    args, ctx, results[0], fake=kind == "placement-fake"
+                ),
+            )
     meta["load_average_at_end"] = os.getloadavg()
     data = report.write_json(
         report.repeated_to_dict(meta, results), args.results_dir / "bench.json"
     )
-    plot.plot(data, args.results_dir / "bench.png")
+    if data["comparison"].get("latency"):  # the figure is of the three-way suites
+        plot.plot(data, args.results_dir / "bench.png")
     return data
+
+
+def run_placement(
+    args: argparse.Namespace, ctx: suites.BenchContext, result: Any, *, fake: bool
+) -> None:
+    """2 engines (real vLLM, or the FAKE one with slow LoRA loads), one per CPU of ``others``
+    where there are enough; the gateway on the server CPU."""
+    others = sorted(ctx.placement.others)
+    cpus = [frozenset({others[i % len(others)]}) for i in range(2)]
+    workload = Workload(prompt_words=args.prompt_words, max_tokens=args.max_tokens, stream=True)
+    engines = []
+    try:
+        for index in range(2):
+            if fake:
+                engines.append(
+                    start_fake_vllm(
+                        ctx.log_dir,
+                        model=ctx.served_name,
+                        chunks=args.chunks,
+                        cpus=cpus[index],
+                        name=f"fake-vllm-{index}",
+                        load_delay_ms=args.placement_load_delay_ms,
+                    )
+                )
+            else:
+                options = VllmOptions(
+                    model_dir=ctx.base_dir,
+                    served_name=ctx.served_name,
+                    max_loras=args.placement_slots,
+                    max_cpu_loras=args.placement_slots,
+                )
+                engines.append(
+                    start_vllm(options, ctx.log_dir, cpus=cpus[index], name=f"vllm-{index}")
+                )
+        result.placement_upstream = (
+            f"2 FAKE vLLM engines (LoRA load {args.placement_load_delay_ms:.0f} ms)"
+            if fake
+            else "2 real vLLM engines (tiny model)"
+        )
+        result.placement.extend(
+            adapter_suites.placement(
+                ctx,
+                engines,
+                adapters=args.placement_adapters,
+                slots=args.placement_slots,
+                concurrency=args.placement_concurrency,
+                duration_s=args.placement_duration,
+                workload=replace(workload, ignore_eos=not fake),
+                zipf_s=args.placement_zipf,
+            )
+        )
+    finally:
+        for engine in engines:
+            engine.stop()
 
 
 def main(argv: list[str] | None = None) -> int:

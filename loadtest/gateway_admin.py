@@ -54,6 +54,23 @@ def counter_total(base_url: str, family: str, *, headers: dict[str, str] | None 
     return total
 
 
+PLACEMENT_EVENTS = "lora_gateway_placement_events"
+
+
+def placement_totals(base_url: str, *, headers: dict[str, str] | None = None) -> dict[str, float]:
+    """The gateway's placement events (resident_hit, load, eviction, ...) summed over engines."""
+    response = httpx.get(base_url + "/metrics", headers=headers or {}, timeout=10.0)
+    response.raise_for_status()
+    totals: dict[str, float] = {}
+    for metric in text_string_to_metric_families(response.text):
+        if metric.name == PLACEMENT_EVENTS:
+            for sample in metric.samples:
+                if sample.name == PLACEMENT_EVENTS + "_total":
+                    event = sample.labels["event"]
+                    totals[event] = totals.get(event, 0.0) + sample.value
+    return totals
+
+
 def fake_stream_chunks(fake_url: str) -> int:
     """Chunks the FAKE upstream has streamed so far (its own counter)."""
     response = httpx.get(fake_url + "/fake/stats", timeout=10.0)

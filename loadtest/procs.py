@@ -157,6 +157,7 @@ def start_fake_vllm(
     cpus: frozenset[int] | None = None,
     name: str = "fake-vllm",
     delay_ms: float = 0.0,
+    load_delay_ms: float = 0.0,
 ) -> Service:
     port = free_port()
     command = [
@@ -171,6 +172,8 @@ def start_fake_vllm(
         str(chunks),
         "--delay-ms",
         str(delay_ms),
+        "--load-delay-ms",
+        str(load_delay_ms),
     ]
     service = spawn(
         name,
@@ -202,8 +205,9 @@ def start_vllm(
     *,
     cpus: frozenset[int] | None = None,
     timeout_s: float = 300.0,
+    name: str = "vllm",
 ) -> Service:
-    """A real vLLM OpenAI server with LoRA on, runtime loading allowed."""
+    """A real vLLM OpenAI server with LoRA on, runtime loading allowed (log: ``<name>.log``)."""
     port = free_port()
     command = [
         sys.executable,
@@ -239,7 +243,7 @@ def start_vllm(
         "PYTHONUNBUFFERED": "1",
     }
     service = spawn(
-        "vllm", command, url=f"http://127.0.0.1:{port}", log_dir=log_dir, cpus=cpus, env=env
+        name, command, url=f"http://127.0.0.1:{port}", log_dir=log_dir, cpus=cpus, env=env
     )
     service.wait_ready("/health", timeout_s=timeout_s)
     return service
@@ -257,6 +261,10 @@ class GatewayOptions:
     max_lora_rank: int = 8
     adapter_roots: tuple[Path, ...] = ()
     api_key: str = ""
+    #: More engines behind the gateway (each one more ``--engine-url``).
+    more_engine_urls: tuple[str, ...] = ()
+    #: ``affinity`` or ``replicate``; None: the gateway's default.
+    placement: str | None = None
 
 
 def gateway_executable() -> str:
@@ -284,6 +292,10 @@ def start_gateway(
         "--data-dir",
         str(options.data_dir),
     ]
+    for url in options.more_engine_urls:
+        command += ["--engine-url", url]
+    if options.placement is not None:
+        command += ["--placement", options.placement]
     env = {
         "LORA_GATEWAY_BASE_MODEL": options.base_model,
         "LORA_GATEWAY_SERVED_MODEL_NAME": options.served_name,

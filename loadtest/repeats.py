@@ -27,6 +27,7 @@ ROW_KEYS: Mapping[str, tuple[str, ...]] = {
     "max_rps": ("upstream",),
     "registry_size": ("registered", "traffic"),
     "adapter_scaling": ("adapters",),
+    "placement": ("policy", "upstream"),
 }
 
 

@@ -18,7 +18,7 @@ from rich.console import Console
 from rich.table import Table
 
 from loadtest import repeats
-from loadtest.adapter_suites import RegistryPoint, ScalingPoint
+from loadtest.adapter_suites import PlacementPoint, RegistryPoint, ScalingPoint, placement_ratio
 from loadtest.stats import PhaseStats, added, ratio
 from loadtest.suites import DIRECT, GATEWAY, LITELLM, SuiteResult
 
@@ -29,6 +29,9 @@ class BenchReport:
     suites: list[SuiteResult] = field(default_factory=list)
     registry: list[RegistryPoint] = field(default_factory=list)
     scaling: list[ScalingPoint] = field(default_factory=list)
+    placement: list[PlacementPoint] = field(default_factory=list)
+    #: Where the placement suite ran ("2 real vLLM engines" or "2 FAKE vLLM engines ...").
+    placement_upstream: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,10 +182,27 @@ def to_dict(report: BenchReport) -> dict[str, Any]:
                 }
                 for p in report.scaling
             ],
+            "placement": [
+                {
+                    "policy": p.policy,
+                    "upstream": report.placement_upstream,
+                    "rps": p.stats.achieved_rps,
+                    "ttft_p50_ms": p.stats.ttft_p50_ms,
+                    "ttft_p95_ms": p.stats.ttft_p95_ms,
+                    "resident_hit_ratio": p.hit_ratio,
+                    "loads": p.loads,
+                    "evictions": p.evictions,
+                    "replications": p.replications,
+                    "errors": p.stats.errors,
+                }
+                for p in report.placement
+            ],
+            "placement_affinity_over_replicate": placement_ratio(report.placement),
         },
         "suites": [asdict(suite) for suite in report.suites],
         "registry_points": [asdict(p) for p in report.registry],
         "scaling_points": [asdict(p) for p in report.scaling],
+        "placement_points": [asdict(p) for p in report.placement],
     }
 
 
@@ -336,6 +356,44 @@ def tables(data: dict[str, Any]) -> list[Table]:
                 str(row["errors"]),
             )
         result.append(scaling)
+    if comparison.get("placement"):
+        rows = comparison["placement"]
+
+        def median(value: Any) -> float | None:
+            return value["median"] if repeats.is_spread(value) else value
+
+        rps = {row["policy"]: median(row["rps"]) for row in rows}
+        low, high = rps.get("replicate"), rps.get("affinity")
+        ratio = high / low if low and high is not None else None
+        ratio_text = _f(ratio, 2, "x")
+        table = Table(
+            title=f"Placement: {rows[0]['upstream']}; affinity / replicate req/s = {ratio_text}"
+        )
+        for column in (
+            "policy",
+            "req/s",
+            "TTFT p50 ms",
+            "TTFT p95 ms",
+            "resident hits",
+            "loads",
+            "evictions",
+            "replications",
+            "errors",
+        ):
+            table.add_column(column, justify="right")
+        for row in rows:
+            table.add_row(
+                row["policy"],
+                _f(row["rps"], 1),
+                _f(row["ttft_p50_ms"], 1),
+                _f(row["ttft_p95_ms"], 1),
+                _f(row["resident_hit_ratio"], 3),
+                _f(row["loads"], 0),
+                _f(row["evictions"], 0),
+                _f(row["replications"], 0),
+                str(row["errors"]),
+            )
+        result.append(table)
     return result
 
 

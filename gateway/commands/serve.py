@@ -32,6 +32,7 @@ from gateway.engines.factory import build_engines
 from gateway.errors import GatewayError
 from gateway.gc_tuning import tune_for_serving
 from gateway.observability.access_log import configure_logging
+from gateway.placement.policy import PlacementPolicy
 from gateway.settings import GatewaySettings, LogFormat
 
 if TYPE_CHECKING:
@@ -72,6 +73,17 @@ def serve(
         list[str] | None,
         typer.Option(help="Use a vLLM server run elsewhere (repeatable) instead of starting one."),
     ] = None,
+    engines: Annotated[
+        int | None,
+        typer.Option(
+            help="How many vLLM engines to start on this machine, each bound to its own cores "
+            "(ignored with --engine-url)."
+        ),
+    ] = None,
+    placement: Annotated[
+        PlacementPolicy | None,
+        typer.Option(help="Where adapters load: affinity (default) or replicate."),
+    ] = None,
     adapters_dir: Annotated[
         Path | None, typer.Option(help="Register every adapter found in this directory at start.")
     ] = None,
@@ -95,6 +107,8 @@ def serve(
         "max_cpu_loras": max_cpu_loras,
         "max_lora_rank": max_lora_rank,
         "engine_urls": engine_url or None,
+        "engines": engines,
+        "placement_policy": placement,
         "adapters_dir": adapters_dir,
         "api_keys": api_key or None,
         "log_format": log_format,

@@ -31,7 +31,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 
 from gateway.engines.base import (
     STARTING_POLL_S,
@@ -84,7 +84,10 @@ class ManagedVLLMEngine(WatchedEngine):
         name: str = "engine-0",
         model: BaseModelSpec | None = None,
         extra_env: Mapping[str, str] | None = None,
+        cpus: Sequence[int] | None = None,
     ) -> None:
+        """``cpus``: the cores the child is bound to (``os.sched_setaffinity`` before exec, and
+        vLLM's OpenMP threads); None: every core the gateway may use."""
         model = model or locate_base_model(
             settings.base_model, settings.models_dir, settings.served_model_name
         )
@@ -99,6 +102,7 @@ class ManagedVLLMEngine(WatchedEngine):
         #: Applied last to the child's environment (tests use it to prove the LoRA fix matters).
         self.extra_env = dict(extra_env or {})
         self.log_path = settings.logs_dir / f"{name}.log"
+        self.cpus: tuple[int, ...] | None = tuple(cpus) if cpus else None
         self.restarts = 0
         self._port = free_loopback_port()
         self._process: subprocess.Popen[bytes] | None = None
@@ -221,6 +225,8 @@ class ManagedVLLMEngine(WatchedEngine):
                 "PYTHONUNBUFFERED": "1",
             },
         )
+        if self.cpus is not None:
+            env["VLLM_CPU_OMP_THREADS_BIND"] = ",".join(str(cpu) for cpu in self.cpus)
         # The engine's key is this start's, never one inherited from the gateway's environment.
         env.pop(KEY_ENV, None)
         if self.api_key is not None:
@@ -326,7 +332,7 @@ class ManagedVLLMEngine(WatchedEngine):
                 stderr=subprocess.STDOUT,
                 env=self.environment(),
                 start_new_session=True,
-                preexec_fn=pdeathsig_hook(),
+                preexec_fn=child_hook(pdeathsig_hook(), self.cpus),
             )
 
     async def _watch(self) -> bool:
@@ -400,3 +406,19 @@ class ManagedVLLMEngine(WatchedEngine):
 
 class _PrepareFailed(Exception):
     pass
+
+
+def child_hook(
+    pdeathsig: Callable[[], None] | None, cpus: Sequence[int] | None
+) -> Callable[[], None] | None:
+    """The pre-exec hook of a child: the parent-death signal, then its CPU binding."""
+    if cpus is None:
+        return pdeathsig
+    mask = set(cpus)
+
+    def hook() -> None:
+        if pdeathsig is not None:
+            pdeathsig()
+        os.sched_setaffinity(0, mask)
+
+    return hook

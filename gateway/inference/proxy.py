@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import re
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
@@ -41,7 +42,7 @@ from starlette.responses import Response
 from starlette.types import Receive
 
 from gateway.engines.client import translate_session_errors, upstream_error_from
-from gateway.errors import GatewayError, log_detail
+from gateway.errors import EngineUnavailableError, GatewayError, log_detail
 from gateway.inference.record import NullObserver, RequestInfo, RequestObserver
 from gateway.inference.responses import new_response_id, rename_versioned_models
 from gateway.inference.routing import Route, Router
@@ -54,6 +55,8 @@ from gateway.inference.usage import (
     ask_for_stream_usage,
     usage_of_body,
 )
+
+logger = logging.getLogger(__name__)
 
 #: nginx's status for "the client closed the connection before the answer": logged, never seen.
 CLIENT_CLOSED_REQUEST = 499
@@ -296,9 +299,13 @@ class OpenAIProxy:
             return Response(status_code=CLIENT_CLOSED_REQUEST)
         return answer
 
-    def _route(self, call: ProxyCall) -> AbstractAsyncContextManager[Route]:
+    def _route(
+        self, call: ProxyCall, exclude: list[str] | None = None
+    ) -> AbstractAsyncContextManager[Route]:
         if call.model is not None:
-            return self.router.route(call.model, engine=call.engine, affinity=call.affinity)
+            return self.router.route(
+                call.model, engine=call.engine, affinity=call.affinity, exclude=exclude or ()
+            )
         return self._engine_route(call.engine)
 
     @asynccontextmanager
@@ -309,35 +316,69 @@ class OpenAIProxy:
         yield Route(engine, engine.base_model, engine.base_model, adapter=None)
 
     async def _unary(self, call: ProxyCall, info: RequestInfo) -> Response:
-        async with self._route(call) as route:
-            self._note_route(info, route)
-            client = route.engine.client
-            data = upstream_body(call, call.body, route) if call.body else None
-            try:
-                with translate_session_errors(client.base_url):
-                    info.upstream_sent = time.perf_counter()
-                    async with client.openai_session().request(
-                        call.method,
-                        client.base_url + call.endpoint,
-                        data=data,
-                        headers=UPSTREAM_HEADERS,
-                    ) as response:
-                        info.upstream_first_byte = time.perf_counter()
-                        status, content = response.status, await response.read()
-                        info.upstream_last_byte = time.perf_counter()
-            except GatewayError:
-                await self._alias_outcome(route, failed=True)
-                raise
-            await self._alias_outcome(route, failed=status >= 500)
-            if status != 200:
-                raise _engine_error(route, status, content)
-            if call.model is None:
-                content = rename_versioned_models(content)
-            elif route.upstream_model != route.public_model:
-                rename = ModelRename(route.upstream_model, route.public_model)
-                content = rename.apply_to_body(content)
-        _note_usage(info, content)
-        return Response(content=content, media_type="application/json")
+        failed: list[str] = []
+        while True:
+            async with self._route(call, failed) as route:
+                self._note_route(info, route)
+                client = route.engine.client
+                data = upstream_body(call, call.body, route) if call.body else None
+                try:
+                    with translate_session_errors(client.base_url):
+                        info.upstream_sent = time.perf_counter()
+                        async with client.openai_session().request(
+                            call.method,
+                            client.base_url + call.endpoint,
+                            data=data,
+                            headers=UPSTREAM_HEADERS,
+                        ) as response:
+                            info.upstream_first_byte = time.perf_counter()
+                            status, content = response.status, await response.read()
+                            info.upstream_last_byte = time.perf_counter()
+                except EngineUnavailableError as exc:
+                    # Nothing reached the client yet: once more, on another engine.
+                    if not self._may_fail_over(call, route, failed, exc, info):
+                        await self._alias_outcome(route, failed=True)
+                        raise
+                    continue
+                except GatewayError:
+                    await self._alias_outcome(route, failed=True)
+                    raise
+                await self._alias_outcome(route, failed=status >= 500)
+                if status != 200:
+                    raise _engine_error(route, status, content)
+                if call.model is None:
+                    content = rename_versioned_models(content)
+                elif route.upstream_model != route.public_model:
+                    rename = ModelRename(route.upstream_model, route.public_model)
+                    content = rename.apply_to_body(content)
+            _note_usage(info, content)
+            return Response(content=content, media_type="application/json")
+
+    def _may_fail_over(
+        self,
+        call: ProxyCall,
+        route: Route,
+        failed: list[str],
+        error: GatewayError,
+        info: RequestInfo,
+    ) -> bool:
+        """True (and ``route``'s engine noted as failed) when the request may be retried once
+        on another ready engine: its engine refused or reset the connection before any byte
+        reached the client, it is not bound to that engine, and another engine is ready."""
+        if failed or call.engine is not None or call.model is None:
+            return False
+        others = [e for e in self.router.engines if e.ready and e.name != route.engine.name]
+        if not others:
+            return False
+        failed.append(route.engine.name)
+        self.router.note_failover(route.engine.name)
+        logger.warning(
+            "request %s: engine %s failed before answering (%s); retrying on another engine",
+            info.request_id,
+            route.engine.name,
+            error.message,
+        )
+        return True
 
     async def _stream(self, call: ProxyCall, info: RequestInfo) -> Response:
         usage: UsageFilter
@@ -349,35 +390,45 @@ class OpenAIProxy:
             usage = EventUsage.responses()
         else:
             usage = EventUsage.messages()
-        cleanup = AsyncExitStack()
-        try:
-            route = await cleanup.enter_async_context(self._route(call))
-            self._note_route(info, route)
-            client = route.engine.client
-            data = upstream_body(call, body, route) if body else None
+        tried: list[str] = []
+        while True:
+            cleanup = AsyncExitStack()
             try:
+                route = await cleanup.enter_async_context(self._route(call, tried))
+                self._note_route(info, route)
+                client = route.engine.client
+                data = upstream_body(call, body, route) if body else None
+                try:
+                    with translate_session_errors(client.base_url):
+                        info.upstream_sent = time.perf_counter()
+                        response = await client.openai_session().request(
+                            call.method,
+                            client.base_url + call.endpoint,
+                            data=data,
+                            headers=UPSTREAM_HEADERS,
+                        )
+                        info.upstream_first_byte = time.perf_counter()
+                except EngineUnavailableError as exc:
+                    # No byte reached the client yet: once more, on another engine.
+                    if not self._may_fail_over(call, route, tried, exc, info):
+                        await self._alias_outcome(route, failed=True)
+                        raise
+                    await cleanup.aclose()
+                    continue
+                except GatewayError:
+                    await self._alias_outcome(route, failed=True)
+                    raise
+                # close(), not release(): an unfinished response's connection is dropped, so
+                # the engine sees the client leave and aborts the generation.
+                cleanup.callback(response.close)
+                await self._alias_outcome(route, failed=response.status >= 500)
                 with translate_session_errors(client.base_url):
-                    info.upstream_sent = time.perf_counter()
-                    response = await client.openai_session().request(
-                        call.method,
-                        client.base_url + call.endpoint,
-                        data=data,
-                        headers=UPSTREAM_HEADERS,
-                    )
-                    info.upstream_first_byte = time.perf_counter()
-            except GatewayError:
-                await self._alias_outcome(route, failed=True)
+                    if response.status != 200:
+                        raise _engine_error(route, response.status, await response.read())
+            except BaseException:
+                await cleanup.aclose()
                 raise
-            # close(), not release(): an unfinished response's connection is dropped, so
-            # the engine sees the client leave and aborts the generation.
-            cleanup.callback(response.close)
-            await self._alias_outcome(route, failed=response.status >= 500)
-            with translate_session_errors(client.base_url):
-                if response.status != 200:
-                    raise _engine_error(route, response.status, await response.read())
-        except BaseException:
-            await cleanup.aclose()
-            raise
+            break
         rename = _renamer(call, route)
         observer = self.observer
 

@@ -1,7 +1,8 @@
 """Routing: turn the ``model`` of a client request into (engine, upstream model, adapter).
 
-Knows nothing of HTTP. The base model's id routes to a ready engine directly (round-robin over
-the ready ones); any other id must be a registered adapter name, resolved through an
+Knows nothing of HTTP. The base model's id routes to a ready engine directly (the least loaded
+by the gateway's own in-flight count, :func:`gateway.placement.policy.choose_base_engine`; ties
+rotate); any other id must be a registered adapter name, resolved through an
 :class:`AdapterResolver` (the adapter lifecycle in :mod:`gateway.lifecycle.service`), which makes
 sure the adapter is loaded on an engine and holds it there (no eviction, no unload) until the
 request's lease is released. Never a raw path. Used by :mod:`gateway.inference.proxy` (``route``)
@@ -12,16 +13,19 @@ from __future__ import annotations
 
 import itertools
 import time
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Collection, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, replace
-from typing import Protocol
+from typing import Any, Protocol
 
 from adapters.registry import AliasTarget
 from gateway.engines.base import Engine
 from gateway.errors import EngineUnavailableError, ModelNotFoundError
 from gateway.inference.aliases import AliasBook
 from gateway.inference.sampling import SamplingDefaults, layered
+from gateway.placement.policy import EngineView, Snapshot, choose_base_engine
+from gateway.placement.slots import EngineLoad
+from gateway.placement.stats import PlacementEvent, PlacementStats
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,12 +60,18 @@ class PublicModel:
 
 class AdapterResolver(Protocol):
     def lease(
-        self, name: str, *, engine: str | None = None, version: int | None = None
+        self,
+        name: str,
+        *,
+        engine: str | None = None,
+        version: int | None = None,
+        exclude: Collection[str] = (),
     ) -> AbstractAsyncContextManager[Route]:
         """Hold adapter ``name`` loaded for one request; ModelNotFoundError if not registered.
 
         ``engine``: the request must run there (it continues a response that engine stored).
         ``version``: that version (an alias's target) instead of the active one.
+        ``exclude``: engines it must not run on (they just failed it: failover).
         """
         ...
 
@@ -81,6 +91,8 @@ class Router:
         adapters: AdapterResolver,
         *,
         created: int | None = None,
+        load: EngineLoad | None = None,
+        stats: PlacementStats | None = None,
         base_sampling_defaults: Mapping[str, SamplingDefaults] | None = None,
         aliases: AliasBook | None = None,
     ) -> None:
@@ -92,6 +104,10 @@ class Router:
         self._engines = list(engines)
         self._adapters = adapters
         self._turn = itertools.count()
+        #: The gateway's requests in flight per engine (shared with the adapter lifecycle).
+        self.load = load or EngineLoad([engine.name for engine in engines])
+        #: Where failovers are counted (the adapter lifecycle's placement counters).
+        self.stats = stats or PlacementStats()
         self._created = int(time.time()) if created is None else created
         #: Base model name -> its defaults; an adapter's own defaults win over them key by key.
         self._base_defaults = dict(base_sampling_defaults or {})
@@ -105,15 +121,26 @@ class Router:
     def engines(self) -> list[Engine]:
         return list(self._engines)
 
-    def pick_base_engine(self) -> Engine:
-        """A ready engine, round-robin; EngineUnavailableError (503) when none is ready."""
-        ready = [engine for engine in self._engines if engine.ready]
+    def pick_base_engine(self, exclude: Collection[str] = ()) -> Engine:
+        """The least loaded ready engine not in ``exclude`` (ties rotate);
+        EngineUnavailableError (503) when none is ready."""
+        ready = [e for e in self._engines if e.ready and e.name not in exclude]
         if not ready:
             states = ", ".join(f"{e.name} {e.status().state}" for e in self._engines)
             reasons = "; ".join(f"{e.name}: {e.status().reason}" for e in self._engines)
             # The engines' own reasons (pids, exit causes) are for the log.
             raise EngineUnavailableError(f"no engine is ready ({states})", detail=reasons)
-        return ready[next(self._turn) % len(ready)]
+        turn = next(self._turn) % len(ready)
+        ready = ready[turn:] + ready[:turn]
+        snapshot = Snapshot(
+            tuple(EngineView(e.name, True, 0, self.load.counts.get(e.name, 0)) for e in ready)
+        )
+        chosen = choose_base_engine(snapshot)
+        return next(e for e in ready if e.name == chosen)
+
+    def note_failover(self, engine_name: str) -> None:
+        """A request left ``engine_name`` for another engine (it failed before any byte)."""
+        self.stats.count(engine_name, PlacementEvent.FAILOVER)
 
     def engine_named(self, name: str) -> Engine:
         """The ready engine ``name``; EngineUnavailableError (503) when it is not ready."""
@@ -128,32 +155,49 @@ class Router:
 
     @asynccontextmanager
     async def route(
-        self, model: str, *, engine: str | None = None, affinity: str = ""
+        self,
+        model: str,
+        *,
+        engine: str | None = None,
+        affinity: str = "",
+        exclude: Collection[str] = (),
     ) -> AsyncIterator[Route]:
-        """Where to send a request for ``model``; held (adapter pinned) until the block exits.
+        """Where to send a request for ``model``; held (adapter pinned, in-flight counted)
+        until the block exits.
 
         ``engine``: run it on that engine (a continued response lives in its memory only).
         ``affinity``: what an alias's split sticks by (see
         :func:`gateway.inference.aliases.affinity_of`).
+        ``exclude``: not on these engines (they just failed this request: failover).
         """
         base_defaults = self._base_defaults.get(self.base_model) if self._base_defaults else None
         if model == self.base_model:
-            picked = self.engine_named(engine) if engine is not None else self.pick_base_engine()
-            yield Route(
-                engine=picked,
-                upstream_model=picked.base_model,
-                public_model=model,
-                adapter=None,
-                sampling_defaults=base_defaults,
+            picked = (
+                self.engine_named(engine) if engine is not None else self.pick_base_engine(exclude)
             )
+            self.load.take(picked.name)
+            try:
+                yield Route(
+                    engine=picked,
+                    upstream_model=picked.base_model,
+                    public_model=model,
+                    adapter=None,
+                    sampling_defaults=base_defaults,
+                )
+            finally:
+                self.load.release(picked.name)
             return
         if engine is not None:
             self.engine_named(engine)  # a clear 503 before any adapter work
         target = self.aliases.pick(model, affinity) if self.aliases is not None else None
+        # ``exclude`` only when set: resolvers that predate failover need not know it.
+        extra: dict[str, Any] = {"exclude": exclude} if exclude else {}
         lease = (
-            self._adapters.lease(model, engine=engine)
+            self._adapters.lease(model, engine=engine, **extra)
             if target is None
-            else self._adapters.lease(target.adapter, engine=engine, version=target.version)
+            else self._adapters.lease(
+                target.adapter, engine=engine, version=target.version, **extra
+            )
         )
         async with lease as route:
             if target is not None:

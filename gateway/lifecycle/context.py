@@ -49,6 +49,7 @@ class LifecycleContext:
         *,
         slot_wait_s: float,
         drain_timeout_s: float,
+        replicate_threshold: int = 4,
     ) -> None:
         self.registry = registry
         self.engines = list(engines)
@@ -61,6 +62,11 @@ class LifecycleContext:
         self.slot_wait_s = slot_wait_s
         #: How long an admin unload or delete waits for requests in flight before a 409.
         self.drain_timeout_s = drain_timeout_s
+        #: Affinity: a version's in-flight requests on each engine holding it from which it is
+        #: copied onto one more engine.
+        self.replicate_threshold = replicate_threshold
+        #: Upstream names whose copy onto one more engine is under way.
+        self.replicating: set[str] = set()
         self.records: dict[str, AdapterRecord] = {}
         #: Names to load after a (re)start -> priority (wall time of the last wish).
         self.wanted: dict[str, float] = {}

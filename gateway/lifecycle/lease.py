@@ -10,6 +10,12 @@ version drains for an admin unload or delete, it lets the lock go and waits, up 
 ``slot_wait_s`` of its own, for a lease to end or a slot to go, then tries again: requests that
 wait do so side by side, never one behind another's lock.
 
+Where it loads is the placement policy's choice (:mod:`gateway.placement.policy`): under
+``replicate`` on every ready engine; under ``affinity`` on one engine (least loaded with a free
+slot, else evicting the stalest idle version of the least loaded engine), copied onto a second
+one in the background when it runs hot. Requests go to the least loaded engine holding it;
+``exclude`` keeps a request off engines that just failed it (failover, loading there if needed).
+
 The admin ``load`` and the restart recovery use :meth:`LeaseBroker.ensure_loaded` (one try,
 under the lock) and :meth:`LeaseBroker.load` (tries until loaded or out of time).
 """
@@ -17,19 +23,27 @@ under the lock) and :meth:`LeaseBroker.load` (tries until loaded or out of time)
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Collection
 from contextlib import asynccontextmanager
 from typing import Any
 
 from adapters.registry import AdapterRecord, AdapterVersion
 from adapters.state import AdapterState
 from gateway.engines.base import Engine
-from gateway.errors import CapacityError, EngineUnavailableError, ModelNotFoundError
+from gateway.errors import CapacityError, EngineUnavailableError, GatewayError, ModelNotFoundError
 from gateway.inference.routing import Route, unknown_model
 from gateway.lifecycle.context import LifecycleContext
 from gateway.lifecycle.loader import EngineLoader
 from gateway.lifecycle.types import UnloadCause
+from gateway.placement.policy import (
+    LoadPlan,
+    PlacementPolicy,
+    Snapshot,
+    choose_load,
+    choose_replica,
+)
 from gateway.placement.slots import Slot
+from gateway.placement.stats import PlacementEvent
 
 logger = logging.getLogger(__name__)
 
@@ -54,12 +68,20 @@ class LeaseBroker:
 
     @asynccontextmanager
     async def lease(
-        self, name: str, *, engine: str | None = None, version: int | None = None
+        self,
+        name: str,
+        *,
+        engine: str | None = None,
+        version: int | None = None,
+        exclude: Collection[str] = (),
     ) -> AsyncIterator[Route]:
         """Hold ``name``'s active version (or ``version``, an alias's target) loaded (not
         evictable) while the block runs; on ``engine`` when given (a continued response lives
-        in that engine's memory only)."""
-        slot, picked = await self._acquire(name, engine, version)
+        in that engine's memory only), never on an engine in ``exclude`` (it just failed this
+        request)."""
+        if engine is not None:  # only there: every other engine is out
+            exclude = {e.name for e in self._ctx.engines if e.name != engine}
+        slot, picked = await self._acquire(name, exclude, engine, version)
         try:
             yield Route(
                 engine=picked,
@@ -70,7 +92,7 @@ class LeaseBroker:
                 version=slot.version,
             )
         finally:
-            self._ctx.table.release(slot)
+            self._ctx.table.release(slot, picked.name)
 
     def _sampling_defaults_of(self, name: str, upstream: str) -> dict[str, Any] | None:
         """The leased version's defaults (its manifest's, or what the admin API set)."""
@@ -81,10 +103,15 @@ class LeaseBroker:
         return version.sampling_defaults if version is not None else None
 
     async def _acquire(
-        self, name: str, prefer: str | None = None, number: int | None = None
+        self,
+        name: str,
+        exclude: Collection[str],
+        prefer: str | None = None,
+        number: int | None = None,
     ) -> tuple[Slot, Engine]:
         ctx = self._ctx
         deadline = ctx.clock() + ctx.slot_wait_s
+        event = PlacementEvent.HIT
         while True:
             record = ctx.records.get(name)
             if record is None:
@@ -93,26 +120,67 @@ class LeaseBroker:
             # Fast path, no lock and no await: the version is loaded on a current engine.
             slot = ctx.table.get(wanted.upstream_name)
             engine = (
-                ctx.table.pick_engine(slot, prefer) if slot is not None and slot.accepting else None
+                ctx.table.pick_engine(slot, exclude, prefer)
+                if slot is not None and slot.accepting
+                else None
             )
             if slot is not None and engine is not None:
-                ctx.table.take(slot)
+                self._take(slot, engine, event)
                 return slot, engine
+            event = PlacementEvent.MISS
             if name not in ctx.deleting:
                 async with ctx.lock(name):
                     record = ctx.records.get(name)
                     if record is None:
                         raise unknown_model(name)
                     wanted = _wanted(record, number)
-                    slot = None if name in ctx.deleting else await self.ensure_loaded(wanted)
+                    slot = (
+                        None if name in ctx.deleting else await self.ensure_loaded(wanted, exclude)
+                    )
                     if slot is not None:
-                        engine = ctx.table.pick_engine(slot, prefer)
+                        engine = ctx.table.pick_engine(slot, exclude, prefer)
                         if engine is None:
                             where = f"engine {prefer}" if prefer is not None else "no ready engine"
                             raise EngineUnavailableError(f"{where} holds adapter {name!r}")
-                        ctx.table.take(slot)
+                        self._take(slot, engine, event)
                         return slot, engine
             await self._wait(name, deadline)
+
+    def _take(self, slot: Slot, engine: Engine, event: PlacementEvent) -> None:
+        table = self._ctx.table
+        table.take(slot, engine.name)
+        table.stats.count(engine.name, event)
+        if table.policy is PlacementPolicy.AFFINITY:
+            self._maybe_replicate(slot)
+
+    # --- replication of hot versions (affinity) --------------------------------------------
+    def _maybe_replicate(self, slot: Slot) -> None:
+        ctx = self._ctx
+        if slot.upstream in ctx.replicating or slot.busy or ctx.closed:
+            return
+        if choose_replica(self._snapshot(slot.name), slot.upstream, ctx.replicate_threshold):
+            ctx.replicating.add(slot.upstream)
+            ctx.spawn(self._replicate(slot.name, slot.upstream))
+
+    async def _replicate(self, name: str, upstream: str) -> None:
+        ctx = self._ctx
+        try:
+            async with ctx.lock(name):
+                slot = ctx.table.get(upstream)
+                if slot is None or slot.state is not AdapterState.LOADED or not slot.accepting:
+                    return
+                plan = choose_replica(self._snapshot(name), upstream, ctx.replicate_threshold)
+                if plan is not None and plan.evict is not None:
+                    await self._evict(plan, name)
+                    plan = choose_replica(self._snapshot(name), upstream, ctx.replicate_threshold)
+                if plan is None or plan.evict is not None or ctx.table.get(upstream) is not slot:
+                    return
+                if await self._loader.add_engine(slot, ctx.by_name[plan.engine]):
+                    ctx.table.stats.count(plan.engine, PlacementEvent.REPLICATION)
+        except GatewayError as exc:
+            logger.warning("replicating adapter %s failed: %s", upstream, exc.message)
+        finally:
+            ctx.replicating.discard(upstream)
 
     async def load(self, name: str) -> None:
         """Load ``name``'s active version, waiting up to ``slot_wait_s`` for a free slot."""
@@ -142,18 +210,23 @@ class LeaseBroker:
         return self.capacity_error(name)
 
     # --- under the name's lock -------------------------------------------------------------
-    async def ensure_loaded(self, version: AdapterVersion) -> Slot | None:
-        """One try to have ``version`` loaded on every ready engine (the caller holds its
-        name's lock): its slot, or None when it must wait (no free slot, or draining)."""
+    async def ensure_loaded(
+        self, version: AdapterVersion, exclude: Collection[str] = ()
+    ) -> Slot | None:
+        """One try to have ``version`` loaded where the policy places it (replicate: every ready
+        engine; affinity: at least one ready engine not in ``exclude``); the caller holds its
+        name's lock. Its slot, or None when it must wait (no free slot, or draining)."""
         ctx = self._ctx
         slot = ctx.table.get(version.upstream_name)
         while slot is not None and slot.busy:
             await self._loader.settle(slot)
             slot = ctx.table.get(version.upstream_name)
         ctx.failures.check(version)
-        ready = [engine for engine in ctx.engines if engine.ready]
+        ready = [engine for engine in ctx.engines if engine.ready and engine.name not in exclude]
         if not ready:
             raise EngineUnavailableError("no engine is ready to load adapters")
+        if ctx.table.policy is PlacementPolicy.AFFINITY:
+            return await self._ensure_placed(version, slot, exclude)
         if slot is not None:
             if slot.draining:
                 return None
@@ -171,6 +244,91 @@ class LeaseBroker:
             missing = ready
         await self._loader.load(slot, missing)
         return slot
+
+    async def _ensure_placed(
+        self, version: AdapterVersion, slot: Slot | None, exclude: Collection[str]
+    ) -> Slot | None:
+        """Affinity: resident on one usable engine, else loaded onto the policy's choice."""
+        ctx = self._ctx
+        if slot is not None:
+            if slot.draining:
+                return None
+            slot.accepting = True
+            slot.retiring = False
+            usable = [n for n in ctx.table.current_engines(slot) if n not in exclude]
+            if usable and slot.state is AdapterState.LOADED:
+                return slot
+        tried = set(exclude)
+        while True:
+            plan = await self._make_room(version, tried)
+            if plan is None:
+                return None
+            engine = ctx.by_name[plan.engine]
+            slot = ctx.table.get(version.upstream_name)
+            if slot is None:
+                slot = ctx.table.open(
+                    version.name, version.version, version.upstream_name, version.load_path
+                )
+            elif slot.state is AdapterState.LOADED and ctx.table.current_engines(slot):
+                # Resident only on excluded engines (failover): one engine more.
+                await self._loader.add_engine(slot, engine)
+                return slot
+            else:
+                slot.transition(AdapterState.LOADING)
+            slot.loading_on.add(engine.name)  # reserved before any await
+            try:
+                await self._loader.load(slot, [engine])
+            except EngineUnavailableError:
+                # That engine is gone (or failing): once more on another one, if any.
+                tried.add(engine.name)
+                others = [e for e in ctx.engines if e.ready and e.name not in tried]
+                if len(tried) > len(exclude) + 1 or not others:
+                    raise
+                ctx.failures.clear(version.upstream_name)
+                continue
+            return slot
+
+    def _snapshot(self, own_name: str) -> Snapshot:
+        ctx = self._ctx
+        return ctx.table.snapshot(
+            lambda s: (
+                not s.busy
+                and ctx.table.evictable(s, ctx.pinned)
+                and (
+                    (s.name == own_name and s.retiring)
+                    or (s.name != own_name and not ctx.locked(s.name))
+                )
+            )
+        )
+
+    async def _make_room(
+        self, version: AdapterVersion, exclude: Collection[str]
+    ) -> LoadPlan | None:
+        """Affinity: an engine with a free slot for ``version``, evicting as the policy says;
+        None when every slot of every usable engine is busy now."""
+        ctx = self._ctx
+        while True:
+            plan = choose_load(self._snapshot(version.name), version.upstream_name, exclude)
+            if plan is None:
+                if ctx.table.full and all(ctx.pinned(s) for s in ctx.table):
+                    raise self.capacity_error(version.name)
+                return None
+            if plan.evict is None:
+                return plan
+            await self._evict(plan, version.name)
+
+    async def _evict(self, plan: LoadPlan, own_name: str) -> None:
+        """Free ``plan.evict``'s slot on ``plan.engine`` (under the victim name's lock)."""
+        ctx = self._ctx
+        victim = ctx.table.get(plan.evict) if plan.evict is not None else None
+        if victim is None:
+            return
+        if victim.name == own_name:  # our own old version: we hold its lock
+            await self._loader.drop_from(victim, plan.engine, UnloadCause.REPLACED)
+            return
+        async with ctx.lock(victim.name):
+            if ctx.table.evictable(victim, ctx.pinned) and not victim.busy:
+                await self._loader.drop_from(victim, plan.engine, UnloadCause.EVICTED)
 
     async def _reserve(self, version: AdapterVersion) -> Slot | None:
         """A new LOADING slot for ``version``, evicting LRU adapters until one fits; None when

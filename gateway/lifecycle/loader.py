@@ -31,6 +31,7 @@ from gateway.errors import (
 from gateway.lifecycle.context import LifecycleContext
 from gateway.lifecycle.types import UnloadCause
 from gateway.placement.slots import Slot
+from gateway.placement.stats import PlacementEvent
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +59,24 @@ class EngineLoader:
         slot.job = self._ctx.spawn(self._unload_job(slot, cause))
         await asyncio.shield(slot.job)
 
+    async def add_engine(self, slot: Slot, engine: Engine) -> bool:
+        """Load the LOADED ``slot`` onto one engine more (it keeps serving meanwhile); False
+        when that engine could not (logged: the slot still serves where it is)."""
+        assert slot.state is AdapterState.LOADED
+        slot.loading_on.add(engine.name)
+        task = self._ctx.spawn(self._add_engine_job(slot, engine))
+        slot.job = task
+        return await asyncio.shield(task)
+
+    async def drop_from(self, slot: Slot, engine_name: str, cause: UnloadCause) -> None:
+        """Free ``slot``'s place on one engine (affinity eviction): the whole slot when that is
+        the only engine holding it."""
+        if [n for n in self._ctx.table.current_engines(slot) if n != engine_name]:
+            slot.job = self._ctx.spawn(self._drop_one_job(slot, engine_name, cause))
+            await asyncio.shield(slot.job)
+        else:
+            await self.unload(slot, cause)
+
     # --- the jobs ------------------------------------------------------------------------------
     async def _load_job(self, slot: Slot, engines: list[Engine]) -> None:
         try:
@@ -67,6 +86,43 @@ class EngineLoader:
                 self._ctx.table.remove(slot)
                 slot.transition(AdapterState.REGISTERED)
             raise
+        finally:
+            slot.loading_on.clear()
+
+    async def _add_engine_job(self, slot: Slot, engine: Engine) -> bool:
+        restarts = engine.status().restarts
+        try:
+            await engine.client.load_lora(slot.upstream, slot.path)
+        except GatewayError as exc:
+            logger.warning(
+                "adapter %s: engine %s could not load it: %s", slot.upstream, engine.name, exc
+            )
+            return False
+        finally:
+            slot.loading_on.discard(engine.name)
+        if not self._ctx.table.holds(slot) or slot.state is not AdapterState.LOADED:
+            return False
+        slot.engines[engine.name] = restarts
+        self._ctx.table.stats.count(engine.name, PlacementEvent.LOAD)
+        logger.info("adapter %s loaded on engine %s too", slot.upstream, engine.name)
+        return True
+
+    async def _drop_one_job(self, slot: Slot, engine_name: str, cause: UnloadCause) -> None:
+        slot.engines.pop(engine_name, None)  # at once: no longer routed there
+        try:
+            await self._ctx.by_name[engine_name].client.unload_lora(slot.upstream)
+        except AdapterNotFoundError:
+            pass
+        except GatewayError as exc:
+            logger.warning(
+                "engine %s could not unload %s: %s", engine_name, slot.upstream, exc.message
+            )
+        finally:
+            self._ctx.table.notify()
+        if cause is UnloadCause.EVICTED:
+            self._ctx.table.stats.count(engine_name, PlacementEvent.EVICTION)
+            self._ctx.observer.on_evict(slot.name)
+        logger.info("adapter %s unloaded from engine %s (%s)", slot.upstream, engine_name, cause)
 
     async def _load_on(self, slot: Slot, engines: list[Engine]) -> None:
         ctx = self._ctx
@@ -88,7 +144,10 @@ class EngineLoader:
             except EngineError as exc:
                 unavailable.append(f"{engine.name}: {exc.message}")
                 continue
+            finally:
+                slot.loading_on.discard(engine.name)
             slot.engines[engine.name] = restarts
+            ctx.table.stats.count(engine.name, PlacementEvent.LOAD)
         if refused is None and ctx.table.current_engines(slot):
             seconds = time.perf_counter() - started
             slot.transition(AdapterState.LOADED)
@@ -127,6 +186,7 @@ class EngineLoader:
 
     async def _unload_job(self, slot: Slot, cause: UnloadCause) -> None:
         ctx = self._ctx
+        held_on = ctx.table.current_engines(slot)
         try:
             await self._drop_from_engines(slot)
         finally:  # whatever the engine said (or if the gateway closes), the slot is free
@@ -136,6 +196,8 @@ class EngineLoader:
         if cause is UnloadCause.EVICTED:
             ctx.wanted.pop(slot.name, None)
             ctx.observer.on_evict(slot.name)
+            for engine_name in held_on:
+                ctx.table.stats.count(engine_name, PlacementEvent.EVICTION)
         logger.info("adapter %s unloaded (%s)", slot.upstream, cause)
         if cause is not UnloadCause.DELETED:
             await ctx.persist(slot.name, slot.version, AdapterState.REGISTERED)

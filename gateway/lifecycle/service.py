@@ -13,9 +13,12 @@ API (register, load, unload, restore, pin, delete); the other jobs live beside i
 * :mod:`gateway.lifecycle.fetching`: remote sources (``s3://``, ``hf://``) fetched by one
   background task per name (state ``fetching``), then registered through :meth:`register`.
 
-Capacity: at most ``capacity`` adapter versions are loaded (default: the smallest
-``engine.lora_capacity``), every one on every ready engine; an adapter loads on its first
-request, evicting the least recently used idle one; pinned adapters stay loaded. Versions: the
+Capacity: each engine has its own slots (its ``lora_capacity``, or ``capacity`` when given);
+where a version loads is the placement policy's choice (:mod:`gateway.placement.policy`):
+``affinity`` (default) loads it on one engine and the gateway holds the sum of the engines'
+slots, ``replicate`` loads every version on every ready engine and holds the smallest engine's
+count. An adapter loads on its first request, evicting the least recently used idle one; pinned
+adapters stay loaded. Versions: the
 engine knows a version as ``NAME@vN.<content tag>``; a new version loads beside the old one, the
 active pointer swaps, and the old version unloads once its requests drain, so no request fails.
 Files: registration copies an adapter's files into the content-addressed, read-only
@@ -39,7 +42,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, KeysView, Mapping, Sequence
+from collections.abc import Callable, Collection, KeysView, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import replace
 from pathlib import Path
@@ -73,7 +76,9 @@ from gateway.lifecycle.types import (
     NullLifecycleObserver,
     UnloadCause,
 )
-from gateway.placement.slots import SlotTable
+from gateway.placement.policy import PlacementPolicy
+from gateway.placement.slots import EngineLoad, SlotTable
+from gateway.placement.stats import PlacementStats
 
 logger = logging.getLogger(__name__)
 
@@ -92,6 +97,8 @@ class AdapterLifecycle:
         slot_wait_s: float = 10.0,
         load_retry_s: float = 30.0,
         engine_error_retry_s: float = 5.0,
+        policy: PlacementPolicy = PlacementPolicy.AFFINITY,
+        replicate_threshold: int = 4,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if not engines:
@@ -109,12 +116,13 @@ class AdapterLifecycle:
         self._ctx = ctx = LifecycleContext(
             registry,
             self.engines,
-            SlotTable(self.engines, capacity or min(e.lora_capacity for e in self.engines), clock),
+            SlotTable(self.engines, capacity, clock, policy=policy),
             LoadFailures(clock, refused_retry_s=load_retry_s, error_retry_s=engine_error_retry_s),
             self.observer,
             clock,
             slot_wait_s=slot_wait_s,
             drain_timeout_s=drain_timeout_s,
+            replicate_threshold=replicate_threshold,
         )
         self._loader = EngineLoader(ctx)
         self._broker = LeaseBroker(ctx, self._loader)
@@ -123,8 +131,25 @@ class AdapterLifecycle:
 
     @property
     def capacity(self) -> int:
-        """How many adapter versions may be loaded at once (on every engine)."""
+        """How many adapter versions may be loaded at once (over all engines)."""
         return self._ctx.table.capacity
+
+    @property
+    def policy(self) -> PlacementPolicy:
+        return self._ctx.table.policy
+
+    @property
+    def engine_load(self) -> EngineLoad:
+        """The gateway's requests in flight per engine (the router counts base requests in)."""
+        return self._ctx.table.load
+
+    @property
+    def placement_stats(self) -> PlacementStats:
+        return self._ctx.table.stats
+
+    def slots_used_per_engine(self) -> Mapping[str, int]:
+        """Engine name -> slots taken there (loaded or loading)."""
+        return self._ctx.table.used_per_engine()
 
     @property
     def slot_wait_s(self) -> float:
@@ -166,16 +191,21 @@ class AdapterLifecycle:
 
     # --- AdapterResolver -------------------------------------------------------------------
     def lease(
-        self, name: str, *, engine: str | None = None, version: int | None = None
+        self,
+        name: str,
+        *,
+        engine: str | None = None,
+        version: int | None = None,
+        exclude: Collection[str] = (),
     ) -> AbstractAsyncContextManager[Route]:
         """Hold ``name``'s active version loaded (not evictable) while the block runs; on
-        ``engine`` when given. A name whose only version is still being fetched: 503 with
-        Retry-After."""
+        ``engine`` when given, never on one in ``exclude``. A name whose only version is still
+        being fetched: 503 with Retry-After."""
         if name not in self._ctx.records:
             pending = self.fetcher.unavailable(name)
             if pending is not None:
                 raise pending
-        return self._broker.lease(name, engine=engine, version=version)
+        return self._broker.lease(name, engine=engine, version=version, exclude=exclude)
 
     def public_models(self) -> list[PublicModel]:
         base = self.engines[0].base_model

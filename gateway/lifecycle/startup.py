@@ -96,6 +96,8 @@ def build_lifecycle(
         observer=observer,
         drain_timeout_s=settings.drain_timeout_s,
         load_retry_s=settings.adapter_load_retry_s,
+        policy=settings.placement_policy,
+        replicate_threshold=settings.replicate_threshold,
     )
 
 

@@ -189,10 +189,16 @@ def _nothing_loaded() -> Mapping[str, int]:
     return {}
 
 
+def _no_placement() -> list[tuple[str, str, int]]:
+    return []
+
+
 @dataclass(frozen=True, slots=True)
 class _State:
     registered: int
     loaded: dict[str, int]
+    #: (engine name, placement event, count)
+    placement: list[tuple[str, str, int]]
     #: (engine name, ready, restarts)
     engines: list[tuple[str, bool, int]]
 
@@ -216,6 +222,7 @@ class _StateCollector(Collector):
         return _State(
             registered=len(metrics.registered_adapters()),
             loaded=dict(metrics.loaded_adapters()),
+            placement=list(metrics.placement_events()),
             engines=[(s.name, s.state is EngineState.READY, s.restarts) for s in statuses],
         )
 
@@ -231,7 +238,7 @@ class _StateCollector(Collector):
         return list(self._families())
 
     def collect(self) -> Iterable[Metric]:
-        registered, loaded, up, restarts = self._families()
+        registered, loaded, up, restarts, placement, slots = self._families()
         state: _State | None = getattr(self._local, "state", None)
         if state is None:
             state = self.read()
@@ -241,11 +248,20 @@ class _StateCollector(Collector):
         for engine_name, ready, restart_count in state.engines:
             up.add_metric([engine_name], 1.0 if ready else 0.0)
             restarts.add_metric([engine_name], restart_count)
-        return [registered, loaded, up, restarts]
+        for engine_name, event, count in state.placement:
+            placement.add_metric([engine_name, event], count)
+        for engine in self._metrics.engines:
+            slots.add_metric([engine.name], engine.lora_capacity)
+        return [registered, loaded, up, restarts, placement, slots]
 
     @staticmethod
     def _families() -> tuple[
-        GaugeMetricFamily, GaugeMetricFamily, GaugeMetricFamily, CounterMetricFamily
+        GaugeMetricFamily,
+        GaugeMetricFamily,
+        GaugeMetricFamily,
+        CounterMetricFamily,
+        CounterMetricFamily,
+        GaugeMetricFamily,
     ]:
         return (
             GaugeMetricFamily(PREFIX + "adapters_registered", "Adapters in the registry."),
@@ -257,6 +273,17 @@ class _StateCollector(Collector):
             ),
             CounterMetricFamily(
                 PREFIX + "engine_restarts", "Engine restarts by the gateway.", labels=["engine"]
+            ),
+            CounterMetricFamily(
+                PREFIX + "placement_events",
+                "Placement decisions per engine: resident_hit, resident_miss, load, eviction, "
+                "replication, failover.",
+                labels=["engine", "event"],
+            ),
+            GaugeMetricFamily(
+                PREFIX + "engine_adapter_slots",
+                "Adapter slots of each engine (its --max-cpu-loras); used: adapters_loaded.",
+                labels=["engine"],
             ),
         )
 
@@ -278,6 +305,7 @@ class GatewayMetrics:
         self.engines: list[Engine] = list(engines)
         self.registered_adapters: Callable[[], Collection[str]] = _no_adapters
         self.loaded_adapters: Callable[[], Mapping[str, int]] = _nothing_loaded
+        self.placement_events: Callable[[], list[tuple[str, str, int]]] = _no_placement
         self.bind_adapters(registered=registered_adapters, loaded=loaded_adapters)
         self._scrape_hooks: list[ScrapeHook] = []
         self._scrape_lock = asyncio.Lock()
@@ -382,6 +410,7 @@ class GatewayMetrics:
         *,
         registered: Callable[[], Collection[str]] | None = None,
         loaded: Callable[[], Mapping[str, int]] | None = None,
+        placement: Callable[[], list[tuple[str, str, int]]] | None = None,
     ) -> None:
         """Name the adapter sources (the lifecycle is often built after the metrics).
 
@@ -392,6 +421,8 @@ class GatewayMetrics:
             self.registered_adapters = registered
         if loaded is not None:
             self.loaded_adapters = loaded
+        if placement is not None:
+            self.placement_events = placement
 
     def add_scrape_hook(self, hook: ScrapeHook) -> None:
         """An async refresh awaited before each scrape (e.g. the engines' adapter activity)."""

@@ -4,20 +4,33 @@ them. Pure bookkeeping, no I/O: the lifecycle (:mod:`gateway.lifecycle.lease`,
 
 A :class:`Slot` is one adapter version that is loading, loaded or unloading, with the engines
 that hold it (each with its restart count at load time, so a restarted engine that forgot the
-adapter is never routed to), its in-flight leases and its last use. :class:`SlotTable` holds at
-most ``capacity`` of them, picks eviction victims (least recently used, never pinned, leased or
-locked) and wakes loads that wait for a slot to free up.
+adapter is never routed to), the engines it is loading onto, its in-flight leases (per engine)
+and its last use. :class:`SlotTable` holds each engine's own slots (its ``lora_capacity``, or the
+``capacity`` given), counts the gateway's requests in flight per engine (:class:`EngineLoad`),
+builds the :class:`~gateway.placement.policy.Snapshot` the placement policy decides on, picks
+eviction victims (least recently used, never pinned, leased or locked) and wakes loads that wait
+for a slot to free up. An engine that is not ready (or restarted since) holds nothing here.
 """
 
 from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from adapters.state import AdapterState, check_transition
 from gateway.engines.base import Engine
+from gateway.placement.policy import (
+    EngineView,
+    PlacementPolicy,
+    Snapshot,
+    Victim,
+    adapter_capacity,
+    choose_route,
+)
+from gateway.placement.stats import PlacementStats
 
 
 @dataclass(eq=False, slots=True)
@@ -30,7 +43,11 @@ class Slot:
     last_used: float
     #: engine name -> that engine's restart count when it loaded this version.
     engines: dict[str, int] = field(default_factory=dict)
+    #: Engines a load onto is in progress (they count as occupied).
+    loading_on: set[str] = field(default_factory=set)
     leases: int = 0
+    #: engine name -> leases routed there.
+    in_flight: dict[str, int] = field(default_factory=dict)
     #: False while an unload waits for in-flight requests: no new lease is handed out.
     accepting: bool = True
     #: An old version after a swap, to unload once drained.
@@ -39,7 +56,7 @@ class Slot:
     draining: bool = False
     drained: asyncio.Event = field(default_factory=asyncio.Event)
     #: The engine load or unload in progress (:mod:`gateway.lifecycle.loader`), if any.
-    job: asyncio.Task[None] | None = None
+    job: asyncio.Task[Any] | None = None
 
     @property
     def busy(self) -> bool:
@@ -50,17 +67,41 @@ class Slot:
         self.state = check_transition(self.state, new)
 
 
+class EngineLoad:
+    """The gateway's own requests in flight per engine (base model and adapters)."""
+
+    def __init__(self, engine_names: Sequence[str]) -> None:
+        self.counts: dict[str, int] = dict.fromkeys(engine_names, 0)
+
+    def take(self, engine_name: str) -> None:
+        self.counts[engine_name] = self.counts.get(engine_name, 0) + 1
+
+    def release(self, engine_name: str) -> None:
+        self.counts[engine_name] -= 1
+
+
 class SlotTable:
     def __init__(
-        self, engines: Sequence[Engine], capacity: int, clock: Callable[[], float]
+        self,
+        engines: Sequence[Engine],
+        capacity: int | None,
+        clock: Callable[[], float],
+        *,
+        policy: PlacementPolicy = PlacementPolicy.REPLICATE,
+        load: EngineLoad | None = None,
     ) -> None:
-        if capacity < 1:
+        """``capacity``: each engine's slot count (default: its ``lora_capacity``)."""
+        if capacity is not None and capacity < 1:
             raise ValueError(f"adapter capacity must be at least 1, got {capacity}")
-        self.capacity = capacity
+        self.policy = policy
+        self.engine_capacity = {e.name: capacity or e.lora_capacity for e in engines}
+        self.capacity = adapter_capacity(policy, list(self.engine_capacity.values()))
+        self.load = load or EngineLoad([e.name for e in engines])
+        self.stats = PlacementStats()
         self._engines = {engine.name: engine for engine in engines}
+        self._turn = itertools.count()
         self._slots: dict[str, Slot] = {}
         self._clock = clock
-        self._turn = itertools.count()
         #: Set (and replaced) whenever a lease ends or a slot goes: wakes loads waiting for room.
         self._freed = asyncio.Event()
 
@@ -75,7 +116,57 @@ class SlotTable:
 
     @property
     def full(self) -> bool:
-        return len(self._slots) >= self.capacity
+        """No new version fits without an eviction (affinity: on no ready engine)."""
+        if self.policy is PlacementPolicy.REPLICATE:
+            return len(self._slots) >= self.capacity
+        used = self.used_per_engine()
+        return all(
+            used[name] >= cap
+            for name, cap in self.engine_capacity.items()
+            if self._engines[name].ready
+        )
+
+    def occupies(self, slot: Slot, engine_name: str) -> bool:
+        """``slot`` takes one of ``engine_name``'s slots: loaded there (current) or loading."""
+        return engine_name in slot.loading_on or engine_name in self.current_engines(slot)
+
+    def used_per_engine(self) -> dict[str, int]:
+        """Engine name -> slots taken there (loaded or loading)."""
+        used = dict.fromkeys(self._engines, 0)
+        for slot in self._slots.values():
+            for name in self._engines:
+                if self.occupies(slot, name):
+                    used[name] += 1
+        return used
+
+    def snapshot(
+        self,
+        victim_ok: Callable[[Slot], bool] | None = None,
+    ) -> Snapshot:
+        """What the placement policy sees now; ``victim_ok`` says which idle slots may go."""
+        views = []
+        for name, engine in self._engines.items():
+            held = [s for s in self._slots.values() if self.occupies(s, name)]
+            victims = tuple(
+                Victim(s.upstream, float("-inf") if s.retiring else s.last_used)
+                for s in held
+                if victim_ok is not None
+                and name in s.engines
+                and name not in s.loading_on
+                and victim_ok(s)
+            )
+            views.append(
+                EngineView(
+                    name=name,
+                    ready=engine.ready,
+                    capacity=self.engine_capacity[name],
+                    in_flight=self.load.counts.get(name, 0),
+                    resident=frozenset(s.upstream for s in held),
+                    adapter_in_flight={s.upstream: s.in_flight.get(name, 0) for s in held},
+                    victims=victims,
+                )
+            )
+        return Snapshot(tuple(views))
 
     def holds(self, slot: Slot) -> bool:
         return self._slots.get(slot.upstream) is slot
@@ -102,12 +193,18 @@ class SlotTable:
         self._notify_freed()
 
     # --- leases ------------------------------------------------------------------------------
-    def take(self, slot: Slot) -> None:
+    def take(self, slot: Slot, engine_name: str | None = None) -> None:
         slot.leases += 1
         slot.drained.clear()
         slot.last_used = self._clock()
+        if engine_name is not None:
+            slot.in_flight[engine_name] = slot.in_flight.get(engine_name, 0) + 1
+            self.load.take(engine_name)
 
-    def release(self, slot: Slot) -> None:
+    def release(self, slot: Slot, engine_name: str | None = None) -> None:
+        if engine_name is not None:
+            slot.in_flight[engine_name] -= 1
+            self.load.release(engine_name)
         slot.leases -= 1
         if slot.leases == 0:
             slot.drained.set()
@@ -139,17 +236,30 @@ class SlotTable:
                 current.append(engine_name)
         return current
 
-    def pick_engine(self, slot: Slot, prefer: str | None = None) -> Engine | None:
-        """A ready engine holding the loaded ``slot`` (round-robin; only ``prefer`` when
-        given), or None."""
+    def pick_engine(
+        self, slot: Slot, exclude: Collection[str] = (), prefer: str | None = None
+    ) -> Engine | None:
+        """The least loaded ready engine holding the loaded ``slot`` (not in ``exclude``; only
+        ``prefer`` when given), or None (:func:`gateway.placement.policy.choose_route`)."""
         if slot.state is not AdapterState.LOADED:
             return None
-        current = self.current_engines(slot)
+        current = [name for name in self.current_engines(slot) if name not in exclude]
         if prefer is not None:
             return self._engines[prefer] if prefer in current else None
         if not current:
             return None
-        return self._engines[current[next(self._turn) % len(current)]]
+        turn = next(self._turn) % len(current)  # ties rotate
+        current = current[turn:] + current[:turn]
+        view = Snapshot(
+            tuple(
+                EngineView(
+                    name, True, 0, self.load.counts.get(name, 0), frozenset((slot.upstream,))
+                )
+                for name in current
+            )
+        )
+        chosen = choose_route(view, slot.upstream)
+        return self._engines[chosen] if chosen is not None else None
 
     def loaded_per_engine(self) -> Mapping[str, int]:
         counts = dict.fromkeys(self._engines, 0)

@@ -44,6 +44,8 @@ class FakeBehaviour:
     #: Like vLLM: 404 for a model that is neither the base nor a loaded adapter.
     strict_models: bool = False
     max_lora_slots: int = 8
+    #: How long a runtime LoRA load takes (a real one reads and copies the weights).
+    load_delay_ms: float = 0.0
     #: Keep every request (method, path, headers, body) in :attr:`FakeVLLM.requests` (tests).
     record_requests: bool = False
 
@@ -140,7 +142,7 @@ class FakeVLLM:
         #: While set, every load answers vLLM's 500 (an exception inside the engine).
         self.fail_loads_with: str | None = None
         #: Seconds a load (an unload) takes; it completes even if its caller gives up (like vLLM).
-        self.load_delay_s = 0.0
+        self.load_delay_s = self.behaviour.load_delay_ms / 1000
         self.unload_delay_s = 0.0
         #: ``/health`` answers 503.
         self.unhealthy = False

@@ -296,6 +296,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--chunk-delay-ms", type=float, default=0.0, help="wait between streamed chunks"
     )
     parser.add_argument(
+        "--load-delay-ms", type=float, default=0.0, help="how long a LoRA load takes"
+    )
+    parser.add_argument(
         "--strict-models",
         action="store_true",
         help="404 for a model that is neither the base nor a loaded adapter",
@@ -303,7 +306,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if not 1 <= args.chunks <= bodies.MAX_TOKENS_LIMIT:
         parser.error(f"--chunks must be 1..{bodies.MAX_TOKENS_LIMIT}")
-    if args.delay_ms < 0 or args.chunk_delay_ms < 0:
+    if args.delay_ms < 0 or args.chunk_delay_ms < 0 or args.load_delay_ms < 0:
         parser.error("delays must be >= 0")
     return args
 
@@ -316,6 +319,7 @@ def main(argv: list[str] | None = None) -> None:
         delay_ms=args.delay_ms,
         chunk_delay_ms=args.chunk_delay_ms,
         strict_models=args.strict_models,
+        load_delay_ms=args.load_delay_ms,
     )
     try:
         uvloop.run(_serve_forever(behaviour, args.host, args.port))

@@ -227,3 +227,33 @@ def test_registry_size_run(tmp_path: Path, tiny_model_dir: Path) -> None:
         (3, "zipf over 3", 0),
     ]
     assert all(r["added_p50_ms"]["median"] is not None for r in registry)
+
+
+@pytest.mark.integration
+def test_placement_suite_over_two_fake_engines(tmp_path: Path, tiny_model_dir: Path) -> None:
+    """Both policies over 2 FAKE engines with slow loads: counters come back per policy."""
+    completed, data = run_bench(
+        tmp_path,
+        tiny_model_dir,
+        "--suites",
+        "placement-fake",
+        "--placement-adapters",
+        "6",
+        "--placement-duration",
+        "3",
+        "--placement-concurrency",
+        "4",
+        "--placement-load-delay-ms",
+        "20",
+        "--repeat",
+        "1",
+    )
+    assert completed.returncode == 0, completed.stdout + completed.stderr
+    rows = data["comparison"]["placement"]
+    assert [r["policy"] for r in rows] == ["replicate", "affinity"]
+    for row in rows:
+        assert row["errors"] == 0
+        assert row["rps"]["median"] > 0 and row["loads"]["median"] > 0
+        assert 0 <= row["resident_hit_ratio"]["median"] <= 1
+    assert "Placement: 2 FAKE vLLM engines" in completed.stdout
+    assert "affinity / replicate req/s = " in completed.stdout

@@ -354,3 +354,51 @@ async def test_spawned_child_sees_no_gateway_secret(
     for secret in SECRETS.values():
         assert secret not in seen
     assert "LORA_GATEWAY_" not in seen
+
+
+async def test_child_is_bound_to_its_cores(tmp_path: Path, health_root: Path) -> None:
+    core = max(os.sched_getaffinity(0))
+    dump = tmp_path / "child.cpus"
+    server = f"{sys.executable} -m http.server 0 --bind 127.0.0.1"
+    script = (
+        f"grep Cpus_allowed_list /proc/self/status > {dump}.part && "
+        f"echo bind=$VLLM_CPU_OMP_THREADS_BIND >> {dump}.part && mv {dump}.part {dump}; "
+        f"exec {server}"
+    )
+    engine = FakeVLLMEngine(_settings(tmp_path), health_root, script=script)
+    engine.cpus = (core,)
+    await engine.start()
+    try:
+        deadline = time.monotonic() + 10
+        while not dump.exists():
+            assert time.monotonic() < deadline, "the child never wrote its CPU list"
+            await asyncio.sleep(0.05)
+    finally:
+        await engine.stop()
+    allowed, bind = dump.read_text().splitlines()
+    assert allowed.split()[-1] == str(core)
+    assert bind == f"bind={core}"
+
+
+def test_engines_split_the_cores_and_get_their_own_names_ports_and_logs(
+    tmp_path: Path,
+) -> None:
+    from gateway.engines.factory import build_engines, split_cores
+
+    assert split_cores([0, 1], 2) == [[0], [1]]
+    assert split_cores([0, 1, 2, 3, 4], 2) == [[0, 1, 2], [3, 4]]
+    assert split_cores([0, 1], 3) == [[0], [1], [0]]
+    with pytest.raises(ValueError, match="cannot split"):
+        split_cores([], 2)
+    model = tmp_path / "m"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    settings = _settings(tmp_path, engines=2, base_model=str(model))
+    engines = build_engines(settings)
+    assert [e.name for e in engines] == ["engine-0", "engine-1"]
+    assert all(isinstance(e, ManagedVLLMEngine) for e in engines)
+    managed_engines = [e for e in engines if isinstance(e, ManagedVLLMEngine)]
+    assert len({e.port for e in managed_engines}) == 2
+    assert len({e.log_path for e in managed_engines}) == 2
+    cores = sorted(os.sched_getaffinity(0))
+    assert [e.cpus for e in managed_engines] == [tuple(g) for g in split_cores(cores, 2)]

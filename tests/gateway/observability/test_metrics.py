@@ -175,3 +175,27 @@ def test_exposition_parses_and_has_every_family() -> None:
         "process_cpu_seconds",
     }
     assert expected <= names
+
+
+def test_placement_events_and_slots_per_engine() -> None:
+    engines = [StaticEngine("engine-0"), StaticEngine("engine-1")]
+    events = [("engine-0", "resident_hit", 7), ("engine-1", "eviction", 2)]
+    metrics = GatewayMetrics(engines=engines, process_metrics=False)
+    assert (
+        value(
+            metrics, "lora_gateway_placement_events_total", engine="engine-0", event="resident_hit"
+        )
+        is None
+    )
+    metrics.bind_adapters(placement=lambda: events)
+    assert (
+        value(
+            metrics, "lora_gateway_placement_events_total", engine="engine-0", event="resident_hit"
+        )
+        == 7
+    )
+    assert (
+        value(metrics, "lora_gateway_placement_events_total", engine="engine-1", event="eviction")
+        == 2
+    )
+    assert value(metrics, "lora_gateway_engine_adapter_slots", engine="engine-1") == 2
