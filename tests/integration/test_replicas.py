@@ -36,6 +36,7 @@ import openai
 import pytest
 import pytest_asyncio
 
+from adapters.errors import AdapterError
 from gateway.settings import GatewaySettings
 from loadtest.adapters_gen import write_random_lora
 from tests.integration.conftest import ENGINE_READY_TIMEOUT_S
@@ -120,7 +121,11 @@ async def admin_call(replica: GatewayReplica, method: str, *args: Any, **kwargs:
         with replica.admin() as admin:
             return getattr(admin, method)(*args, **kwargs)
 
-    return await asyncio.to_thread(run)
+    try:
+        return await asyncio.to_thread(run)
+    except AdapterError as exc:
+        shown = ", ".join([*(repr(a) for a in args), *(f"{k}={v!r}" for k, v in kwargs.items())])
+        raise AssertionError(f"admin {method}({shown}) through {replica.name}: {exc}") from exc
 
 
 async def complete(sdk: openai.AsyncOpenAI, model: str, *, stream: bool = False) -> str:
@@ -222,9 +227,12 @@ class CapacitySampler:
 
 
 def describe(failures: Sequence[Outcome], limit: int = 10) -> str:
-    return "\n".join(
-        f"{o.replica} {o.model} at +{o.started:.1f}: {o.error!r}"[:400] for o in failures[:limit]
+    """How many failed of each kind (error class, status), then the first few."""
+    kinds = Counter(
+        f"{type(o.error).__name__} {getattr(o.error, 'status_code', '')}".strip() for o in failures
     )
+    lines = [f"{o.replica} {o.model}: {o.error!r}"[:400] for o in failures[:limit]]
+    return "\n".join([f"by kind: {dict(kinds)}", *lines])
 
 
 async def first_success_after(
