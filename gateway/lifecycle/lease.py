@@ -35,6 +35,7 @@ from gateway.inference.routing import Route, unknown_model
 from gateway.lifecycle.context import LifecycleContext
 from gateway.lifecycle.loader import EngineLoader
 from gateway.lifecycle.types import UnloadCause
+from gateway.placement.board import PlacementTaken
 from gateway.placement.policy import (
     LoadPlan,
     PlacementPolicy,
@@ -242,7 +243,10 @@ class LeaseBroker:
             if slot is None:
                 return None
             missing = ready
-        await self._loader.load(slot, missing)
+        try:
+            await self._loader.load(slot, missing)
+        except PlacementTaken:
+            return None  # every engine's place is another replica's now: wait, then again
         return slot
 
     async def _ensure_placed(
@@ -278,6 +282,10 @@ class LeaseBroker:
             slot.loading_on.add(engine.name)  # reserved before any await
             try:
                 await self._loader.load(slot, [engine])
+            except PlacementTaken:
+                # Another gateway replica holds that place (shared board): wait for a slot
+                # to free (the sync loop re-reads the board now), then plan again.
+                return None
             except EngineUnavailableError:
                 # That engine is gone (or failing): once more on another one, if any.
                 tried.add(engine.name)
