@@ -138,6 +138,7 @@ class EngineLoader:
                 await self._place(slot, engine)
             except PlacementTaken as exc:
                 taken = f"{engine.name}: {exc}"
+                logger.info("adapter %s: no place on %s now: %s", slot.upstream, engine.name, exc)
                 continue
             except AdapterLoadError as exc:
                 refused = exc.message
