@@ -3,8 +3,8 @@ objects and sync loop) in front of the same engines, sharing one database and it
 board (:mod:`gateway.placement.board`, :mod:`gateway.lifecycle.replicas`).
 
 The engines are the FAKE vLLM (tests/support/fake_engine.py) shared by both replicas, with a cap
-on loaded adapters that records every violation; the database is one SQLite file (the same code
-runs on PostgreSQL in tests/integration/test_replicas.py). Fast sync intervals keep this quick.
+on loaded adapters that records every violation; the database is a SQLite file or a throwaway
+PostgreSQL (tests/conftest.py). Fast sync intervals keep this quick.
 """
 
 from __future__ import annotations
@@ -39,12 +39,13 @@ def upstreams() -> list[FakeVLLM]:
 
 
 @pytest.fixture
-async def make(tmp_path: Path, upstreams: list[FakeVLLM]) -> AsyncIterator[Make]:
-    """``make("A")``: a replica over the shared fake engines and database."""
+async def make(tmp_path: Path, upstreams: list[FakeVLLM], db_url: str) -> AsyncIterator[Make]:
+    """``make("A")``: a replica over the shared fake engines and database (SQLite file or
+    PostgreSQL: the ``db_url`` fixture runs each test on both)."""
     roots = (tmp_path / "adapters").resolve()
     roots.mkdir()
     base_dir = write_base_model(tmp_path / BASE)
-    url = f"sqlite:///{tmp_path / 'registry.db'}"
+    url = db_url
     made: list[AdapterLifecycle] = []
 
     async def factory(
