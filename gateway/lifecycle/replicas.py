@@ -28,6 +28,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 from adapters.errors import AdapterError
 from adapters.registry import AdapterRecord, AdapterVersion
@@ -44,6 +45,15 @@ logger = logging.getLogger(__name__)
 #: Rows of versions nobody registers are unloaded only when older than the registry read by
 #: this much (wall clocks of replicas may differ a little).
 ORPHAN_MARGIN_S = 2.0
+
+
+@dataclass(frozen=True, slots=True)
+class ReplicaView:
+    id: str
+    this: bool
+    live: bool
+    heartbeat_age_s: float
+    holds: int
 
 
 class ReplicaSync:
@@ -218,6 +228,22 @@ class ReplicaSync:
                 held.engines[engine_name] = engine.status().restarts
                 changed = True
         return changed
+
+    async def views(self) -> list[ReplicaView]:
+        """Every replica on the board, this one first."""
+        view = await self._board.read()
+        now = time.time()
+        out = [
+            ReplicaView(
+                id=r.id,
+                this=r.id == self._board.replica_id,
+                live=now - r.heartbeat_at < self._board.dead_after_s,
+                heartbeat_age_s=round(max(0.0, now - r.heartbeat_at), 3),
+                holds=len(r.holds),
+            )
+            for r in view.replicas
+        ]
+        return sorted(out, key=lambda r: (not r.this, r.id))
 
     # --- 3. heartbeat -----------------------------------------------------------------------
     def _holds(self) -> list[str]:

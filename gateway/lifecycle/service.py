@@ -70,7 +70,7 @@ from gateway.lifecycle.fetching import AdapterFetcher, Fetch, FetchLimits
 from gateway.lifecycle.lease import LeaseBroker
 from gateway.lifecycle.loader import EngineLoader
 from gateway.lifecycle.recovery import Recovery
-from gateway.lifecycle.replicas import ReplicaSync
+from gateway.lifecycle.replicas import ReplicaSync, ReplicaView
 from gateway.lifecycle.swap import VersionSwap
 from gateway.lifecycle.types import (
     AdapterView,
@@ -241,6 +241,10 @@ class AdapterLifecycle:
     def registered_names(self) -> KeysView[str]:
         """A live view of the registered names (for bounding metric labels)."""
         return self._ctx.records.keys()
+
+    async def replica_views(self) -> list[ReplicaView]:
+        """The gateway replicas on the shared placement board (empty without one)."""
+        return await self.replicas.views() if self.replicas is not None else []
 
     def loaded_per_engine(self) -> Mapping[str, int]:
         """Engine name -> adapters loaded there (for the metrics' collector)."""

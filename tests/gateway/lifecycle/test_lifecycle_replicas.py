@@ -128,6 +128,8 @@ async def test_a_version_loaded_by_one_replica_is_resident_for_the_other(
     assert loads(upstreams) == 1
     assert b.placement_stats.total(PlacementEvent.HIT) == 1
     assert b.placement_stats.total(PlacementEvent.LOAD) == 0
+    views = await b.replica_views()
+    assert [(v.id, v.this, v.live) for v in views] == [("B", True, True), ("A", False, True)]
 
 
 async def test_registry_changes_reach_the_other_replica_within_two_seconds(
