@@ -187,7 +187,12 @@ class AdapterLifecycle:
         await self._recovery.read_registry()
         await asyncio.to_thread(self.store.collect, self._store_paths_in_use())
         if self.replicas is not None:
-            await self.replicas.tick()  # what the other replicas hold, before loading anything
+            # What the engines really hold and what the other replicas hold, before loading
+            # anything: rows may be stale (an engine restarted while no replica watched it).
+            for engine in self.engines:
+                if engine.ready:
+                    await self.replicas.reconcile(engine)
+            await self.replicas.tick()
             self._ctx.spawn(self.replicas.run())
         await self._recovery.watch()
 
