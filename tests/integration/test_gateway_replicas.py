@@ -360,14 +360,25 @@ async def reached_within(what: str, check: Callable[[], Awaitable[bool]]) -> flo
 async def test_each_kind_of_change_reaches_the_other_replica_within_two_seconds(
     cluster: Cluster,
 ) -> None:
-    """New version, restore, pin and delete made through one replica: the other serves
-    accordingly within 2 s (the registration case is in the churn test). The version a replica
-    serves is told apart by its greedy text."""
+    """Registration, new version, restore, pin and delete made through one replica: the other
+    serves accordingly within 2 s. The version a replica serves is told apart by its greedy
+    text."""
     sdk = [cluster.sdk(0), cluster.sdk(1)]
+    # More adapters of its own than the engines' slots, for the pin check (registered through B).
+    others = [f"spare-{i}" for i in range(2 * SLOTS + 1)]
+    with cluster.admin(1) as admin:
+        for name in others:
+            await asyncio.to_thread(admin.register, name, cluster.write(name))
+            cluster.registered.add(name)
     with cluster.admin(0) as admin:
         await asyncio.to_thread(admin.register, "versions", cluster.write("versions"))
     cluster.registered.add("versions")
-    await asyncio.sleep(PROPAGATION_S)
+
+    async def b_serves() -> bool:
+        await greedy(sdk[1], "versions")
+        return True
+
+    await reached_within("a registration", b_serves)
     v1 = await greedy(sdk[0], "versions")
     assert await greedy(sdk[1], "versions") == v1
 
@@ -400,8 +411,7 @@ async def test_each_kind_of_change_reaches_the_other_replica_within_two_seconds(
         upstream = (await asyncio.to_thread(admin.get, "versions"))["upstream_name"]
     await asyncio.sleep(PROPAGATION_S)
     await greedy(sdk[1], "versions")  # loaded (if it was not) and pinned on an engine
-    others = sorted(n for n in cluster.registered if n != "versions")[: 2 * SLOTS + 2]
-    for name in others:
+    for name in [*others, *others]:
         await greedy(sdk[1], name)
         held = [await loaded_on(engine) for engine in cluster.engines]
         assert any(upstream in (h or set()) for h in held), (
