@@ -7,9 +7,10 @@ behave as one (issue 11, "Tests").
   SIGKILL half way (its supervisor restarts it). Zero failed client requests (a deleted name may
   answer 404), no engine ever over its 2 slots (sampled from each engine's ``/v1/models``), the
   killed engine rejoins, and every registered adapter answers through both replicas at the end.
-* Each other kind of change made through one replica reaches the other within 2 s: a new
-  version and a restore (told apart by their greedy text), a pin (the other replica, serving
-  more adapters than the free slots, never evicts it) and a deletion (404 ``model_not_found``).
+* Each kind of change made through one replica reaches the other within 2 s: a registration,
+  a new version and a restore (told apart by their greedy text), a pin (the other replica,
+  serving more adapters than the free slots, never evicts it) and a deletion (404
+  ``model_not_found``).
 * A replica killed with SIGKILL: the other keeps serving, every registration made before the kill
   is there, and what the dead replica held stops holding slots.
 
