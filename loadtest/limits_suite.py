@@ -17,8 +17,10 @@ token budgets), set high enough never to refuse: the most work the limiter does 
 The keys are written straight into each gateway's registry database before it starts (one
 transaction; the admin API's one-key-per-call path would take minutes for 10,000 and is not
 what is measured), the same rows ``lora-gateway keys create`` makes. One gateway per storage
-serves both key cases. "Added" is a case's percentile minus the no-keys percentile measured in
-the same repetition. Called by :mod:`loadtest.bench`; rows for :mod:`loadtest.report`.
+serves both key cases. The gateway's CPU time per request (its process tree's user + system
+time over the phase) says how much of its core a case takes. "Added" is a case's percentile
+minus the no-keys percentile measured in the same repetition. Called by
+:mod:`loadtest.bench`; rows for :mod:`loadtest.report`.
 """
 
 from __future__ import annotations
@@ -134,31 +136,33 @@ def limiter_cost(
     try:
         open_gateway = _start(ctx, fake, storage=None, secrets=[], redis_url=None)
         services.append(open_gateway)
-        cases: list[tuple[int, str, Target | None, str]] = [
-            (0, "-", Target(NO_KEYS, open_gateway.url), "")
+        cases: list[tuple[int, str, Target | None, Service | None, str]] = [
+            (0, "-", Target(NO_KEYS, open_gateway.url), open_gateway, "")
         ]
         redis = start_redis(ctx.log_dir, cpus=ctx.placement.others)
         for storage in (MEMORY, REDIS):
             if storage == REDIS and redis is None:
                 for count in (1, keys):
-                    cases.append((count, storage, None, "skipped: redis-server not on PATH"))
+                    cases.append((count, storage, None, None, "skipped: redis-server not on PATH"))
                 continue
             url = redis.url if storage == REDIS and redis is not None else None
             gateway = _start(ctx, fake, storage=storage, secrets=secrets, redis_url=url)
             services.append(gateway)
             one = case_name(1, storage)
-            cases.append((1, storage, Target(one, gateway.url, secrets[0]), ""))
+            cases.append((1, storage, Target(one, gateway.url, secrets[0]), gateway, ""))
             many = case_name(keys, storage)
-            cases.append((keys, storage, Target(many, gateway.url, api_keys=tuple(secrets)), ""))
-        for _, _, target, _ in cases:
+            every = Target(many, gateway.url, api_keys=tuple(secrets))
+            cases.append((keys, storage, every, gateway, ""))
+        for _, _, target, _, _ in cases:
             if target is not None and not target.api_keys:
                 warm(target, model)
         out: list[list[LimitsPoint]] = []
         for repetition in range(repetitions):
             points = []
-            for count, storage, target, note in cases:
+            for count, storage, target, server, note in cases:
                 stats = None
-                if target is not None:
+                if target is not None and server is not None:
+                    cpu_before = server.cpu_seconds()
                     stats = fixed_rate_phase(
                         target,
                         workload,
@@ -167,6 +171,8 @@ def limiter_cost(
                         names=[model],
                         seed=repetition,
                     )
+                    cpu_ms = (server.cpu_seconds() - cpu_before) * 1e3 / max(1, stats.requests)
+                    stats = replace(stats, cpu_ms_per_request=cpu_ms)
                 points.append(LimitsPoint(case_name(count, storage), count, storage, stats, note))
             out.append(points)
         return out
@@ -201,6 +207,9 @@ def limits_rows(points: list[LimitsPoint]) -> list[dict[str, Any]]:
                 "added_p99_ms": None if point.keys == 0 else added(p99, base_p99),
                 "over_no_keys_p50": None if point.keys == 0 else ratio(p50, base_p50),
                 "over_no_keys_p99": None if point.keys == 0 else ratio(p99, base_p99),
+                "cpu_ms_per_request": point.stats.cpu_ms_per_request
+                if point.stats is not None
+                else None,
                 "errors": point.stats.errors if point.stats is not None else 0,
                 "overloaded": [point.case]
                 if point.stats is not None and point.stats.overloaded

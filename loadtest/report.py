@@ -420,6 +420,7 @@ def limits_table(rows: list[dict[str, Any]]) -> Table:
         "added p99",
         "p50 / no keys",
         "p99 / no keys",
+        "gw CPU ms/req",
         "errors",
         "note",
     ):
@@ -433,6 +434,7 @@ def limits_table(rows: list[dict[str, Any]]) -> Table:
             _f(row["added_p99_ms"]),
             _f(row["over_no_keys_p50"], 2, "x"),
             _f(row["over_no_keys_p99"], 2, "x"),
+            _f(row["cpu_ms_per_request"]),
             str(row["errors"]),
             row["note"] or ("overloaded" if row["overloaded"] else ""),
         )

@@ -26,6 +26,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import Protocol
 
 import anyio
 from limits import (
@@ -151,6 +152,20 @@ class Grant:
     concurrency_key: str | None = None
 
 
+class TokenSink(Protocol):
+    """Where a finished request's tokens are counted live, per caller and model
+    (:class:`gateway.observability.key_tokens.KeyTokenMetrics`)."""
+
+    def count(
+        self,
+        key: str,
+        model: str | None,
+        adapter: str | None,
+        prompt: int | None,
+        completion: int | None,
+    ) -> None: ...
+
+
 @dataclass(slots=True)
 class Admission:
     """What one admitted request holds until its response is complete."""
@@ -162,11 +177,14 @@ class Admission:
     #: Where the request's token usage is recorded, and under which key id.
     usage: UsageRecorder | None = None
     usage_key: str = NO_KEY
+    #: Where the tokens are counted as a metric, and under which caller label (a key's name).
+    tokens: TokenSink | None = None
+    token_label: str = ""
     finished: bool = False
 
     @property
     def holds_anything(self) -> bool:
-        return bool(self.grants) or self.usage is not None
+        return bool(self.grants) or self.usage is not None or self.tokens is not None
 
     async def finish(self, info: RequestInfo) -> None:
         """Record and charge the engine's token counts, free the slots; once, whatever happened."""
@@ -174,8 +192,11 @@ class Admission:
             return
         self.finished = True
         prompt, completion = info.prompt_tokens, info.completion_tokens
-        if self.usage is not None and info.model and (prompt is not None or completion is not None):
-            self.usage.record(self.usage_key, info.model, info.adapter, prompt, completion)
+        if info.model and (prompt is not None or completion is not None):
+            if self.usage is not None:
+                self.usage.record(self.usage_key, info.model, info.adapter, prompt, completion)
+            if self.tokens is not None:
+                self.tokens.count(self.token_label, info.model, info.adapter, prompt, completion)
         if self.limiter is None or not self.grants:
             return
         tokens = (prompt or 0) + (completion or 0)

@@ -31,11 +31,15 @@ from gateway.auth.adapter_limits import AdapterLimitStore, adapter_subject
 from gateway.auth.client_keys import MAX_AUTHORIZATION_CHARS, ApiKeyAuth
 from gateway.auth.key_store import KeyStore
 from gateway.auth.keys import SECRET_PREFIX, KeyLimits, VirtualKey, hash_secret
-from gateway.auth.limits import Admission, KeyLimiter, Subject, unlimited
+from gateway.auth.limits import Admission, KeyLimiter, Subject, TokenSink, unlimited
 from gateway.auth.usage_records import NO_KEY, STATIC_KEY, UsageRecorder
 from gateway.errors import AuthenticationError
 from gateway.inference.routing import unknown_model
 
+#: The caller labels of ``lora_gateway_key_tokens_total`` other than a key's name (which must
+#: start with a letter or digit, so these cannot collide with one).
+STATIC_KEY_LABEL = "__static__"
+OPEN_KEY_LABEL = "__open__"
 DEFAULT_CACHE_TTL_S = 1.0
 MAX_CACHED_KEYS = 100_000
 _CHALLENGE = {"WWW-Authenticate": "Bearer"}
@@ -63,12 +67,14 @@ class Tenants:
         *,
         usage: UsageRecorder | None = None,
         adapter_limits: AdapterLimitStore | None = None,
+        tokens: TokenSink | None = None,
         cache_ttl_s: float = DEFAULT_CACHE_TTL_S,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.store = store
         self.limiter = limiter
         self.usage = usage
+        self.tokens = tokens
         self._static = ApiKeyAuth(static_keys) if static_keys else None
         self._ttl = cache_ttl_s
         self._clock = clock
@@ -166,9 +172,13 @@ class Tenants:
         admission = await self.limiter.admit(subjects) if subjects else unlimited()
         if principal.key is not None:
             admission.usage_key = principal.key.id
+            admission.token_label = principal.key.name
+        elif self._static is not None:
+            admission.usage_key, admission.token_label = STATIC_KEY, STATIC_KEY_LABEL
         else:
-            admission.usage_key = STATIC_KEY if self._static is not None else NO_KEY
+            admission.usage_key, admission.token_label = NO_KEY, OPEN_KEY_LABEL
         admission.usage = self.usage
+        admission.tokens = self.tokens
         return admission
 
     def visible(self, principal: Principal, model_ids: Sequence[str]) -> list[str]:
