@@ -9,6 +9,8 @@ Redis (``limits``' atomic Lua scripts), so every replica counts against the same
   window or budget refuses it (429, nothing counted); otherwise it takes one request from the
   minute's window and a concurrency slot, or refuses (429). It returns an :class:`Admission`
   with OpenAI's ``x-ratelimit-*`` headers.
+* :meth:`KeyLimiter.peek` gives the same headers without counting anything, for the answers
+  that took nothing (a bad body, a model out of scope, ``/v1/models``).
 * :meth:`Admission.finish` runs when the response is complete (streams included): it charges the
   tokens the engine counted to the minute window and the budgets, and frees the slot.
 
@@ -322,6 +324,29 @@ class KeyLimiter:
                 retry_after_s=1,
             )
         return Grant(subject, rpm_window, slot)
+
+    async def peek(self, subject: Subject) -> dict[str, str]:
+        """The x-ratelimit-* headers of ``subject`` as they stand, counting nothing: for the
+        answers that took nothing from the windows (a bad body, a model out of scope,
+        ``/v1/models``)."""
+        limits, headers = subject.limits, {}
+        clock = time.time()
+        tpm = _tpm(limits)
+        if tpm is not None:
+            stats = await self._window.get_window_stats(tpm, subject.id, "tokens")
+            reset_s = max(0.0, stats.reset_time - clock) if stats.remaining < tpm.amount else 60.0
+            headers["x-ratelimit-limit-tokens"] = str(tpm.amount)
+            headers["x-ratelimit-remaining-tokens"] = str(stats.remaining)
+            headers["x-ratelimit-reset-tokens"] = format_reset(reset_s)
+        rpm = _rpm(limits)
+        if rpm is not None:
+            window = rpm.key_for(subject.id, "requests")
+            count = await self.storage.get(window)
+            reset_s = max(0.0, await self.storage.get_expiry(window) - clock) if count else 60.0
+            headers["x-ratelimit-limit-requests"] = str(rpm.amount)
+            headers["x-ratelimit-remaining-requests"] = str(max(0, rpm.amount - count))
+            headers["x-ratelimit-reset-requests"] = format_reset(reset_s)
+        return headers
 
     async def charge(self, grant: Grant, tokens: int) -> None:
         if grant.concurrency_key is not None:

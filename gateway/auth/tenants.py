@@ -9,7 +9,9 @@
 * the OpenAI routes: :meth:`Tenants.admit` (a model outside the key's scope is the same 404 as
   an unknown model; limits through :class:`gateway.auth.limits.KeyLimiter`) and
   :meth:`Tenants.visible` for ``/v1/models``;
-* the admin API (:mod:`gateway.api.admin.keys`) through :attr:`Tenants.store`.
+* the admin API (:mod:`gateway.api.admin.keys`) through :attr:`Tenants.store`;
+* the error handlers and ``/v1/models``: :meth:`Tenants.limit_headers`, so that every answer
+  to a limited key carries its x-ratelimit-* headers, errors included.
 
 Key lookups are cached per secret hash for ``cache_ttl_s`` (1 s by default), so the database
 sees at most one query per key per second however hot the key, and a revocation is refused by
@@ -20,8 +22,9 @@ cannot turn into a flood of queries.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -40,6 +43,8 @@ from gateway.inference.routing import unknown_model
 #: start with a letter or digit, so these cannot collide with one).
 STATIC_KEY_LABEL = "__static__"
 OPEN_KEY_LABEL = "__open__"
+logger = logging.getLogger(__name__)
+
 DEFAULT_CACHE_TTL_S = 1.0
 MAX_CACHED_KEYS = 100_000
 _CHALLENGE = {"WWW-Authenticate": "Bearer"}
@@ -180,6 +185,29 @@ class Tenants:
         admission.usage = self.usage
         admission.tokens = self.tokens
         return admission
+
+    async def limit_headers(
+        self, principal: Principal, present: Collection[str] = ()
+    ) -> dict[str, str]:
+        """The caller's x-ratelimit-* headers as they stand (nothing counted), for an answer
+        that is not an admitted request's; {} for a caller without request or token limits, or
+        when ``present`` (lower-case names) already has them. The limit store failing costs
+        the answer its headers, never the answer."""
+        key = principal.key
+        if key is None:
+            return {}
+        wanted = []
+        if key.limits.rpm is not None:
+            wanted.append("x-ratelimit-limit-requests")
+        if key.limits.tpm is not None:
+            wanted.append("x-ratelimit-limit-tokens")
+        if all(name in present for name in wanted):
+            return {}
+        try:
+            return await self.limiter.peek(Subject.of_key(key))
+        except Exception:
+            logger.warning("could not read the limits of key %s", key.prefix, exc_info=True)
+            return {}
 
     def visible(self, principal: Principal, model_ids: Sequence[str]) -> list[str]:
         return [model for model in model_ids if principal.may_use(model)]

@@ -383,3 +383,61 @@ async def test_bad_adapter_limits_get_a_4xx(
     response = await admin(fresh, "PUT", path, body)
     assert response.status_code == status, response.text
     assert fragment in response.json()["error"]["message"]
+
+
+async def test_limit_headers_on_every_answer_of_a_limited_key_errors_included(
+    fresh: Gateway,
+) -> None:
+    """400 for a bad body, 404 for a model out of scope or unknown, /v1/models: each answer
+    carries the key's x-ratelimit-* headers; those that reached no engine cost nothing."""
+    created = await create_key(
+        fresh, "headers-everywhere", models=["legal-*"], limits={"rpm": 10, "tpm": 1000}
+    )
+    auth = {"authorization": f"Bearer {created['secret']}"}
+    chat = "/v1/chat/completions"
+    answers = {
+        "bad body": await fresh.http.post(chat, json={"model": LEGAL[0]}, headers=auth),
+        "not json": await fresh.http.post(chat, content=b"{", headers=auth),
+        "out of scope": await fresh.http.post(
+            chat, json={"model": ADAPTER, "messages": MESSAGES}, headers=auth
+        ),
+        "models": await fresh.http.get("/v1/models", headers=auth),
+        "one model": await fresh.http.get(f"/v1/models/{LEGAL[0]}", headers=auth),
+        "no such model": await fresh.http.get(f"/v1/models/{ADAPTER}", headers=auth),
+    }
+    statuses = {what: response.status_code for what, response in answers.items()}
+    assert statuses == {
+        "bad body": 400,
+        "not json": 400,
+        "out of scope": 404,
+        "models": 200,
+        "one model": 200,
+        "no such model": 404,
+    }
+    for what, response in answers.items():
+        assert response.headers.get("x-ratelimit-limit-requests") == "10", what
+        assert response.headers.get("x-ratelimit-limit-tokens") == "1000", what
+        # none of these reached an engine or took a request from the minute's window
+        assert response.headers.get("x-ratelimit-remaining-requests") == "10", what
+        assert response.headers.get("x-ratelimit-remaining-tokens") == "1000", what
+        assert response.headers["x-ratelimit-reset-requests"].endswith("s"), what
+    unknown = await fresh.http.post(
+        chat, json={"model": "legal-none", "messages": MESSAGES}, headers=auth
+    )
+    assert unknown.status_code == 404 and unknown.headers["x-ratelimit-limit-requests"] == "10"
+    answered = await fresh.http.post(
+        chat, json={"model": LEGAL[0], "messages": MESSAGES}, headers=auth
+    )
+    assert answered.status_code == 200
+    spent = int(answered.headers["x-ratelimit-remaining-requests"])
+    after = await fresh.http.post(chat, json={"model": LEGAL[0]}, headers=auth)
+    assert after.status_code == 400
+    assert int(after.headers["x-ratelimit-remaining-requests"]) == spent
+    tokens = answered.json()["usage"]["total_tokens"]
+    assert int(after.headers["x-ratelimit-remaining-tokens"]) == 1000 - tokens
+    # an unlimited key gets none
+    plain = await create_key(fresh, "headers-none")
+    bare = await fresh.http.post(
+        chat, json={"model": BASE}, headers={"authorization": f"Bearer {plain['secret']}"}
+    )
+    assert bare.status_code == 400 and "x-ratelimit-limit-requests" not in bare.headers
