@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -441,3 +442,68 @@ async def test_limit_headers_on_every_answer_of_a_limited_key_errors_included(
         chat, json={"model": BASE}, headers={"authorization": f"Bearer {plain['secret']}"}
     )
     assert bare.status_code == 400 and "x-ratelimit-limit-requests" not in bare.headers
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "fragment"),
+    [
+        ({"colour": "red"}, 400, "colour"),
+        ({"limits": {"rpm": -1}}, 400, "limits.rpm"),
+        ({"limits": {"max_concurrent": 0}}, 400, "limits.max_concurrent"),
+        ({"limits": {"tpm": 10**16}}, 400, "limits.tpm"),
+        ({"limits": {"rpm": "lots"}}, 400, "limits.rpm"),
+        ({"limits": {"burst": 3}}, 400, "limits.burst"),
+        ({"models": ["legl-*"]}, 400, "'legl-*' match no model"),
+        ({"models": []}, 400, "models"),
+        ({"name": "bad name!"}, 400, "name"),
+        ({"name": "x" * 65}, 400, "name"),
+        ({"expires_at": "2001-01-01T00:00:00Z"}, 400, "in the past"),
+        ({"expires_at": "2099-01-01T00:00:00"}, 400, "expires_at"),
+        ([1, 2], 400, ""),
+    ],
+)
+async def test_bad_updates_get_a_4xx_that_says_what_to_fix_and_change_nothing(
+    fresh: Gateway, body: Any, status: int, fragment: str
+) -> None:
+    name = f"patch-{uuid.uuid4().hex[:8]}"
+    await create_key(fresh, name, limits={"rpm": 5})
+    response = await admin(fresh, "PATCH", f"/keys/{name}", body)
+    assert response.status_code == status, response.text
+    assert fragment in response.json()["error"]["message"]
+    unchanged = (await admin(fresh, "GET", f"/keys/{name}")).json()
+    assert unchanged["limits"]["rpm"] == 5 and unchanged["models"] == ["*"]
+    assert unchanged["expires_at"] is None and unchanged["name"] == name
+
+
+async def test_key_routes_refuse_what_is_not_a_key_body(fresh: Gateway) -> None:
+    headers = {**admin_headers(), "content-type": "application/json"}
+    for method, path in (("POST", "/admin/keys"), ("PATCH", "/admin/keys/nobody")):
+        for raw in (b"{", b"", b'"team"'):
+            response = await fresh.http.request(method, path, content=raw, headers=headers)
+            assert response.status_code in (400, 404), (method, raw, response.text)
+            assert response.json()["error"]["message"]
+    for action in ("revoke", "rotate"):
+        missing = await admin(fresh, "POST", f"/keys/nobody/{action}")
+        assert missing.status_code == 404 and "nobody" in missing.json()["error"]["message"]
+    missing = await admin(fresh, "PATCH", "/keys/nobody", {"limits": {"rpm": 1}})
+    assert missing.status_code == 404 and "nobody" in missing.json()["error"]["message"]
+
+
+@pytest.mark.parametrize(
+    ("body", "fragment"),
+    [
+        ({"rpm": 0}, "rpm"),
+        ({"tpm": -1}, "tpm"),
+        ({"max_concurrent": "two"}, "max_concurrent"),
+        ({"rpm": 10**12}, "rpm"),
+        ({"rpm": 1, "colour": "red"}, "colour"),
+        ([1], ""),
+    ],
+)
+async def test_more_bad_adapter_limits_get_a_400_that_names_the_field(
+    fresh: Gateway, body: Any, fragment: str
+) -> None:
+    response = await admin(fresh, "PUT", "/adapters/legal-v2/limits", body)
+    assert response.status_code == 400, response.text
+    assert fragment in response.json()["error"]["message"]
+    assert (await admin(fresh, "GET", "/adapters/legal-v2")).status_code == 200
