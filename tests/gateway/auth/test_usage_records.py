@@ -19,6 +19,8 @@ import pytest
 import pytest_asyncio
 from prometheus_client.parser import text_string_to_metric_families
 from pydantic import SecretStr
+from sqlalchemy import event
+from sqlalchemy.exc import IntegrityError
 
 from gateway.auth.key_store import KeyStore
 from gateway.auth.usage_records import UsageRecorder, UsageStore
@@ -199,3 +201,61 @@ def test_token_series_labels_stay_bounded_by_the_registry() -> None:
         ("__other__", "prompt"): 10,
         ("__other__", "completion"): 10,
     }
+
+
+async def test_a_flush_writes_all_its_rows_in_one_transaction(tmp_path: Path) -> None:
+    """One commit per flush, not one per (hour, key, model): with 10,000 keys each row's own
+    transaction cost about 3 ms of CPU and 10 ms of fsync, more than the requests themselves."""
+    store = KeyStore.open(f"sqlite:///{tmp_path / 'registry.db'}")
+    commits = 0
+
+    def count(connection: object) -> None:
+        nonlocal commits
+        commits += 1
+
+    recorder = UsageRecorder(UsageStore(store.engine))
+    event.listen(store.engine, "commit", count)
+    for i in range(50):
+        recorder.record(f"key_{i}", "legal", "legal", 10, 5)
+    await recorder.flush()
+    assert commits == 1
+    for i in range(60):  # 50 existing rows, 10 new
+        recorder.record(f"key_{i}", "legal", "legal", 1, 1)
+    await recorder.flush()
+    assert commits == 2
+    lines = {line.key_id: line for line in recorder.store.query()}
+    assert len(lines) == 60
+    assert (lines["key_0"].requests, lines["key_0"].prompt_tokens) == (2, 11)
+    assert (lines["key_59"].requests, lines["key_59"].completion_tokens) == (1, 1)
+    store.close()
+
+
+async def test_a_flush_that_loses_an_insert_race_retries_whole(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another replica inserted one of the same new rows first (the unique constraint refuses
+    ours): the whole flush is rolled back and done again, so nothing is counted twice or lost."""
+    store = KeyStore.open(f"sqlite:///{tmp_path / 'registry.db'}")
+    recorder = UsageRecorder(UsageStore(store.engine))
+    recorder.record("key_a", "legal", "legal", 1, 1)
+    await recorder.flush()
+    recorder.record("key_a", "legal", "legal", 2, 2)  # an existing row: an UPDATE
+    recorder.record("key_b", "legal", "legal", 3, 3)  # a new row: an INSERT
+    real = UsageStore._write
+    tries = 0
+
+    def losing_once(session: Any, sums: Any) -> None:
+        nonlocal tries
+        tries += 1
+        real(session, sums)
+        if tries == 1:
+            session.flush()  # our UPDATE and INSERT ran; then the constraint refuses the insert
+            raise IntegrityError("INSERT INTO usage_hourly", None, Exception("UNIQUE failed"))
+
+    monkeypatch.setattr(UsageStore, "_write", staticmethod(losing_once))
+    await recorder.flush()
+    assert tries == 2
+    lines = {line.key_id: line for line in recorder.store.query()}
+    assert (lines["key_a"].requests, lines["key_a"].prompt_tokens) == (2, 3)
+    assert (lines["key_b"].requests, lines["key_b"].prompt_tokens) == (1, 3)
+    store.close()
