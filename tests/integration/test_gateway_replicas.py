@@ -348,6 +348,23 @@ async def test_replicas_behave_as_one_under_churn_and_an_engine_kill(cluster: Cl
         assert listed_now is not None and len(listed_now) <= SLOTS
 
 
+async def all_engines_ready(cluster: Cluster, within_s: float = ENGINE_READY_TIMEOUT_S) -> None:
+    """Until every engine is READY and both replicas' ``/admin/status`` say so (a test that
+    killed an engine may have ended before it rejoined)."""
+    for engine in cluster.engines:
+        await engine.wait_ready(within_s)
+    deadline = time.monotonic() + within_s
+    for index in range(len(cluster.gateways)):
+        while True:
+            with cluster.admin(index) as admin:
+                status = await asyncio.to_thread(admin.status)
+            states = {e["name"]: e["state"] for e in status["engines"]}
+            if all(state == "ready" for state in states.values()):
+                break
+            assert time.monotonic() < deadline, states
+            await asyncio.sleep(0.5)
+
+
 async def greedy(sdk: openai.AsyncOpenAI, model: str) -> str:
     """A greedy completion long enough that two versions of an adapter answer differently."""
     answer = await sdk.completions.create(
@@ -381,6 +398,7 @@ async def test_each_kind_of_change_reaches_the_other_replica_within_two_seconds(
     """Registration, new version, restore, pin and delete made through one replica: the other
     serves accordingly within 2 s. The version a replica serves is told apart by its greedy
     text."""
+    await all_engines_ready(cluster)
     sdk = [cluster.sdk(0), cluster.sdk(1)]
     # More adapters of its own than the engines' slots, for the pin check (registered through B).
     others = [f"spare-{i}" for i in range(2 * SLOTS + 1)]
