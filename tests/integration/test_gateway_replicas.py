@@ -9,6 +9,10 @@ behave as one (issue 11, "Tests").
   and printed, not failed), no engine ever over its 2 slots (sampled from each engine's
   ``/v1/models``), the killed engine rejoins, and every registered adapter answers through both
   replicas at the end.
+* Each kind of change made through one replica reaches the other within 2 s: a registration,
+  a new version and a restore (told apart by their greedy text), a pin (the other replica,
+  serving more adapters than the free slots, never evicts it) and a deletion (404
+  ``model_not_found``).
 * A replica killed with SIGKILL: the other keeps serving, every registration made before the kill
   is there, and what the dead replica held stops holding slots.
 
@@ -23,7 +27,7 @@ import random
 import secrets
 import signal
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -61,6 +65,10 @@ DEAD_AFTER_S = 3.0
 #: replicas saw it down (seen once in three runs). Any other failure fails the test.
 KILL_WINDOW_S = 10.0
 MAX_NEAR_KILL_503 = 2
+#: The issue's bound on how long a change made through one replica takes to reach the others.
+PROPAGATION_S = 2.0
+#: Tokens of a greedy answer: enough for two versions of an adapter to differ.
+GREEDY_TOKENS = 8
 
 
 @dataclass
@@ -338,6 +346,131 @@ async def test_replicas_behave_as_one_under_churn_and_an_engine_kill(cluster: Cl
     for engine in cluster.engines:
         listed_now = await loaded_on(engine)
         assert listed_now is not None and len(listed_now) <= SLOTS
+
+
+async def all_engines_ready(cluster: Cluster, within_s: float = ENGINE_READY_TIMEOUT_S) -> None:
+    """Until every engine is READY and both replicas' ``/admin/status`` say so (a test that
+    killed an engine may have ended before it rejoined)."""
+    for engine in cluster.engines:
+        await engine.wait_ready(within_s)
+    deadline = time.monotonic() + within_s
+    for index in range(len(cluster.gateways)):
+        while True:
+            with cluster.admin(index) as admin:
+                status = await asyncio.to_thread(admin.status)
+            states = {e["name"]: e["state"] for e in status["engines"]}
+            if all(state == "ready" for state in states.values()):
+                break
+            assert time.monotonic() < deadline, states
+            await asyncio.sleep(0.5)
+
+
+async def greedy(sdk: openai.AsyncOpenAI, model: str) -> str:
+    """A greedy completion long enough that two versions of an adapter answer differently."""
+    answer = await sdk.completions.create(
+        model=model, prompt="Hello", max_tokens=GREEDY_TOKENS, temperature=0.0
+    )
+    assert answer.model == model
+    return answer.choices[0].text
+
+
+async def reached_within(what: str, check: Callable[[], Awaitable[bool]]) -> float:
+    """Ask ``check`` every 0.05 s until it is True: the seconds from the call to the start of
+    the first attempt that was. Fails if that attempt started over PROPAGATION_S late."""
+    started = time.monotonic()
+    last: BaseException | None = None
+    while time.monotonic() - started <= PROPAGATION_S:
+        attempt = time.monotonic()
+        try:
+            if await check():
+                return attempt - started
+        except openai.APIError as exc:
+            last = exc
+        await asyncio.sleep(0.05)
+    raise AssertionError(
+        f"{what} took over {PROPAGATION_S} s to reach the other replica ({last!r})"
+    )
+
+
+async def test_each_kind_of_change_reaches_the_other_replica_within_two_seconds(
+    cluster: Cluster,
+) -> None:
+    """Registration, new version, restore, pin and delete made through one replica: the other
+    serves accordingly within 2 s. The version a replica serves is told apart by its greedy
+    text."""
+    await all_engines_ready(cluster)
+    sdk = [cluster.sdk(0), cluster.sdk(1)]
+    # More adapters of its own than the engines' slots, for the pin check (registered through B).
+    others = [f"spare-{i}" for i in range(2 * SLOTS + 1)]
+    with cluster.admin(1) as admin:
+        for name in others:
+            await asyncio.to_thread(admin.register, name, cluster.write(name))
+            cluster.registered.add(name)
+    with cluster.admin(0) as admin:
+        await asyncio.to_thread(admin.register, "versions", cluster.write("versions"))
+    cluster.registered.add("versions")
+
+    async def b_serves() -> bool:
+        await greedy(sdk[1], "versions")
+        return True
+
+    await reached_within("a registration", b_serves)
+    v1 = await greedy(sdk[0], "versions")
+    assert await greedy(sdk[1], "versions") == v1
+
+    # A new version through A: B answers with its text within 2 s.
+    with cluster.admin(0) as admin:
+        out = await asyncio.to_thread(
+            admin.register, "versions", cluster.write("versions"), new_version=True
+        )
+    assert out["active_version"] == 2
+    v2 = await greedy(sdk[0], "versions")
+    assert v2 != v1, "precondition: the two versions answer differently"
+
+    async def b_says_v2() -> bool:
+        return await greedy(sdk[1], "versions") == v2
+
+    await reached_within("a new version", b_says_v2)
+
+    # Restore v1 through B: A answers with v1's text again within 2 s.
+    with cluster.admin(1) as admin:
+        await asyncio.to_thread(admin.restore, "versions", 1)
+
+    async def a_says_v1() -> bool:
+        return await greedy(sdk[0], "versions") == v1
+
+    await reached_within("a restore", a_says_v1)
+
+    # Pin through A: B, serving more adapters than there are free slots, never evicts it.
+    with cluster.admin(0) as admin:
+        await asyncio.to_thread(admin.set_pinned, "versions", True)
+        upstream = (await asyncio.to_thread(admin.get, "versions"))["upstream_name"]
+    await asyncio.sleep(PROPAGATION_S)
+    await greedy(sdk[1], "versions")  # loaded (if it was not) and pinned on an engine
+    for name in [*others, *others]:
+        await greedy(sdk[1], name)
+        held = [await loaded_on(engine) for engine in cluster.engines]
+        assert any(upstream in (h or set()) for h in held), (
+            f"pinned through A, evicted for B's {name}: {held}\n{cluster.warnings()}"
+        )
+    with cluster.admin(1) as admin:
+        await asyncio.to_thread(admin.set_pinned, "versions", False)
+
+    # Delete through A: B answers 404 model_not_found within 2 s.
+    with cluster.admin(0) as admin:
+        await asyncio.to_thread(admin.delete, "versions")
+    cluster.registered.discard("versions")
+
+    async def b_says_404() -> bool:
+        try:
+            await greedy(sdk[1], "versions")
+        except openai.NotFoundError as exc:
+            return exc.code == "model_not_found"
+        return False
+
+    await reached_within("a deletion", b_says_404)
+    with pytest.raises(openai.NotFoundError):
+        await greedy(sdk[0], "versions")
 
 
 async def test_a_replica_killed_with_sigkill_leaves_the_other_serving(cluster: Cluster) -> None:
