@@ -27,6 +27,7 @@ import time
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import TypeVar
 
 from pydantic import SecretStr
 
@@ -36,7 +37,7 @@ from gateway.auth.key_store import KeyStore
 from gateway.auth.keys import SECRET_PREFIX, KeyLimits, VirtualKey, hash_secret
 from gateway.auth.limits import Admission, KeyLimiter, Subject, TokenSink, unlimited
 from gateway.auth.usage_records import NO_KEY, STATIC_KEY, UsageRecorder
-from gateway.errors import AuthenticationError
+from gateway.errors import AuthenticationError, GatewayError
 from gateway.inference.routing import unknown_model
 
 #: The caller labels of ``lora_gateway_key_tokens_total`` other than a key's name (which must
@@ -47,6 +48,13 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_CACHE_TTL_S = 1.0
 MAX_CACHED_KEYS = 100_000
+#: When the database fails, a cached answer older than its TTL is still used for this long (a
+#: database blip must not fail requests for keys and adapters already known); then, the error.
+STALE_IF_ERROR_S = 300.0
+#: After a failed refresh, how long the stale answer is used before the next try.
+RETRY_AFTER_ERROR_S = 1.0
+
+T = TypeVar("T")
 _CHALLENGE = {"WWW-Authenticate": "Bearer"}
 
 
@@ -94,34 +102,45 @@ class Tenants:
         self._any_key = None
         self._adapter_limits = None
 
-    async def _limits_of(self, model: str) -> KeyLimits | None:
-        if self.adapter_limits is None:
-            return None
+    async def _fresh(
+        self, cached: tuple[float, T] | None, read: Callable[[], T], what: str
+    ) -> tuple[float, T]:
+        """``cached`` while its TTL lasts, else ``read()`` again (in a thread). When the database
+        fails, a cached answer that expired less than ``STALE_IF_ERROR_S`` ago is used instead
+        (logged), so a database blip does not fail requests for what is already known."""
         now = self._clock()
-        if self._adapter_limits is None or self._adapter_limits[0] <= now:
-            rows = await asyncio.to_thread(self.adapter_limits.all)
-            self._adapter_limits = (now + self._ttl, rows)
+        if cached is not None and cached[0] > now:
+            return cached
+        try:
+            return (now + self._ttl, await asyncio.to_thread(read))
+        except GatewayError as exc:
+            if cached is None or now - cached[0] > STALE_IF_ERROR_S:
+                raise
+            logger.warning("%s: %s; using the answer cached before", what, exc.message)
+            return (now + RETRY_AFTER_ERROR_S, cached[1])
+
+    async def _limits_of(self, model: str) -> KeyLimits | None:
+        store = self.adapter_limits
+        if store is None:
+            return None
+        self._adapter_limits = await self._fresh(self._adapter_limits, store.all, "adapter limits")
         return self._adapter_limits[1].get(model)
 
     async def _keys_required(self) -> bool:
         if self._static is not None:
             return True
-        now = self._clock()
-        if self._any_key is None or self._any_key[0] <= now:
-            self._any_key = (now + self._ttl, await asyncio.to_thread(self.store.any_key))
+        self._any_key = await self._fresh(self._any_key, self.store.any_key, "virtual keys")
         return self._any_key[1]
 
     async def _lookup(self, secret: str) -> VirtualKey | None:
         digest = hash_secret(secret)
-        now = self._clock()
         cached = self._keys.get(digest)
-        if cached is not None and cached[0] > now:
-            return cached[1]
-        key = await asyncio.to_thread(self.store.by_hash, digest)
-        if len(self._keys) >= MAX_CACHED_KEYS:
-            self._keys.clear()
-        self._keys[digest] = (now + self._ttl, key)
-        return key
+        fresh = await self._fresh(cached, lambda: self.store.by_hash(digest), "key lookup")
+        if fresh is not cached:
+            if len(self._keys) >= MAX_CACHED_KEYS:
+                self._keys.clear()
+            self._keys[digest] = fresh
+        return fresh[1]
 
     async def authenticate(self, authorization: str | None) -> Principal:
         if not await self._keys_required():

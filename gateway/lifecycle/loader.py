@@ -164,10 +164,13 @@ class EngineLoader:
             await ctx.persist(slot.name, slot.version, AdapterState.LOADED)
             return
         ctx.table.remove(slot)
-        if refused is None and taken is not None and not unavailable:
+        if refused is None and not unavailable:
+            # Every engine was another replica's to give: its place taken, or present there
+            # but drained by that replica meanwhile (the board said "loaded", then the sync
+            # loop applied its drain mark). Nothing failed: the caller waits and tries again.
             slot.transition(AdapterState.REGISTERED)
             ctx.resync()
-            raise PlacementTaken(taken)
+            raise PlacementTaken(taken or "another gateway replica is unloading it there")
         if refused is not None:
             slot.transition(AdapterState.FAILED)
             await self._drop_from_engines(slot)

@@ -19,8 +19,8 @@ from gateway.auth.limits import (
     open_storage,
     storage_uri,
 )
-from gateway.auth.tenants import Tenants
-from gateway.errors import RateLimitError
+from gateway.auth.tenants import STALE_IF_ERROR_S, Tenants
+from gateway.errors import GatewayError, RateLimitError
 from gateway.inference.record import RequestInfo
 
 
@@ -105,6 +105,33 @@ async def test_key_lookups_are_cached_for_the_ttl(tmp_path: Path) -> None:
     now[0] += 1.01
     await tenants.authenticate(f"Bearer {issued.secret}")
     assert calls == 2
+    store.close()
+
+
+async def test_a_database_blip_does_not_fail_keys_already_known(tmp_path: Path) -> None:
+    """Regression (seen against PostgreSQL refusing connections for 1.5 s): the once-a-second
+    refresh of the key lookups ran in the request and answered 500 on the database's error.
+    Now a cached answer is used while the database fails (up to STALE_IF_ERROR_S past its TTL);
+    an unknown key, with nothing cached, still gets the error."""
+    store = KeyStore.open(f"sqlite:///{tmp_path / 'registry.db'}")
+    issued = store.create("blip", models=ALL_MODELS, limits=KeyLimits())
+    now = [100.0]
+    tenants = Tenants(store, KeyLimiter(open_storage(None)), cache_ttl_s=1.0, clock=lambda: now[0])
+    await tenants.authenticate(f"Bearer {issued.secret}")
+
+    def down(*_: object) -> None:
+        raise GatewayError("the key store failed: OperationalError", code="key_store_error")
+
+    store.by_hash = down  # type: ignore[method-assign,assignment]
+    store.any_key = down  # type: ignore[method-assign,assignment]
+    now[0] += 5.0
+    principal = await tenants.authenticate(f"Bearer {issued.secret}")
+    assert principal.key is not None and principal.key.id == issued.key.id
+    with pytest.raises(GatewayError):
+        await tenants.authenticate("Bearer lgw-unknown-key-never-seen")
+    now[0] += STALE_IF_ERROR_S + 2
+    with pytest.raises(GatewayError):
+        await tenants.authenticate(f"Bearer {issued.secret}")
     store.close()
 
 

@@ -21,7 +21,7 @@ from adapters.store import AdapterStore
 from adapters.validation import AdapterValidator, ValidationLimits
 from gateway.errors import GatewayError, ModelNotFoundError
 from gateway.lifecycle.service import AdapterLifecycle
-from gateway.placement.board import SharedBoard
+from gateway.placement.board import PlacementBoard, SharedBoard
 from gateway.placement.stats import PlacementEvent
 from loadtest.fake_vllm import FakeVLLM
 from tests.adapters.builders import write_adapter, write_base_model
@@ -245,3 +245,57 @@ async def test_an_engine_restart_is_seen_by_both_replicas(
     await request(b, "x")
     await request(a, "x")
     assert not any(u.violations for u in upstreams)
+
+
+class DrainedWhilePresent(PlacementBoard):
+    """A board whose first claim answers "present" (another replica loaded it there) while
+    that replica's drain mark reaches this one's slot table during the claim: the race seen
+    in the real two-replica churn test."""
+
+    shared = True
+
+    def __init__(self) -> None:
+        self.lifecycle: AdapterLifecycle | None = None
+        self.claims = 0
+
+    async def claim(self, engine_url: str, upstream: str, capacity: int) -> bool:
+        self.claims += 1
+        if self.claims > 1:
+            return True
+        assert self.lifecycle is not None
+        slot = self.lifecycle._ctx.table.get(upstream)
+        assert slot is not None
+        slot.blocked.update(e.name for e in self.lifecycle.engines if e.url == engine_url)
+        return False
+
+
+async def test_a_place_drained_by_another_replica_during_the_claim_is_waited_for(
+    tmp_path: Path, adapter_dir: Callable[[str, int], Path], upstreams: list[FakeVLLM]
+) -> None:
+    """Regression: the claim found the version loaded there, then the other replica's drain
+    mark was applied: the load ended with no current engine and nothing failed, and the request
+    got 503 "no engine could load adapter ... just now". It now waits and claims again."""
+    roots = (tmp_path / "adapters").resolve()
+    board = DrainedWhilePresent()
+    lifecycle = AdapterLifecycle(
+        Registry(f"sqlite:///{tmp_path / 'solo.db'}"),
+        [FakeEngine(upstreams[0], name="e0", lora_capacity=2)],
+        AdapterStore(
+            tmp_path / "store",
+            AdapterValidator(
+                BASE,
+                ValidationLimits(16, 1 << 30, (roots,)),
+                base_dir=write_base_model(tmp_path / BASE),
+            ),
+        ),
+        slot_wait_s=5.0,
+        board=board,
+    )
+    board.lifecycle = lifecycle
+    await lifecycle.start()
+    try:
+        await lifecycle.register("x", adapter_dir("x", 1))
+        assert await request(lifecycle, "x") == "e0"
+        assert board.claims == 2
+    finally:
+        await lifecycle.close()
