@@ -13,6 +13,8 @@ behave as one (issue 11, "Tests").
   a new version and a restore (told apart by their greedy text), a pin (the other replica,
   serving more adapters than the free slots, never evicts it) and a deletion (404
   ``model_not_found``).
+* A resident adapter is served by both replicas while the database refuses every connection
+  for a moment (no database round trip on the hot path).
 * A replica killed with SIGKILL: the other keeps serving, every registration made before the kill
   is there, and what the dead replica held stops holding slots.
 
@@ -23,11 +25,12 @@ each), two gateway processes, one throwaway database.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import secrets
 import signal
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,6 +38,7 @@ import httpx
 import openai
 import pytest
 import pytest_asyncio
+from sqlalchemy import create_engine, make_url, text
 
 from adapters.client import AdminClient
 from adapters.errors import AdapterError
@@ -65,10 +69,13 @@ DEAD_AFTER_S = 3.0
 #: replicas saw it down (seen once in three runs). Any other failure fails the test.
 KILL_WINDOW_S = 10.0
 MAX_NEAR_KILL_503 = 2
+CLIENT_KEY = "replicas-client-key"
 #: The issue's bound on how long a change made through one replica takes to reach the others.
 PROPAGATION_S = 2.0
 #: Tokens of a greedy answer: enough for two versions of an adapter to differ.
 GREEDY_TOKENS = 8
+#: How long the database refuses connections: under DEAD_AFTER_S, so no replica is dead.
+DATABASE_OUTAGE_S = 1.5
 
 
 @dataclass
@@ -78,6 +85,8 @@ class Cluster:
     admin_token: str
     adapters_root: Path
     tiny_model_dir: Path
+    #: The SQLAlchemy URL of the registry database the replicas share.
+    database_url: str
     registered: set[str] = field(default_factory=set)
     seeds: dict[str, int] = field(default_factory=dict)
 
@@ -86,7 +95,10 @@ class Cluster:
 
     def sdk(self, index: int) -> openai.AsyncOpenAI:
         return openai.AsyncOpenAI(
-            base_url=f"{self.gateways[index].url}/v1", api_key="unused", max_retries=0, timeout=120
+            base_url=f"{self.gateways[index].url}/v1",
+            api_key=CLIENT_KEY,
+            max_retries=0,
+            timeout=120,
         )
 
     def warnings(self, limit: int = 60) -> str:
@@ -133,11 +145,15 @@ async def cluster(
         token = secrets.token_urlsafe(24)
         adapters_root = root / "adapters"
         adapters_root.mkdir()
+        database_url = postgres_server.new_database("replicas")
         env = {
             "LORA_GATEWAY_ENGINE_URLS": ",".join(e.url for e in engines),
             "LORA_GATEWAY_ENGINE_API_KEY": key,
-            "LORA_GATEWAY_DATABASE_URL": postgres_server.new_database("replicas"),
+            "LORA_GATEWAY_DATABASE_URL": database_url,
             "LORA_GATEWAY_ADMIN_TOKEN": token,
+            # A static client key: /v1 needs it, and checking it needs no database (an open
+            # gateway asks the key store whether virtual keys exist, once per key_cache_ttl_s).
+            "LORA_GATEWAY_API_KEYS": CLIENT_KEY,
             "LORA_GATEWAY_BASE_MODEL": str(tiny_model_dir),
             "LORA_GATEWAY_SERVED_MODEL_NAME": TINY_SERVED_NAME,
             "LORA_GATEWAY_MAX_LORAS": str(SLOTS),
@@ -157,7 +173,7 @@ async def cluster(
                 )
             )
         await asyncio.gather(*(wait_ready(g, 120) for g in gateways))
-        yield Cluster(engines, gateways, token, adapters_root, tiny_model_dir)
+        yield Cluster(engines, gateways, token, adapters_root, tiny_model_dir, database_url)
     finally:
         for gateway in gateways:
             gateway.stop()
@@ -471,6 +487,67 @@ async def test_each_kind_of_change_reaches_the_other_replica_within_two_seconds(
     await reached_within("a deletion", b_says_404)
     with pytest.raises(openai.NotFoundError):
         await greedy(sdk[0], "versions")
+
+
+@contextlib.contextmanager
+def database_refusing(server: PostgresServer, database_url: str) -> Iterator[None]:
+    """While inside: the replicas' database takes no connection (``ALLOW_CONNECTIONS false``,
+    which binds superusers too) and its open ones are ended."""
+    name = make_url(database_url).database
+    admin = create_engine(server.url(), isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as connection:
+            connection.execute(text(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false'))
+            connection.execute(
+                text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :n"),
+                {"n": name},
+            )
+        yield
+    finally:
+        with admin.connect() as connection:
+            connection.execute(text(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true'))
+        admin.dispose()
+
+
+async def test_a_resident_adapter_is_served_with_the_database_unreachable(
+    cluster: Cluster, postgres_server: PostgresServer
+) -> None:
+    """The hot path of a request for a resident adapter makes no database round trip: with the
+    shared database refusing every connection for a moment (shorter than the replicas' dead-after
+    bound), both replicas still answer it; once it is back, they follow each other again."""
+    sdk = [cluster.sdk(0), cluster.sdk(1)]
+    with cluster.admin(0) as admin:
+        await asyncio.to_thread(admin.register, "resident", cluster.write("resident"))
+    cluster.registered.add("resident")
+    await asyncio.sleep(PROPAGATION_S)
+    for replica in (0, 1, 0, 1):  # loaded, and known as loaded to both
+        await greedy(sdk[replica], "resident")
+
+    answered = 0
+    with database_refusing(postgres_server, cluster.database_url):
+        until = time.monotonic() + DATABASE_OUTAGE_S
+        while time.monotonic() < until:
+            for replica in (0, 1):
+                try:
+                    await greedy(sdk[replica], "resident")
+                except openai.APIError as exc:
+                    raise AssertionError(
+                        f"replica {replica} needed the database for a resident adapter: {exc!r}\n"
+                        f"{cluster.warnings()}"
+                    ) from exc
+                answered += 1
+    assert answered >= 4, answered
+
+    # Back: a registration through B reaches A within the usual bound again.
+    with cluster.admin(1) as admin:
+        await asyncio.to_thread(admin.register, "after-outage", cluster.write("after-outage"))
+    cluster.registered.add("after-outage")
+
+    async def a_serves() -> bool:
+        await greedy(sdk[0], "after-outage")
+        return True
+
+    await reached_within("a registration after the outage", a_serves)
 
 
 async def test_a_replica_killed_with_sigkill_leaves_the_other_serving(cluster: Cluster) -> None:
