@@ -21,6 +21,7 @@ a key: it reads ``OPENAI_API_KEY``). Registered on the CLI by :func:`register` (
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -121,10 +122,26 @@ def serve(
     try:
         # Fail fast on a bad base model or engine URL, before the server starts.
         build_engines(settings)
-        asyncio.run(run_gateway(settings))
+        with asyncio.Runner(loop_factory=serving_loop_factory()) as runner:
+            runner.run(run_gateway(settings))
     except (GatewayError, AdapterError) as exc:
         typer.echo(f"error: {exc.message}", err=True)
         raise typer.Exit(2) from exc
+
+
+def serving_loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop's event loop when it is installed (it comes with ``uvicorn[standard]``), else
+    asyncio's own (None).
+
+    ``uvicorn.run`` would pick uvloop by itself, but the gateway runs ``Server.serve`` inside its
+    own loop (to tune the collector once started): without this the loop is asyncio's, whose
+    Python-level selector and transports cost about a third of the CPU per proxied request.
+    """
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop
 
 
 def _validation_message(exc: ValidationError) -> str:
