@@ -8,13 +8,21 @@ of these was a visible share of that profile.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
+import fastapi.routing
+import httpx
+import pytest
 import uvloop
 from fastapi.routing import APIRoute
 
+from gateway.api.deps import get_principal
 from gateway.app import create_app
 from gateway.commands.serve import serving_loop_factory
+from gateway.errors import AuthenticationError
 from gateway.settings import GatewaySettings
+from tests.gateway.conftest import Gateway
+from tests.gateway.openai_env import BASE
 
 INFERENCE_PATHS = (
     "/v1/chat/completions",
@@ -57,3 +65,36 @@ def test_inference_routes_resolve_the_caller_in_one_dependency(tmp_path: Path) -
         names = [dep.call.__name__ for dep in dependant.dependencies if dep.call is not None]
         assert names == ["get_principal", "get_caller"], path
         assert not dependant.query_params and not dependant.body_params, path
+
+
+async def test_inference_routes_skip_fastapis_dependency_solving(
+    gateway: Gateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    solved: list[str] = []
+    original = fastapi.routing.solve_dependencies
+
+    async def counting(**kwargs: Any) -> Any:
+        solved.append(kwargs["dependant"].path)
+        return await original(**kwargs)
+
+    monkeypatch.setattr(fastapi.routing, "solve_dependencies", counting)
+    chat = {"model": BASE, "messages": [{"role": "user", "content": "hi"}]}
+    response = await gateway.http.post("/v1/chat/completions", json=chat)
+    assert response.status_code == 200, response.text
+    assert solved == []
+    assert (await gateway.http.get("/v1/models")).status_code == 200
+    assert solved == ["/v1/models"]  # every other route: FastAPI's own handler
+
+
+async def test_dependency_overrides_still_apply_to_inference_routes(tmp_path: Path) -> None:
+    app = create_app(GatewaySettings(data_dir=tmp_path, engine_urls=["http://127.0.0.1:9"]))
+
+    async def refuse() -> None:
+        raise AuthenticationError("overridden")
+
+    app.dependency_overrides[get_principal] = refuse
+    transport = httpx.ASGITransport(app=app)  # no lifespan: only the override can answer
+    async with httpx.AsyncClient(transport=transport, base_url="http://gw") as http:
+        response = await http.post("/v1/chat/completions", json={"model": BASE})
+    assert response.status_code == 401, response.text
+    assert response.json()["error"]["message"] == "overridden"

@@ -14,6 +14,7 @@ from fastapi import APIRouter
 from starlette.responses import Response
 
 from gateway.api.anthropic.protocol import CountTokensRequest, MessagesRequest
+from gateway.api.caller_route import CallerRoute
 from gateway.api.deps import CallerDep
 from gateway.api.openai.admission import admit_and_forward, caller_affinity, read_body
 from gateway.inference.proxy import ProxyCall, StreamKind
@@ -24,7 +25,7 @@ COUNT_TOKENS = "/v1/messages/count_tokens"
 
 
 def build_messages_router() -> APIRouter:
-    router = APIRouter(tags=["anthropic"])
+    router = APIRouter(tags=["anthropic"], route_class=CallerRoute)
 
     @router.post(MESSAGES)
     async def create_message(caller: CallerDep) -> Response:

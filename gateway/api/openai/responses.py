@@ -19,6 +19,7 @@ from urllib.parse import urlencode
 from fastapi import APIRouter, Path, Query, Request
 from starlette.responses import Response
 
+from gateway.api.caller_route import CallerRoute
 from gateway.api.deps import CallerDep, ProxyDep, RequestInfoDep, RouterDep
 from gateway.api.openai.admission import admit_and_forward, caller_affinity, read_body
 from gateway.api.openai.protocol import MAX_RESPONSE_ID, ResponsesRequest
@@ -33,7 +34,7 @@ ResponseId = Annotated[str, Path(min_length=1, max_length=MAX_RESPONSE_ID)]
 
 
 def build_responses_router() -> APIRouter:
-    router = APIRouter(tags=["openai"])
+    router = APIRouter(tags=["openai"], route_class=CallerRoute)
 
     @router.post(RESPONSES)
     async def create_response(caller: CallerDep) -> Response:

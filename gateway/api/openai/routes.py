@@ -14,6 +14,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 from starlette.responses import Response
 
+from gateway.api.caller_route import CallerRoute
 from gateway.api.deps import CallerDep
 from gateway.api.openai.admission import admit_and_forward, caller_affinity, read_body
 from gateway.api.openai.models import build_models_router
@@ -28,7 +29,7 @@ COMPLETIONS = "/v1/completions"
 
 
 def build_openai_router() -> APIRouter:
-    router = APIRouter(tags=["openai"])
+    router = APIRouter(tags=["openai"], route_class=CallerRoute)
 
     # The inference routes first: the router tries routes in order, and these are the hot ones.
     @router.post(CHAT_COMPLETIONS)

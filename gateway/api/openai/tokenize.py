@@ -11,6 +11,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 from starlette.responses import Response
 
+from gateway.api.caller_route import CallerRoute
 from gateway.api.deps import CallerDep
 from gateway.api.openai.admission import admit_and_forward, read_body
 from gateway.api.openai.protocol import DetokenizeRequest, TokenizeRequest
@@ -21,7 +22,7 @@ DETOKENIZE = "/detokenize"
 
 
 def build_tokenize_router() -> APIRouter:
-    router = APIRouter(tags=["vllm"])
+    router = APIRouter(tags=["vllm"], route_class=CallerRoute)
 
     @router.post(TOKENIZE)
     async def tokenize(caller: CallerDep) -> Response:
