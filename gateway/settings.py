@@ -149,6 +149,40 @@ class GatewaySettings(BaseSettings):
         "flight on every engine holding it reach this.",
     )
 
+    shared_placements: bool | None = Field(
+        default=None,
+        description="Share the engines' slots with other gateway replicas through the registry "
+        "database (placements, heartbeats, drain handshake) and follow their registry changes "
+        "within a second. Unset: on for a non-SQLite database_url.",
+    )
+    replica_id: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=128,
+        pattern=r"^[A-Za-z0-9._:-]+$",
+        description="This replica's name on the placement board; unset: host-pid-random.",
+    )
+    replica_sync_interval_s: float = Field(
+        default=0.5,
+        gt=0,
+        le=10,
+        description="How often a replica reads the board and the registry and heartbeats.",
+    )
+    replica_dead_after_s: float = Field(
+        default=5.0,
+        gt=0,
+        le=600,
+        description="A replica whose heartbeat is older than this is dead: its requests in "
+        "flight no longer hold versions loaded, its half-done loads are given back.",
+    )
+    placement_release_timeout_s: float = Field(
+        default=3.0,
+        gt=0,
+        le=600,
+        description="How long an unload waits for other replicas to finish with a version "
+        "before leaving it loaded.",
+    )
+
     # --- Aliases ------------------------------------------------------------------------------
     alias_rollback_window: int = Field(
         default=0,
@@ -297,6 +331,13 @@ class GatewaySettings(BaseSettings):
     @property
     def resolved_database_url(self) -> str:
         return self.database_url or f"sqlite:///{self.data_dir / 'registry.db'}"
+
+    @property
+    def shares_placements(self) -> bool:
+        """Whether this replica shares the engines' slots through the database."""
+        if self.shared_placements is not None:
+            return self.shared_placements
+        return not self.resolved_database_url.startswith("sqlite")
 
     @property
     def allowed_adapter_roots(self) -> list[Path]:

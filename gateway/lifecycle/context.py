@@ -30,6 +30,7 @@ from gateway.engines.base import Engine
 from gateway.errors import AdapterNotFoundError, GatewayError
 from gateway.lifecycle.cooldown import LoadFailures
 from gateway.lifecycle.types import AdapterView, LifecycleObserver, VersionView
+from gateway.placement.board import PlacementBoard
 from gateway.placement.slots import Slot, SlotTable
 
 logger = logging.getLogger(__name__)
@@ -50,8 +51,14 @@ class LifecycleContext:
         slot_wait_s: float,
         drain_timeout_s: float,
         replicate_threshold: int = 4,
+        board: PlacementBoard | None = None,
     ) -> None:
         self.registry = registry
+        #: Where loads claim a place and unloads release it (shared with other replicas, or
+        #: this process's own, which grants everything).
+        self.board = board or PlacementBoard()
+        #: Ask the replica sync loop for a tick now (set when there is one).
+        self.resync: Callable[[], None] = lambda: None
         self.engines = list(engines)
         self.by_name = {engine.name: engine for engine in self.engines}
         self.table = table

@@ -35,6 +35,7 @@ from gateway.inference.routing import Route, unknown_model
 from gateway.lifecycle.context import LifecycleContext
 from gateway.lifecycle.loader import EngineLoader
 from gateway.lifecycle.types import UnloadCause
+from gateway.placement.board import PlacementTaken
 from gateway.placement.policy import (
     LoadPlan,
     PlacementPolicy,
@@ -46,6 +47,9 @@ from gateway.placement.slots import Slot
 from gateway.placement.stats import PlacementEvent
 
 logger = logging.getLogger(__name__)
+
+#: With a shared placement board, how often a waiting request looks again without a wake-up.
+SHARED_RECHECK_S = 0.25
 
 
 def _wanted(record: AdapterRecord, number: int | None) -> AdapterVersion:
@@ -139,11 +143,13 @@ class LeaseBroker:
                     )
                     if slot is not None:
                         engine = ctx.table.pick_engine(slot, exclude, prefer)
-                        if engine is None:
+                        if engine is not None:
+                            self._take(slot, engine, event)
+                            return slot, engine
+                        if prefer is not None or not ctx.board.shared:
                             where = f"engine {prefer}" if prefer is not None else "no ready engine"
                             raise EngineUnavailableError(f"{where} holds adapter {name!r}")
-                        self._take(slot, engine, event)
-                        return slot, engine
+                        # Another replica began draining it there just now: wait, plan again.
             await self._wait(name, deadline)
 
     def _take(self, slot: Slot, engine: Engine, event: PlacementEvent) -> None:
@@ -193,9 +199,17 @@ class LeaseBroker:
             await self._wait(name, deadline)
 
     async def _wait(self, name: str, deadline: float) -> None:
-        """Wait (holding no lock) until a lease ends or a slot goes; raise when out of time."""
-        remaining = deadline - self._ctx.clock()
-        if remaining <= 0 or not await self._ctx.table.wait_freed(remaining):
+        """Wait (holding no lock) until a lease ends or a slot goes; raise when out of time.
+
+        With other replicas (a shared board) a slot may also free up elsewhere, seen by the
+        sync loop at any moment, even between a failed try and this wait: so it looks again
+        at least every ``SHARED_RECHECK_S`` instead of sleeping through such a change."""
+        ctx = self._ctx
+        remaining = deadline - ctx.clock()
+        if remaining <= 0:
+            raise self._wait_error(name)
+        step = min(remaining, SHARED_RECHECK_S) if ctx.board.shared else remaining
+        if not await ctx.table.wait_freed(step) and ctx.clock() >= deadline:
             raise self._wait_error(name)
 
     def _wait_error(self, name: str) -> CapacityError:
@@ -242,7 +256,10 @@ class LeaseBroker:
             if slot is None:
                 return None
             missing = ready
-        await self._loader.load(slot, missing)
+        try:
+            await self._loader.load(slot, missing)
+        except PlacementTaken:
+            return None  # every engine's place is another replica's now: wait, then again
         return slot
 
     async def _ensure_placed(
@@ -278,6 +295,10 @@ class LeaseBroker:
             slot.loading_on.add(engine.name)  # reserved before any await
             try:
                 await self._loader.load(slot, [engine])
+            except PlacementTaken:
+                # Another gateway replica holds that place (shared board): wait for a slot
+                # to free (the sync loop re-reads the board now), then plan again.
+                return None
             except EngineUnavailableError:
                 # That engine is gone (or failing): once more on another one, if any.
                 tried.add(engine.name)

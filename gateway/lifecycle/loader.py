@@ -30,6 +30,7 @@ from gateway.errors import (
 )
 from gateway.lifecycle.context import LifecycleContext
 from gateway.lifecycle.types import UnloadCause
+from gateway.placement.board import PlacementTaken
 from gateway.placement.slots import Slot
 from gateway.placement.stats import PlacementEvent
 
@@ -92,7 +93,13 @@ class EngineLoader:
     async def _add_engine_job(self, slot: Slot, engine: Engine) -> bool:
         restarts = engine.status().restarts
         try:
-            await engine.client.load_lora(slot.upstream, slot.path)
+            await self._place(slot, engine)
+        except PlacementTaken as exc:
+            logger.info(
+                "adapter %s: no place on engine %s now: %s", slot.upstream, engine.name, exc
+            )
+            self._ctx.resync()
+            return False
         except GatewayError as exc:
             logger.warning(
                 "adapter %s: engine %s could not load it: %s", slot.upstream, engine.name, exc
@@ -110,13 +117,7 @@ class EngineLoader:
     async def _drop_one_job(self, slot: Slot, engine_name: str, cause: UnloadCause) -> None:
         slot.engines.pop(engine_name, None)  # at once: no longer routed there
         try:
-            await self._ctx.by_name[engine_name].client.unload_lora(slot.upstream)
-        except AdapterNotFoundError:
-            pass
-        except GatewayError as exc:
-            logger.warning(
-                "engine %s could not unload %s: %s", engine_name, slot.upstream, exc.message
-            )
+            await self.unplace(self._ctx.by_name[engine_name], slot.upstream)
         finally:
             self._ctx.table.notify()
         if cause is UnloadCause.EVICTED:
@@ -130,10 +131,15 @@ class EngineLoader:
         refused: str | None = None
         engine_failed: str | None = None  # the engine answered 5xx: maybe a bad adapter
         unavailable: list[str] = []
+        taken: str | None = None  # another replica holds the place (shared board)
         for engine in engines:
             restarts = engine.status().restarts
             try:
-                await engine.client.load_lora(slot.upstream, slot.path)
+                await self._place(slot, engine)
+            except PlacementTaken as exc:
+                taken = f"{engine.name}: {exc}"
+                logger.info("adapter %s: no place on %s now: %s", slot.upstream, engine.name, exc)
+                continue
             except AdapterLoadError as exc:
                 refused = exc.message
                 break
@@ -158,6 +164,10 @@ class EngineLoader:
             await ctx.persist(slot.name, slot.version, AdapterState.LOADED)
             return
         ctx.table.remove(slot)
+        if refused is None and taken is not None and not unavailable:
+            slot.transition(AdapterState.REGISTERED)
+            ctx.resync()
+            raise PlacementTaken(taken)
         if refused is not None:
             slot.transition(AdapterState.FAILED)
             await self._drop_from_engines(slot)
@@ -204,13 +214,41 @@ class EngineLoader:
 
     async def _drop_from_engines(self, slot: Slot) -> None:
         for engine_name in self._ctx.table.current_engines(slot):
-            engine = self._ctx.by_name[engine_name]
-            try:
-                await engine.client.unload_lora(slot.upstream)
-            except AdapterNotFoundError:
-                pass  # the engine no longer has it: the goal is reached
-            except GatewayError as exc:
-                logger.warning(
-                    "engine %s could not unload %s: %s", engine_name, slot.upstream, exc.message
-                )
+            await self.unplace(self._ctx.by_name[engine_name], slot.upstream)
         slot.engines.clear()
+
+    # --- through the placement board ---------------------------------------------------------
+    async def _place(self, slot: Slot, engine: Engine) -> None:
+        """Load ``slot`` onto ``engine`` once the board grants the place (with other gateway
+        replicas: none of them loaded it there already, and the engine has a free slot);
+        :class:`PlacementTaken` when it does not."""
+        board = self._ctx.board
+        capacity = self._ctx.table.engine_capacity[engine.name]
+        if not await board.claim(engine.url, slot.upstream, capacity):
+            return  # another replica loaded it there: it is resident
+        try:
+            await engine.client.load_lora(slot.upstream, slot.path)
+        except BaseException:
+            await asyncio.shield(board.abandon(engine.url, slot.upstream))
+            raise
+        await board.loaded(engine.url, slot.upstream)
+
+    async def unplace(self, engine: Engine, upstream: str) -> bool:
+        """Unload ``upstream`` from ``engine`` once no gateway replica uses it there; False
+        when another replica still does (it stays loaded; the board keeps counting it)."""
+        board = self._ctx.board
+        if not await board.release(engine.url, upstream):
+            logger.info(
+                "adapter %s stays on engine %s: another gateway replica still uses it",
+                upstream,
+                engine.name,
+            )
+            return False
+        try:
+            await engine.client.unload_lora(upstream)
+        except AdapterNotFoundError:
+            pass  # the engine no longer has it: the goal is reached
+        except GatewayError as exc:
+            logger.warning("engine %s could not unload %s: %s", engine.name, upstream, exc.message)
+        await board.removed(engine.url, upstream)
+        return True

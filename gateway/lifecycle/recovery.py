@@ -24,14 +24,18 @@ from gateway.engines.base import Engine
 from gateway.errors import GatewayError
 from gateway.lifecycle.context import LifecycleContext
 from gateway.lifecycle.lease import LeaseBroker
+from gateway.lifecycle.replicas import ReplicaSync
 
 logger = logging.getLogger(__name__)
 
 
 class Recovery:
-    def __init__(self, ctx: LifecycleContext, broker: LeaseBroker) -> None:
+    def __init__(
+        self, ctx: LifecycleContext, broker: LeaseBroker, replicas: ReplicaSync | None = None
+    ) -> None:
         self._ctx = ctx
         self._broker = broker
+        self._replicas = replicas
 
     async def read_registry(self) -> None:
         """What is registered, what failed before, what is wanted (pinned or loaded before)."""
@@ -67,6 +71,10 @@ class Recovery:
         """The engine (re)started with no adapters: load the desired ones onto it again."""
         if self._ctx.closed:
             return
+        if self._replicas is not None:
+            # Other replicas' rows may still say it holds versions: correct them first, or a
+            # load would be skipped as "there already".
+            await self._replicas.reconcile(engine)
         self._forget_engine(engine)
         await self.reapply()
         logger.info(

@@ -59,6 +59,7 @@ from gateway.errors import (
     CapacityError,
     ConflictError,
     EngineUnavailableError,
+    GatewayError,
 )
 from gateway.inference.routing import PublicModel, Route
 from gateway.lifecycle.context import LifecycleContext
@@ -69,6 +70,7 @@ from gateway.lifecycle.fetching import AdapterFetcher, Fetch, FetchLimits
 from gateway.lifecycle.lease import LeaseBroker
 from gateway.lifecycle.loader import EngineLoader
 from gateway.lifecycle.recovery import Recovery
+from gateway.lifecycle.replicas import ReplicaSync, ReplicaView
 from gateway.lifecycle.swap import VersionSwap
 from gateway.lifecycle.types import (
     AdapterView,
@@ -76,6 +78,7 @@ from gateway.lifecycle.types import (
     NullLifecycleObserver,
     UnloadCause,
 )
+from gateway.placement.board import PlacementBoard, SharedBoard
 from gateway.placement.policy import PlacementPolicy
 from gateway.placement.slots import EngineLoad, SlotTable
 from gateway.placement.stats import PlacementStats
@@ -99,6 +102,8 @@ class AdapterLifecycle:
         engine_error_retry_s: float = 5.0,
         policy: PlacementPolicy = PlacementPolicy.AFFINITY,
         replicate_threshold: int = 4,
+        board: PlacementBoard | None = None,
+        sync_interval_s: float = 0.5,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if not engines:
@@ -123,10 +128,16 @@ class AdapterLifecycle:
             slot_wait_s=slot_wait_s,
             drain_timeout_s=drain_timeout_s,
             replicate_threshold=replicate_threshold,
+            board=board,
         )
         self._loader = EngineLoader(ctx)
         self._broker = LeaseBroker(ctx, self._loader)
-        self._recovery = Recovery(ctx, self._broker)
+        #: In step with other gateway replicas (a shared placement board), else None.
+        self.replicas: ReplicaSync | None = None
+        if isinstance(ctx.board, SharedBoard):
+            self.replicas = ReplicaSync(ctx, ctx.board, self._loader, interval_s=sync_interval_s)
+            ctx.resync = self.replicas.wake
+        self._recovery = Recovery(ctx, self._broker, self.replicas)
         self._swap = VersionSwap(ctx, self._broker, self._loader)
 
     @property
@@ -175,6 +186,14 @@ class AdapterLifecycle:
         (re)start re-applies desired state."""
         await self._recovery.read_registry()
         await asyncio.to_thread(self.store.collect, self._store_paths_in_use())
+        if self.replicas is not None:
+            # What the engines really hold and what the other replicas hold, before loading
+            # anything: rows may be stale (an engine restarted while no replica watched it).
+            for engine in self.engines:
+                if engine.ready:
+                    await self.replicas.reconcile(engine)
+            await self.replicas.tick()
+            self._ctx.spawn(self.replicas.run())
         await self._recovery.watch()
 
     async def close(self) -> None:
@@ -183,6 +202,11 @@ class AdapterLifecycle:
         self._recovery.stop()
         await self.fetcher.close()
         await self._ctx.cancel_all()
+        if self.replicas is not None:
+            try:
+                await self._ctx.board.close()
+            except GatewayError as exc:
+                logger.warning("could not leave the placement board: %s", exc.message)
         await asyncio.to_thread(self.registry.close)
 
     async def on_engine_ready(self, engine: Engine) -> None:
@@ -222,6 +246,10 @@ class AdapterLifecycle:
     def registered_names(self) -> KeysView[str]:
         """A live view of the registered names (for bounding metric labels)."""
         return self._ctx.records.keys()
+
+    async def replica_views(self) -> list[ReplicaView]:
+        """The gateway replicas on the shared placement board (empty without one)."""
+        return await self.replicas.views() if self.replicas is not None else []
 
     def loaded_per_engine(self) -> Mapping[str, int]:
         """Engine name -> adapters loaded there (for the metrics' collector)."""

@@ -35,6 +35,7 @@ from gateway.errors import GatewayError
 from gateway.lifecycle.fetching import AdapterFetcher, FetchLimits
 from gateway.lifecycle.service import AdapterLifecycle
 from gateway.lifecycle.types import LifecycleObserver
+from gateway.placement.board import SharedBoard, new_replica_id
 from gateway.settings import GatewaySettings
 
 logger = logging.getLogger(__name__)
@@ -83,6 +84,17 @@ def build_lifecycle(
         base_dir=base_model_dir(settings),
     )
     registry = Registry(settings.resolved_database_url)
+    board = (
+        SharedBoard.open(
+            settings.resolved_database_url,
+            settings.replica_id or new_replica_id(),
+            dead_after_s=settings.replica_dead_after_s,
+            release_timeout_s=settings.placement_release_timeout_s,
+            poll_s=min(0.25, settings.replica_sync_interval_s / 2),
+        )
+        if settings.shares_placements
+        else None
+    )
     store = AdapterStore(settings.adapter_store_dir, validator)
     store.adopt(registry)  # versions registered before the store existed
     fetcher = build_fetcher(settings)
@@ -98,6 +110,8 @@ def build_lifecycle(
         load_retry_s=settings.adapter_load_retry_s,
         policy=settings.placement_policy,
         replicate_threshold=settings.replicate_threshold,
+        board=board,
+        sync_interval_s=settings.replica_sync_interval_s,
     )
 
 

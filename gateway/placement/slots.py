@@ -45,6 +45,9 @@ class Slot:
     engines: dict[str, int] = field(default_factory=dict)
     #: Engines a load onto is in progress (they count as occupied).
     loading_on: set[str] = field(default_factory=set)
+    #: Engines where another gateway replica drains this version (shared placement board):
+    #: still held there, but no new request goes there.
+    blocked: set[str] = field(default_factory=set)
     leases: int = 0
     #: engine name -> leases routed there.
     in_flight: dict[str, int] = field(default_factory=dict)
@@ -128,7 +131,11 @@ class SlotTable:
 
     def occupies(self, slot: Slot, engine_name: str) -> bool:
         """``slot`` takes one of ``engine_name``'s slots: loaded there (current) or loading."""
-        return engine_name in slot.loading_on or engine_name in self.current_engines(slot)
+        return (
+            engine_name in slot.loading_on
+            or engine_name in slot.blocked
+            or engine_name in self.current_engines(slot)
+        )
 
     def used_per_engine(self) -> dict[str, int]:
         """Engine name -> slots taken there (loaded or loading)."""
@@ -153,6 +160,7 @@ class SlotTable:
                 if victim_ok is not None
                 and name in s.engines
                 and name not in s.loading_on
+                and name not in s.blocked
                 and victim_ok(s)
             )
             views.append(
@@ -232,7 +240,11 @@ class SlotTable:
         current = []
         for engine_name, restarts in slot.engines.items():
             engine = self._engines[engine_name]
-            if engine.ready and engine.status().restarts == restarts:
+            if (
+                engine.ready
+                and engine.status().restarts == restarts
+                and engine_name not in slot.blocked
+            ):
                 current.append(engine_name)
         return current
 

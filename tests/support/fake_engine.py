@@ -39,7 +39,7 @@ class FakeEngine(Engine):
 
     @property
     def url(self) -> str:
-        return "http://fake-engine.invalid"
+        return f"http://{self.name}.fake-engine.invalid"
 
     def status(self) -> EngineStatus:
         return EngineStatus(

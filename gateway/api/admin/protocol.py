@@ -254,6 +254,18 @@ class AdapterStatusOut(BaseModel):
     last_error: str | None
 
 
+class ReplicaStatusOut(BaseModel):
+    """A gateway replica on the shared placement board."""
+
+    id: str
+    #: The replica that answered.
+    this: bool
+    live: bool
+    heartbeat_age_s: float
+    #: Adapter versions on engines it has requests in flight on.
+    holds: int
+
+
 class GatewayStatusOut(BaseModel):
     object: Literal["gateway.status"] = "gateway.status"
     ready: bool
@@ -261,3 +273,5 @@ class GatewayStatusOut(BaseModel):
     in_flight: int
     engines: list[EngineStatusOut]
     adapters: list[AdapterStatusOut]
+    #: Gateway replicas sharing the engines (null: this one alone, no shared board).
+    replicas: list[ReplicaStatusOut] | None = None

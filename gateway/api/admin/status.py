@@ -2,7 +2,8 @@
 
 Engines (state, the full reason with pid and log path, restarts, adapter slots used of their
 capacity), adapters (state, version, engines, requests in flight) and the gateway's requests in
-flight. Behind the admin token like the rest of ``/admin``: the details that the open
+flight, and with a shared placement board the gateway replicas (live or not, what they hold).
+Behind the admin token like the rest of ``/admin``: the details that the open
 ``/readyz`` leaves out live here. :func:`build_status_router` is included by
 :func:`gateway.app.create_app`; the response schema is
 :class:`gateway.api.admin.protocol.GatewayStatusOut`.
@@ -10,10 +11,17 @@ flight. Behind the admin token like the rest of ``/admin``: the details that the
 
 from __future__ import annotations
 
+from dataclasses import asdict
+
 from fastapi import APIRouter, Depends, Request
 
 from gateway.api.admin.adapters import require_admin
-from gateway.api.admin.protocol import AdapterStatusOut, EngineStatusOut, GatewayStatusOut
+from gateway.api.admin.protocol import (
+    AdapterStatusOut,
+    EngineStatusOut,
+    GatewayStatusOut,
+    ReplicaStatusOut,
+)
 from gateway.api.deps import ServicesDep
 from gateway.engines.base import EngineState
 from gateway.lifecycle.service import AdapterLifecycle
@@ -60,11 +68,17 @@ def build_status_router() -> APIRouter:
             if isinstance(lifecycle, AdapterLifecycle)
             else []
         )
+        replicas = (
+            [ReplicaStatusOut(**asdict(r)) for r in await lifecycle.replica_views()]
+            if isinstance(lifecycle, AdapterLifecycle) and lifecycle.replicas is not None
+            else None
+        )
         return GatewayStatusOut(
             ready=any(e.state == EngineState.READY.value for e in engines),
             in_flight=services.metrics.in_flight_requests(),
             engines=engines,
             adapters=adapters,
+            replicas=replicas,
         )
 
     return router
