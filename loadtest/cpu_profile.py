@@ -11,7 +11,8 @@ machine. With ``--py-spy DIR`` every phase is also sampled by py-spy (a dev depe
 the collapsed stacks kept in ``DIR/<mode>.txt``.
 
 Placement as in the bench (:class:`loadtest.suites.Placement`): the gateway on the first CPU,
-this process and the fake on the others.
+this process and the fake on the others; with ``--workers N`` (``serve --workers``) the gateway
+is not pinned and its CPU time is its whole process tree's.
 """
 
 from __future__ import annotations
@@ -159,10 +160,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-tokens", type=int, default=16)
     p.add_argument("--chunks", type=int, default=16, help="token chunks the fake streams")
     p.add_argument("--py-spy", type=Path, default=None, metavar="DIR")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="serve --workers; above 1 the gateway is not pinned (it may use every CPU) and its "
+        "CPU time is the whole process tree's",
+    )
     args = p.parse_args(argv)
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
-    if set(modes) - set(MODES) or not 1 <= args.duration <= 60:
-        p.error("modes are full and stream; --duration 1..60")
+    if set(modes) - set(MODES) or not 1 <= args.duration <= 60 or not 1 <= args.workers <= 8:
+        p.error("modes are full and stream; --duration 1..60; --workers 1..8")
 
     placement = suites.Placement.detect()
     os.sched_setaffinity(0, placement.others)
@@ -184,8 +192,10 @@ def main(argv: list[str] | None = None) -> int:
             max_loras=8,
             max_cpu_loras=16,
             api_key=api_key,
+            workers=args.workers,
         )
-        gateway = start_gateway(options, log_dir, cpus=placement.server, name="gateway-profile")
+        cpus = placement.server if args.workers == 1 else None
+        gateway = start_gateway(options, log_dir, cpus=cpus, name="gateway-profile")
         try:
             target = Target(suites.GATEWAY, gateway.url, api_key)
             suites.warm(target, model)
