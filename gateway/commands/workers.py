@@ -68,7 +68,10 @@ def bind_socket(settings: GatewaySettings) -> socket.socket:
     """The listening socket every worker accepts on (uvicorn's own binding rules)."""
     import uvicorn
 
-    config = uvicorn.Config("gateway.app:create_app", host=settings.host, port=settings.port)
+    # log_config=None: leave the logging configure_logging set up as it is.
+    config = uvicorn.Config(
+        "gateway.app:create_app", host=settings.host, port=settings.port, log_config=None
+    )
     sock = config.bind_socket()
     sock.set_inheritable(True)
     return sock

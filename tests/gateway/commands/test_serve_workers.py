@@ -156,3 +156,22 @@ def test_workers_out_of_range_are_refused(workers: str) -> None:
     result = CliRunner().invoke(build_cli(), ["serve", "--workers", workers])
     assert result.exit_code == 2
     assert "--workers" in result.output
+
+
+def test_workers_reach_the_parents_managed_engines_as_remote_ones(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    from gateway.commands.workers import worker_settings
+    from gateway.settings import GatewaySettings
+
+    settings = GatewaySettings(data_dir=tmp_path, engines=2)
+    engines = [SimpleNamespace(url=f"http://127.0.0.1:{port}") for port in (9001, 9002)]
+    worker = worker_settings(settings, engines, "the-engine-key")  # type: ignore[arg-type]
+    assert worker.engine_urls == ["http://127.0.0.1:9001", "http://127.0.0.1:9002"]
+    assert worker.engine_api_key is not None
+    assert worker.engine_api_key.get_secret_value() == "the-engine-key"
+    assert worker.shares_placements and worker.data_dir == settings.data_dir
+    # Engines run elsewhere stay as they are; the board is shared all the same.
+    remote = GatewaySettings(data_dir=tmp_path, engine_urls=["http://e:8000"])
+    assert worker_settings(remote, [], None).engine_urls == ["http://e:8000"]
+    assert worker_settings(remote, [], None).shares_placements
