@@ -1,5 +1,5 @@
 """The one client of the gateway's admin API (``/admin/adapters``, ``/admin/status``,
-``/admin/keys``), over httpx.
+``/admin/keys``, ``/admin/aliases``), over httpx.
 
     with AdminClient("http://127.0.0.1:8000", token) as admin:
         admin.register("legal-lora", Path("adapters/legal-lora"), load=True, new_version=True)
@@ -7,6 +7,8 @@
         admin.restore(name, 1); admin.set_pinned(name, True); admin.delete(name)
         admin.status()  # engines, slots, adapters, requests in flight
         admin.create_key({"name": "team-a"}); admin.list_keys(); admin.rotate_key("team-a")
+        admin.put_alias("legal", [{"adapter": "legal-lora", "version": 3, "weight": 100}])
+        admin.list_aliases(); admin.get_alias("legal"); admin.delete_alias("legal")
 
 Used by the gateway's CLI (``lora-gateway adapters ...``, :mod:`gateway.commands.adapters`),
 the trainer's ``--register`` (:mod:`trainer.register`), the benchmark (:mod:`loadtest`) and
@@ -35,6 +37,7 @@ ADMIN_TOKEN_ENV = "LORA_GATEWAY_ADMIN_TOKEN"
 ADMIN_ADAPTERS_PATH = "/admin/adapters"
 ADMIN_STATUS_PATH = "/admin/status"
 ADMIN_KEYS_PATH = "/admin/keys"
+ADMIN_ALIASES_PATH = "/admin/aliases"
 #: A load waits for the engine and a registration hashes and copies the weights.
 DEFAULT_TIMEOUT_S = 300.0
 CONNECT_TIMEOUT_S = 10.0
@@ -240,6 +243,24 @@ class AdminClient:
         """A new secret for the key (in the answer, once); the old one stops working."""
         return self._call("POST", _key_path(key, "rotate"))
 
+    # --- aliases (/admin/aliases) -------------------------------------------------------------
+    def put_alias(self, name: str, targets: JSONObjects) -> JSONObject:
+        """Create or replace alias ``name``: ``[{adapter, version, weight}, ...]``, weights in
+        whole percents summing to 100."""
+        return self._call("PUT", _alias_path(name), {"targets": targets})
+
+    def list_aliases(self) -> JSONObjects:
+        data = self._call("GET", ADMIN_ALIASES_PATH).get("data")
+        if not isinstance(data, list):
+            raise self._unexpected(ADMIN_ALIASES_PATH, "no 'data' list")
+        return data
+
+    def get_alias(self, name: str) -> JSONObject:
+        return self._call("GET", _alias_path(name))
+
+    def delete_alias(self, name: str) -> None:
+        self._call("DELETE", _alias_path(name))
+
     # --- one request -------------------------------------------------------------------------
     def _call(
         self, method: str, path: str, body: JSONObject | None = None, *, expect_body: bool = True
@@ -294,6 +315,10 @@ class AdminClient:
 def _adapter_path(name: str, action: str | None = None) -> str:
     path = f"{ADMIN_ADAPTERS_PATH}/{quote(name, safe='')}"
     return f"{path}/{action}" if action else path
+
+
+def _alias_path(name: str) -> str:
+    return f"{ADMIN_ALIASES_PATH}/{quote(name, safe='')}"
 
 
 def _key_path(key: str, action: str | None = None) -> str:

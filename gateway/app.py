@@ -72,6 +72,7 @@ from gateway.lifecycle.service import AdapterLifecycle
 from gateway.lifecycle.types import LifecycleObserver
 from gateway.observability.access_log import AccessLog
 from gateway.observability.engine_activity import EngineAdapterActivity, versioned_public_name
+from gateway.observability.key_tokens import KeyTokenMetrics
 from gateway.observability.metrics import GatewayMetrics
 from gateway.observability.request_metrics import RequestMetricsObserver
 from gateway.settings import GatewaySettings
@@ -120,6 +121,7 @@ def create_app(
     )
     metrics.add_scrape_hook(activity.refresh)
     alias_metrics = AliasMetrics(metrics.registry)
+    key_tokens = KeyTokenMetrics(metrics)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -135,6 +137,7 @@ def create_app(
             settings.api_keys,
             usage=usage,
             adapter_limits=await asyncio.to_thread(AdapterLimitStore, key_store.engine),
+            tokens=key_tokens,
             cache_ttl_s=settings.key_cache_ttl_s,
         )
         try:

@@ -16,6 +16,9 @@ What it does, in order (each step can be switched off; see ``--help``):
    ``--vllm-rates``, answers of fixed length (``ignore_eos``).
 4. Adapter scaling: gateway over vLLM with ``--max-cpu-loras`` slots, Zipf mix over
    ``--scaling`` registered adapters: req/s, TTFT, evictions.
+5. ``--suites limits`` (not in the default run): the limiter's cost over the FAKE upstream at
+   ``--limits-rate``: no keys, 1 virtual key, ``--limits-keys`` keys, counted in-process and in
+   a throwaway Redis (:mod:`loadtest.limits_suite`; about 2 minutes with ``--repeat 3``).
 
 Placement: the servers under test (gateway, LiteLLM) on the first CPU, measured in turn, phase by
 phase (the one not measured is idle); this process (the load generator), the fake upstream and
@@ -50,7 +53,7 @@ from typing import Any
 
 from rich.console import Console
 
-from loadtest import adapter_suites, gateway_admin, plot, repeats, report, suites
+from loadtest import adapter_suites, gateway_admin, limits_suite, plot, repeats, report, suites
 from loadtest.litellm_proxy import LITELLM_VERSION
 from loadtest.procs import VllmOptions, start_fake_vllm, start_vllm
 from loadtest.workload import Workload
@@ -80,7 +83,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--suites",
         default="fake,vllm",
         help="comma-separated: fake, vllm, placement (2 real vLLM engines), placement-fake "
-        "(2 FAKE engines whose LoRA loads take --placement-load-delay-ms)",
+        "(2 FAKE engines whose LoRA loads take --placement-load-delay-ms), limits (the "
+        "limiter's cost: no keys, 1 key, --limits-keys keys; in-process and Redis)",
     )
     p.add_argument("--targets", default="direct,gateway,litellm")
     p.add_argument(
@@ -114,6 +118,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=150.0,
         help="placement-fake: a LoRA load's duration on the FAKE engines",
     )
+    p.add_argument("--limits-keys", type=int, default=10_000, help="limits: the many-keys case")
+    p.add_argument("--limits-rate", type=float, default=200.0, help="limits: offered req/s")
+    p.add_argument("--limits-duration", type=float, default=5.0, help="limits: seconds per case")
     p.add_argument(
         "--repeat",
         type=int,
@@ -132,7 +139,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.targets = tuple(t.strip() for t in args.targets.split(",") if t.strip())
     args.modes = tuple(m.strip() for m in args.modes.split(",") if m.strip())
     unknown = (
-        (set(args.suites) - {"fake", "vllm", "placement", "placement-fake"})
+        (set(args.suites) - {"fake", "vllm", "placement", "placement-fake", "limits"})
         | (set(args.targets) - {suites.DIRECT, suites.GATEWAY, suites.LITELLM})
         | (set(args.modes) - {suites.FULL, suites.STREAM})
     )
@@ -142,6 +149,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("the direct target is the baseline: keep it in --targets")
     if any(r <= 0 for r in (*args.rates, *args.vllm_rates)) or args.duration <= 0:
         p.error("rates and durations must be > 0")
+    if not 2 <= args.limits_keys <= 1_000_000:
+        p.error("--limits-keys must be between 2 and 1000000")
+    if args.limits_rate <= 0 or args.limits_duration <= 0:
+        p.error("--limits-rate and --limits-duration must be > 0")
     if not 1 <= args.repeat <= 20:
         p.error("--repeat must be between 1 and 20")
     if args.compare is not None and not args.compare.is_file():
@@ -328,6 +339,11 @@ def run(args: argparse.Namespace, console: Console) -> dict[str, Any]:
                     )
         finally:
             vllm.stop()
+    if "limits" in suite_names:
+        attempt(
+            f"limiter cost: no keys / 1 key / {args.limits_keys:,} keys, memory and Redis",
+            lambda: run_limits(args, ctx, workload, results),
+        )
     for kind in ("placement", "placement-fake"):
         if kind in suite_names:
             attempt(
@@ -343,6 +359,32 @@ def run(args: argparse.Namespace, console: Console) -> dict[str, Any]:
     if data["comparison"].get("latency"):  # the figure is of the three-way suites
         plot.plot(data, args.results_dir / "bench.png")
     return data
+
+
+def run_limits(
+    args: argparse.Namespace,
+    ctx: suites.BenchContext,
+    workload: Workload,
+    results: list[report.BenchReport],
+) -> None:
+    """Its own FAKE upstream; every repetition's cases go to that repetition's report."""
+    fake = start_fake_vllm(
+        ctx.log_dir, model=ctx.served_name, chunks=args.chunks, cpus=ctx.placement.others
+    )
+    try:
+        repetitions = limits_suite.limiter_cost(
+            ctx,
+            fake,
+            keys=args.limits_keys,
+            rate=args.limits_rate,
+            duration_s=args.limits_duration,
+            repetitions=len(results),
+            workload=workload,
+        )
+    finally:
+        fake.stop()
+    for result, points in zip(results, repetitions, strict=True):
+        result.limits.extend(points)
 
 
 def run_placement(
@@ -407,7 +449,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.compare is not None:
         old = json.loads(args.compare.read_text())
         console.print(report.difference_table(repeats.differences(old, data)))
-    console.print(f"JSON: {args.results_dir / 'bench.json'}\nPNG: {args.results_dir / 'bench.png'}")
+    console.print(f"JSON: {args.results_dir / 'bench.json'}")
+    if (args.results_dir / "bench.png").exists():
+        console.print(f"PNG: {args.results_dir / 'bench.png'}")
     for error in data["meta"]["errors"]:
         console.print(f"[red]error[/red]: {error}")
     return 1 if data["meta"]["errors"] else 0

@@ -38,6 +38,9 @@ class Target:
     name: str
     base_url: str
     api_key: str | None = None
+    #: Several client keys: request *i* of a phase sends ``api_keys[i % len(api_keys)]``
+    #: (instead of ``api_key``), to spread a load over many keys.
+    api_keys: tuple[str, ...] = ()
 
     @property
     def headers(self) -> dict[str, str]:
@@ -46,6 +49,16 @@ class Target:
         if self.api_key:
             headers["Authorization"] = f"Bearer {self.api_key}"
         return headers
+
+    def headers_for(self, index: int) -> dict[str, str]:
+        """The headers of the phase's request number ``index``."""
+        if not self.api_keys:
+            return self.headers
+        return {
+            "Content-Type": "application/json",
+            "Accept-Encoding": "identity",
+            "Authorization": f"Bearer {self.api_keys[index % len(self.api_keys)]}",
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,12 +115,13 @@ async def _send(
     stream: bool,
     due_s: float,
     lag_s: float,
+    index: int = 0,
 ) -> Outcome:
     path, body = request
     meter = SseMeter()
     try:
         async with session.post(
-            target.base_url + path, data=body, headers=target.headers
+            target.base_url + path, data=body, headers=target.headers_for(index)
         ) as response:
             if stream and response.status == 200:
                 async for piece in response.content.iter_any():
@@ -184,7 +198,7 @@ async def fixed_rate(
                 result.overloaded = True
                 break
             lag = max(0.0, loop.time() - start - due)
-            task = loop.create_task(_send(session, target, request, stream, due, lag))
+            task = loop.create_task(_send(session, target, request, stream, due, lag, index))
             pending.add(task)
             task.add_done_callback(pending.discard)
             tasks.append(task)
@@ -217,8 +231,9 @@ async def closed_loop(
 
     async def worker(session: aiohttp.ClientSession, keep: Callable[[Outcome], None]) -> None:
         while time.perf_counter() < stop_at:
-            request = requests[next(counter) % len(requests)]
-            outcome = await _send(session, target, request, stream, 0.0, 0.0)
+            index = next(counter)
+            request = requests[index % len(requests)]
+            outcome = await _send(session, target, request, stream, 0.0, 0.0, index)
             if time.perf_counter() >= measure_from:
                 keep(outcome)
 

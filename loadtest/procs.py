@@ -3,15 +3,16 @@
 Each :class:`Service` is a child in its own session (so its whole process tree is signalled),
 pinned with ``sched_setaffinity`` before ``exec`` (so every thread and child inherits the CPU
 set), with stdout and stderr in a log file. Starters for the fake upstream, a vLLM OpenAI server
-(same flags as :mod:`gateway.engines.managed`), and this gateway (``lora-gateway serve
---engine-url``); LiteLLM's proxy lives in :mod:`loadtest.litellm_proxy`. Used by
-:mod:`loadtest.bench` and the tests.
+(same flags as :mod:`gateway.engines.managed`), this gateway (``lora-gateway serve
+--engine-url``) and a throwaway ``redis-server``; LiteLLM's proxy lives in
+:mod:`loadtest.litellm_proxy`. Used by :mod:`loadtest.bench` and the tests.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -267,6 +268,11 @@ class GatewayOptions:
     placement: str | None = None
     #: ``serve --workers``: gateway processes on the one port.
     workers: int = 1
+    #: ``LORA_GATEWAY_REDIS_URL``: limits counted in this Redis (None: in the process).
+    redis_url: str | None = None
+    #: The client key the readiness probe sends when there is no ``api_key`` (a virtual key
+    #: seeded into the registry before the start).
+    probe_key: str = ""
 
 
 def gateway_executable() -> str:
@@ -312,9 +318,44 @@ def start_gateway(
         "LORA_GATEWAY_API_KEYS": options.api_key,
         "HF_HUB_OFFLINE": "1",
     }
+    if options.redis_url:
+        env["LORA_GATEWAY_REDIS_URL"] = options.redis_url
     service = spawn(
         name, command, url=f"http://127.0.0.1:{port}", log_dir=log_dir, cpus=cpus, env=env
     )
-    headers = {"Authorization": f"Bearer {options.api_key}"} if options.api_key else None
+    probe = options.api_key or options.probe_key
+    headers = {"Authorization": f"Bearer {probe}"} if probe else None
     service.wait_ready("/v1/models", timeout_s=timeout_s, headers=headers)
+    return service
+
+
+def _answers_ping(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5) as sock:
+            sock.sendall(b"PING\r\n")
+            return sock.recv(16).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+def start_redis(
+    log_dir: Path, *, cpus: frozenset[int] | None = None, timeout_s: float = 10.0
+) -> Service | None:
+    """A throwaway ``redis-server`` on a loopback port, without persistence (its URL is
+    ``redis://127.0.0.1:PORT/0``); None when ``redis-server`` is not on PATH."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        return None
+    port = free_port()
+    work = log_dir / f"redis-{port}"
+    work.mkdir(parents=True, exist_ok=True)
+    command = [binary, "--bind", "127.0.0.1", "--port", str(port), "--dir", str(work)]
+    command += ["--save", "", "--appendonly", "no", "--daemonize", "no"]
+    service = spawn("redis", command, url=f"redis://127.0.0.1:{port}/0", log_dir=log_dir, cpus=cpus)
+    deadline = time.monotonic() + timeout_s
+    while not _answers_ping(port):
+        if not service.alive() or time.monotonic() > deadline:
+            service.stop()
+            raise RuntimeError(f"redis-server did not start on port {port}:\n{service.log_tail()}")
+        time.sleep(0.05)
     return service

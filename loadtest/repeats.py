@@ -28,6 +28,7 @@ ROW_KEYS: Mapping[str, tuple[str, ...]] = {
     "registry_size": ("registered", "traffic"),
     "adapter_scaling": ("adapters",),
     "placement": ("policy", "upstream"),
+    "limits": ("case",),
 }
 
 

@@ -19,6 +19,7 @@ from rich.table import Table
 
 from loadtest import repeats
 from loadtest.adapter_suites import PlacementPoint, RegistryPoint, ScalingPoint, placement_ratio
+from loadtest.limits_suite import LimitsPoint, limits_rows
 from loadtest.stats import PhaseStats, added, ratio
 from loadtest.suites import DIRECT, GATEWAY, LITELLM, SuiteResult
 
@@ -32,6 +33,8 @@ class BenchReport:
     placement: list[PlacementPoint] = field(default_factory=list)
     #: Where the placement suite ran ("2 real vLLM engines" or "2 FAKE vLLM engines ...").
     placement_upstream: str = ""
+    #: The limiter's cost: the gateway without keys, with 1 and with N keys, memory and Redis.
+    limits: list[LimitsPoint] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,11 +201,13 @@ def to_dict(report: BenchReport) -> dict[str, Any]:
                 for p in report.placement
             ],
             "placement_affinity_over_replicate": placement_ratio(report.placement),
+            "limits": limits_rows(report.limits),
         },
         "suites": [asdict(suite) for suite in report.suites],
         "registry_points": [asdict(p) for p in report.registry],
         "scaling_points": [asdict(p) for p in report.scaling],
         "placement_points": [asdict(p) for p in report.placement],
+        "limits_points": [asdict(p) for p in report.limits],
     }
 
 
@@ -317,7 +322,8 @@ def tables(data: dict[str, Any]) -> list[Table]:
             _f(row["gateway_cpu_ms_per_request"]),
             _f(row["litellm_cpu_ms_per_request"]),
         )
-    result = [latency, maximum]
+    # A run of other suites only (e.g. ``--suites limits``) has no three-way rows to show.
+    result = [latency, maximum] if comparison["latency"] or comparison["max_rps"] else []
     if comparison["registry_size"]:
         registry = Table(title="Registry size: gateway over the fake upstream (ms)")
         for column in ("registered", "traffic", "p50", "p99", "added p50", "added p99", "errors"):
@@ -394,7 +400,45 @@ def tables(data: dict[str, Any]) -> list[Table]:
                 str(row["errors"]),
             )
         result.append(table)
+    if comparison.get("limits"):
+        result.append(limits_table(comparison["limits"]))
     return result
+
+
+def limits_table(rows: list[dict[str, Any]]) -> Table:
+    """The limiter's cost: each case against the no-keys gateway of the same repetition."""
+    rate = next((repeats.median_of(r["rate"]) for r in rows if repeats.median_of(r["rate"])), None)
+    table = Table(
+        title=f"Limiter cost: gateway over the fake upstream at {_f(rate, 0)} req/s, full answers "
+        "(ms; added = case - no keys, same repetition)"
+    )
+    for column in (
+        "case",
+        "p50",
+        "p99",
+        "added p50",
+        "added p99",
+        "p50 / no keys",
+        "p99 / no keys",
+        "gw CPU ms/req",
+        "errors",
+        "note",
+    ):
+        table.add_column(column, justify="left" if column in ("case", "note") else "right")
+    for row in rows:
+        table.add_row(
+            row["case"],
+            _f(row["p50_ms"]),
+            _f(row["p99_ms"]),
+            _f(row["added_p50_ms"]),
+            _f(row["added_p99_ms"]),
+            _f(row["over_no_keys_p50"], 2, "x"),
+            _f(row["over_no_keys_p99"], 2, "x"),
+            _f(row["cpu_ms_per_request"]),
+            str(row["errors"]),
+            row["note"] or ("overloaded" if row["overloaded"] else ""),
+        )
+    return table
 
 
 def print_tables(data: dict[str, Any], console: Console | None = None) -> None:

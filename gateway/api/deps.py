@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Annotated
 
@@ -65,11 +66,26 @@ async def get_tenants(request: Request) -> Tenants:
 
 
 async def get_principal(request: Request) -> Principal:
-    """Who calls: a 401 unless the key is known, usable (or static), or the gateway is open."""
+    """Who calls: a 401 unless the key is known, usable (or static), or the gateway is open.
+
+    Kept on the request's state too, so that an error answer gets the caller's limit headers
+    (:func:`limit_headers_for`)."""
     authorization = request.headers.get("authorization")
     if authorization is None and (key := request.headers.get("x-api-key")) is not None:
         authorization = f"Bearer {key}"  # Anthropic's SDK sends its key this way
-    return await services_of(request).tenants.authenticate(authorization)
+    principal = await services_of(request).tenants.authenticate(authorization)
+    request.state.principal = principal
+    return principal
+
+
+async def limit_headers_for(request: Request, present: Collection[str] = ()) -> dict[str, str]:
+    """The authenticated caller's x-ratelimit-* headers as they stand (nothing counted), unless
+    ``present`` has them; {} before authentication, for an unlimited caller, or without an app."""
+    principal = getattr(request.state, "principal", None)
+    services = getattr(request.app.state, "services", None)
+    if not isinstance(principal, Principal) or not isinstance(services, Services):
+        return {}
+    return await services.tenants.limit_headers(principal, present)
 
 
 async def get_request_info(request: Request) -> RequestInfo:

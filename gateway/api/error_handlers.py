@@ -3,6 +3,8 @@
 :class:`gateway.errors.GatewayError` renders itself (status, headers such as Retry-After, body);
 an :class:`adapters.errors.AdapterError` is first given its status by
 :func:`gateway.errors.from_adapter_error`.
+A limited key's error answers get its x-ratelimit-* headers (:func:`gateway.api.deps.
+limit_headers_for`) where its admission did not already add them.
 FastAPI's request validation errors become 400 (not its default 422 body) and Starlette's HTTP
 errors (unknown path 404, wrong method 405) take the same shape, their message naming the method
 and path asked for (the app does not redirect a trailing slash: that path is unknown too).
@@ -25,6 +27,7 @@ from starlette.responses import Response
 from starlette.types import Scope
 
 from adapters.errors import AdapterError
+from gateway.api.deps import limit_headers_for
 from gateway.errors import GatewayError, InvalidRequestError, from_adapter_error, log_detail
 from gateway.inference.record import request_info_of
 
@@ -116,6 +119,9 @@ def _http_error_message(request: Request, exc: HTTPException) -> str:
 async def _gateway_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, GatewayError)
     record_error(request.scope, exc)
+    # A limited key's answers all carry its x-ratelimit-* headers: those its admission did not
+    # add (a bad body, a model out of scope) are read as they stand.
+    exc.headers.update(await limit_headers_for(request, {k.lower() for k in exc.headers}))
     return error_response(exc)
 
 

@@ -9,6 +9,8 @@ Redis (``limits``' atomic Lua scripts), so every replica counts against the same
   window or budget refuses it (429, nothing counted); otherwise it takes one request from the
   minute's window and a concurrency slot, or refuses (429). It returns an :class:`Admission`
   with OpenAI's ``x-ratelimit-*`` headers.
+* :meth:`KeyLimiter.peek` gives the same headers without counting anything, for the answers
+  that took nothing (a bad body, a model out of scope, ``/v1/models``).
 * :meth:`Admission.finish` runs when the response is complete (streams included): it charges the
   tokens the engine counted to the minute window and the budgets, and frees the slot.
 
@@ -26,6 +28,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import Protocol
 
 import anyio
 from limits import (
@@ -33,7 +36,7 @@ from limits import (
     RateLimitItemPerDay,
     RateLimitItemPerMinute,
 )
-from limits.aio.storage import Storage
+from limits.aio.storage import MemoryStorage, Storage
 from limits.aio.strategies import FixedWindowRateLimiter
 from limits.storage import storage_from_string
 
@@ -47,6 +50,8 @@ logger = logging.getLogger(__name__)
 NAMESPACE = "lgw"
 #: A concurrency counter outlives a crashed replica's in-flight requests by at most this much.
 CONCURRENCY_TTL_S = 24 * 3600
+#: How often the in-process storage frees expired counters (:class:`SweptMemoryStorage`).
+SWEEP_INTERVAL_S = 5.0
 
 
 class LimitStoreUnavailableError(GatewayError):
@@ -67,12 +72,38 @@ def storage_uri(redis_url: str | None) -> str:
     return f"async+{scheme}://{rest}"
 
 
+class SweptMemoryStorage(MemoryStorage):
+    """``limits``' in-process storage, its sweep of expired counters run at most once per
+    ``sweep_interval_s``.
+
+    ``limits`` (5.8) starts a sweep of *every* counter after each increment whose previous
+    sweep has finished, so each request paid CPU in proportion to the counters alive: with
+    10,000 keys' concurrency and budget counters (kept for a day to two months), about 1 ms per
+    increment and 4 ms per request. The sweep only frees memory: a read drops an expired
+    counter itself (``get``, which ``incr`` and the window strategies call first), so counting
+    stays exact however rarely it runs. Overrides the one (name-mangled) hook ``incr``,
+    ``decr`` and ``acquire_entry`` call; ``tests/gateway/auth/test_limits_and_cache.py``
+    notices if a ``limits`` upgrade renames it.
+    """
+
+    def __init__(self, sweep_interval_s: float = SWEEP_INTERVAL_S) -> None:
+        super().__init__()
+        self.sweep_interval_s = sweep_interval_s
+        self._next_sweep = 0.0
+
+    async def _MemoryStorage__schedule_expiry(self) -> None:
+        now = time.monotonic()
+        if now < self._next_sweep:
+            return
+        self._next_sweep = now + self.sweep_interval_s
+        await super()._MemoryStorage__schedule_expiry()  # type: ignore[misc]
+
+
 def open_storage(redis_url: str | None) -> Storage:
     uri = storage_uri(redis_url)
     if uri.startswith("async+memory"):
-        storage = storage_from_string(uri)
-    else:
-        storage = storage_from_string(uri, implementation="redispy")
+        return SweptMemoryStorage()
+    storage = storage_from_string(uri, implementation="redispy")
     assert isinstance(storage, Storage)
     return storage
 
@@ -151,6 +182,20 @@ class Grant:
     concurrency_key: str | None = None
 
 
+class TokenSink(Protocol):
+    """Where a finished request's tokens are counted live, per caller and model
+    (:class:`gateway.observability.key_tokens.KeyTokenMetrics`)."""
+
+    def count(
+        self,
+        key: str,
+        model: str | None,
+        adapter: str | None,
+        prompt: int | None,
+        completion: int | None,
+    ) -> None: ...
+
+
 @dataclass(slots=True)
 class Admission:
     """What one admitted request holds until its response is complete."""
@@ -162,11 +207,14 @@ class Admission:
     #: Where the request's token usage is recorded, and under which key id.
     usage: UsageRecorder | None = None
     usage_key: str = NO_KEY
+    #: Where the tokens are counted as a metric, and under which caller label (a key's name).
+    tokens: TokenSink | None = None
+    token_label: str = ""
     finished: bool = False
 
     @property
     def holds_anything(self) -> bool:
-        return bool(self.grants) or self.usage is not None
+        return bool(self.grants) or self.usage is not None or self.tokens is not None
 
     async def finish(self, info: RequestInfo) -> None:
         """Record and charge the engine's token counts, free the slots; once, whatever happened."""
@@ -174,8 +222,11 @@ class Admission:
             return
         self.finished = True
         prompt, completion = info.prompt_tokens, info.completion_tokens
-        if self.usage is not None and info.model and (prompt is not None or completion is not None):
-            self.usage.record(self.usage_key, info.model, info.adapter, prompt, completion)
+        if info.model and (prompt is not None or completion is not None):
+            if self.usage is not None:
+                self.usage.record(self.usage_key, info.model, info.adapter, prompt, completion)
+            if self.tokens is not None:
+                self.tokens.count(self.token_label, info.model, info.adapter, prompt, completion)
         if self.limiter is None or not self.grants:
             return
         tokens = (prompt or 0) + (completion or 0)
@@ -301,6 +352,29 @@ class KeyLimiter:
                 retry_after_s=1,
             )
         return Grant(subject, rpm_window, slot)
+
+    async def peek(self, subject: Subject) -> dict[str, str]:
+        """The x-ratelimit-* headers of ``subject`` as they stand, counting nothing: for the
+        answers that took nothing from the windows (a bad body, a model out of scope,
+        ``/v1/models``)."""
+        limits, headers = subject.limits, {}
+        clock = time.time()
+        tpm = _tpm(limits)
+        if tpm is not None:
+            stats = await self._window.get_window_stats(tpm, subject.id, "tokens")
+            reset_s = max(0.0, stats.reset_time - clock) if stats.remaining < tpm.amount else 60.0
+            headers["x-ratelimit-limit-tokens"] = str(tpm.amount)
+            headers["x-ratelimit-remaining-tokens"] = str(stats.remaining)
+            headers["x-ratelimit-reset-tokens"] = format_reset(reset_s)
+        rpm = _rpm(limits)
+        if rpm is not None:
+            window = rpm.key_for(subject.id, "requests")
+            count = await self.storage.get(window)
+            reset_s = max(0.0, await self.storage.get_expiry(window) - clock) if count else 60.0
+            headers["x-ratelimit-limit-requests"] = str(rpm.amount)
+            headers["x-ratelimit-remaining-requests"] = str(max(0, rpm.amount - count))
+            headers["x-ratelimit-reset-requests"] = format_reset(reset_s)
+        return headers
 
     async def charge(self, grant: Grant, tokens: int) -> None:
         if grant.concurrency_key is not None:

@@ -9,7 +9,9 @@
 * the OpenAI routes: :meth:`Tenants.admit` (a model outside the key's scope is the same 404 as
   an unknown model; limits through :class:`gateway.auth.limits.KeyLimiter`) and
   :meth:`Tenants.visible` for ``/v1/models``;
-* the admin API (:mod:`gateway.api.admin.keys`) through :attr:`Tenants.store`.
+* the admin API (:mod:`gateway.api.admin.keys`) through :attr:`Tenants.store`;
+* the error handlers and ``/v1/models``: :meth:`Tenants.limit_headers`, so that every answer
+  to a limited key carries its x-ratelimit-* headers, errors included.
 
 Key lookups are cached per secret hash for ``cache_ttl_s`` (1 s by default), so the database
 sees at most one query per key per second however hot the key, and a revocation is refused by
@@ -20,8 +22,9 @@ cannot turn into a flood of queries.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -31,10 +34,16 @@ from gateway.auth.adapter_limits import AdapterLimitStore, adapter_subject
 from gateway.auth.client_keys import MAX_AUTHORIZATION_CHARS, ApiKeyAuth
 from gateway.auth.key_store import KeyStore
 from gateway.auth.keys import SECRET_PREFIX, KeyLimits, VirtualKey, hash_secret
-from gateway.auth.limits import Admission, KeyLimiter, Subject, unlimited
+from gateway.auth.limits import Admission, KeyLimiter, Subject, TokenSink, unlimited
 from gateway.auth.usage_records import NO_KEY, STATIC_KEY, UsageRecorder
 from gateway.errors import AuthenticationError
 from gateway.inference.routing import unknown_model
+
+#: The caller labels of ``lora_gateway_key_tokens_total`` other than a key's name (which must
+#: start with a letter or digit, so these cannot collide with one).
+STATIC_KEY_LABEL = "__static__"
+OPEN_KEY_LABEL = "__open__"
+logger = logging.getLogger(__name__)
 
 DEFAULT_CACHE_TTL_S = 1.0
 MAX_CACHED_KEYS = 100_000
@@ -63,12 +72,14 @@ class Tenants:
         *,
         usage: UsageRecorder | None = None,
         adapter_limits: AdapterLimitStore | None = None,
+        tokens: TokenSink | None = None,
         cache_ttl_s: float = DEFAULT_CACHE_TTL_S,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.store = store
         self.limiter = limiter
         self.usage = usage
+        self.tokens = tokens
         self._static = ApiKeyAuth(static_keys) if static_keys else None
         self._ttl = cache_ttl_s
         self._clock = clock
@@ -166,10 +177,37 @@ class Tenants:
         admission = await self.limiter.admit(subjects) if subjects else unlimited()
         if principal.key is not None:
             admission.usage_key = principal.key.id
+            admission.token_label = principal.key.name
+        elif self._static is not None:
+            admission.usage_key, admission.token_label = STATIC_KEY, STATIC_KEY_LABEL
         else:
-            admission.usage_key = STATIC_KEY if self._static is not None else NO_KEY
+            admission.usage_key, admission.token_label = NO_KEY, OPEN_KEY_LABEL
         admission.usage = self.usage
+        admission.tokens = self.tokens
         return admission
+
+    async def limit_headers(
+        self, principal: Principal, present: Collection[str] = ()
+    ) -> dict[str, str]:
+        """The caller's x-ratelimit-* headers as they stand (nothing counted), for an answer
+        that is not an admitted request's; {} for a caller without request or token limits, or
+        when ``present`` (lower-case names) already has them. The limit store failing costs
+        the answer its headers, never the answer."""
+        key = principal.key
+        if key is None:
+            return {}
+        wanted = []
+        if key.limits.rpm is not None:
+            wanted.append("x-ratelimit-limit-requests")
+        if key.limits.tpm is not None:
+            wanted.append("x-ratelimit-limit-tokens")
+        if all(name in present for name in wanted):
+            return {}
+        try:
+            return await self.limiter.peek(Subject.of_key(key))
+        except Exception:
+            logger.warning("could not read the limits of key %s", key.prefix, exc_info=True)
+            return {}
 
     def visible(self, principal: Principal, model_ids: Sequence[str]) -> list[str]:
         return [model for model in model_ids if principal.may_use(model)]

@@ -33,6 +33,8 @@ logger = logging.getLogger(__name__)
 STATIC_KEY = "static"
 NO_KEY = "open"
 MAX_USAGE_ROWS = 50_000
+#: Tries of one flush that lost an insert race to another replica.
+ADD_ATTEMPTS = 3
 
 
 class UsageRow(Base):
@@ -95,17 +97,25 @@ class UsageStore:
             ) from exc
 
     def add(self, sums: dict[UsageBucket, list[int]]) -> None:
-        for bucket, (requests, prompt, completion) in sums.items():
-            for _ in range(3):  # another replica may insert the same row first: then add to it
-                try:
-                    self._add_one(bucket, requests, prompt, completion)
-                    break
-                except GatewayError as exc:
-                    if not isinstance(exc.__cause__, IntegrityError):
-                        raise
+        """Add ``sums`` to their rows in one transaction (one commit however many keys).
 
-    def _add_one(self, bucket: UsageBucket, requests: int, prompt: int, completion: int) -> None:
-        with self._session() as session:
+        Another replica may insert one of the same new rows first (a unique-constraint
+        violation at our insert): the whole transaction is rolled back and done again, when
+        that row is there to add to. Raises after the last try (the recorder keeps the sums).
+        """
+        for attempt in range(ADD_ATTEMPTS):
+            try:
+                with self._session() as session:
+                    self._write(session, sums)
+                return
+            except GatewayError as exc:
+                if not isinstance(exc.__cause__, IntegrityError) or attempt == ADD_ATTEMPTS - 1:
+                    raise
+
+    @staticmethod
+    def _write(session: Session, sums: dict[UsageBucket, list[int]]) -> None:
+        new_rows = []
+        for bucket, (requests, prompt, completion) in sums.items():
             where = (
                 (UsageRow.hour == bucket.hour)
                 & (UsageRow.key_id == bucket.key_id)
@@ -119,9 +129,10 @@ class UsageStore:
                     prompt_tokens=UsageRow.prompt_tokens + prompt,
                     completion_tokens=UsageRow.completion_tokens + completion,
                 )
+                .execution_options(synchronize_session=False)
             )
             if getattr(changed, "rowcount", 0) == 0:
-                session.add(
+                new_rows.append(
                     UsageRow(
                         hour=bucket.hour,
                         key_id=bucket.key_id,
@@ -132,6 +143,7 @@ class UsageStore:
                         completion_tokens=completion,
                     )
                 )
+        session.add_all(new_rows)
 
     def query(
         self,

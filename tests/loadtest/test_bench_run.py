@@ -7,6 +7,7 @@ here depends on how fast anything is: only on what was counted.
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -14,7 +15,16 @@ from typing import Any
 
 import pytest
 
+from gateway.auth.key_store import KeyStore
+from gateway.auth.keys import hash_secret, new_secret
 from loadtest import report
+from loadtest.limits_suite import (
+    BENCH_LIMITS,
+    LimitsPoint,
+    default_database,
+    limits_rows,
+    seed_keys,
+)
 from loadtest.openloop import Outcome, PhaseResult
 from loadtest.stats import summarize
 from loadtest.suites import SuiteResult
@@ -257,3 +267,77 @@ def test_placement_suite_over_two_fake_engines(tmp_path: Path, tiny_model_dir: P
         assert 0 <= row["resident_hit_ratio"]["median"] <= 1
     assert "Placement: 2 FAKE vLLM engines" in completed.stdout
     assert "affinity / replicate req/s = " in completed.stdout
+
+
+@pytest.mark.integration
+def test_limits_suite_run(tmp_path: Path, tiny_model_dir: Path) -> None:
+    """``--suites limits`` end to end at a tiny scale: three real gateways over the fake (open,
+    keys counted in memory, keys counted in a throwaway Redis), every case answered."""
+    completed, data = run_bench(
+        tmp_path,
+        tiny_model_dir,
+        "--suites",
+        "limits",
+        "--limits-keys",
+        "30",
+        "--limits-rate",
+        "20",
+        "--limits-duration",
+        "1",
+        "--repeat",
+        "2",
+    )
+    assert completed.returncode == 0, completed.stdout + completed.stderr
+    rows = data["comparison"]["limits"]
+    assert [row["case"] for row in rows] == [
+        "no keys",
+        "1 key, memory",
+        "30 keys, memory",
+        "1 key, redis",
+        "30 keys, redis",
+    ]
+    has_redis = shutil.which("redis-server") is not None
+    for row in rows:
+        assert row["errors"] == 0 and row["repetitions"] == 2
+        measured = row["storage"] != "redis" or has_redis
+        assert (row["p50_ms"]["median"] is not None) is measured, row
+        if row["keys"]["median"] and measured:
+            assert row["added_p50_ms"]["median"] is not None
+            assert len(row["added_p99_ms"]["values"]) == 2
+        if not measured:
+            assert row["note"].startswith("skipped")
+    # each measured case got the whole offered load (1 s at 20 req/s), skipped ones none
+    phases = data["repetitions"][0]["limits_points"]
+    assert sum(p["stats"]["requests"] for p in phases if p["stats"]) == 20 * (3 + 2 * has_redis)
+    assert "Limiter cost" in completed.stdout and "Latency at fixed rates" not in completed.stdout
+
+
+def test_limits_rows_against_the_no_keys_case() -> None:
+    def point(case: str, keys: int, latency_s: float | None) -> LimitsPoint:
+        stats = None if latency_s is None else _stats(case, "full", 200, latency_s, 0, None)
+        return LimitsPoint(case, keys, "memory" if keys else "-", stats, "" if stats else "off")
+
+    rows = limits_rows(
+        [point("no keys", 0, 0.002), point("1 key, memory", 1, 0.003), point("x", 9, None)]
+    )
+    assert rows[0]["added_p50_ms"] is None and rows[0]["p50_ms"] == pytest.approx(2.0)
+    assert rows[1]["added_p50_ms"] == pytest.approx(1.0)
+    assert rows[1]["over_no_keys_p99"] == pytest.approx(1.5)
+    assert (
+        rows[2]["p50_ms"] is None and rows[2]["added_p50_ms"] is None and rows[2]["note"] == "off"
+    )
+
+
+def test_seeded_keys_are_the_key_stores_own(tmp_path: Path) -> None:
+    """The bench writes its keys straight into the registry: the store must read them back as
+    keys ``lora-gateway keys create`` would have made (hash, prefix, scope, every limit)."""
+    secrets = [new_secret() for _ in range(3)]
+    seed_keys(default_database(tmp_path), secrets)
+    store = KeyStore.open(default_database(tmp_path))
+    try:
+        key = store.by_hash(hash_secret(secrets[2]))
+        assert key is not None and key.name == "bench-2" and key.prefix == secrets[2][:12]
+        assert key.models == ("*",) and key.limits == BENCH_LIMITS and key.usable_at(key.created_at)
+        assert len(store.list()) == 3
+    finally:
+        store.close()

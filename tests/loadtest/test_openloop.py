@@ -66,3 +66,20 @@ async def test_closed_loop_counts_completed_requests(instant: Target) -> None:
         instant, requests(16, stream=False), 4, 0.5, stream=False, warmup_s=0.1
     )
     assert result.outcomes and result.errors == 0 and result.elapsed_s >= 0.5
+
+
+async def test_a_target_with_several_keys_sends_them_round_robin() -> None:
+    """The limits suite spreads a phase over many keys: request i carries key i mod n."""
+    server, engine, port = await start_server(FakeBehaviour(chunks=3, record_requests=True))
+    try:
+        keys = ("k-0", "k-1", "k-2")
+        target = Target("fake", f"http://127.0.0.1:{port}", api_keys=keys)
+        result = await fixed_rate(target, requests(7, stream=False), 200.0, stream=False)
+        assert result.errors == 0
+        sent = sorted(
+            r.headers["authorization"] for r in engine.requests if r.path.endswith("completions")
+        )
+        assert sent == sorted(f"Bearer {keys[i % 3]}" for i in range(7))
+    finally:
+        server.close()
+        await server.wait_closed()

@@ -332,3 +332,38 @@ async def test_another_replica_sees_an_alias_change(tmp_path: Path) -> None:
     finally:
         one.close()
         two.close()
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "words"),
+    [
+        ({"targets": [{**split(90, 10)[0], "weight": 50.5}, split(90, 10)[1]]}, 400, "weight"),
+        ({"targets": [{"adapter": ADAPTER, "version": 0, "weight": 100}]}, 400, "version"),
+        ({"targets": [{"adapter": ADAPTER, "version": 1}]}, 400, "weight"),
+        ({"targets": [{"adapter": ADAPTER, "version": 1, "weight": 1}] * 17}, 400, "targets"),
+        ({"targets": [{"adapter": "", "version": 1, "weight": 100}]}, 400, "adapter"),
+        ({}, 400, "targets"),
+        ([], 400, ""),
+    ],
+)
+@pytest.mark.asyncio(loop_scope="session")
+async def test_more_bad_alias_bodies_say_what_to_fix(
+    gw: Gateway, body: Any, status: int, words: str
+) -> None:
+    response = await put_alias(gw, "other", body)
+    assert response.status_code == status, response.text
+    assert words in response.json()["error"]["message"]
+    assert (await gw.http.get("/admin/aliases/other", headers=admin_headers())).status_code == 404
+
+
+@pytest.mark.asyncio(loop_scope="session")
+async def test_the_same_version_twice_in_one_alias_is_refused(gw: Gateway) -> None:
+    twice = [
+        {"adapter": ADAPTER, "version": 1, "weight": 50},
+        {"adapter": ADAPTER, "version": 1, "weight": 50},
+    ]
+    response = await put_alias(gw, "twice", {"targets": twice})
+    assert response.status_code == 400, response.text
+    assert "each adapter version once" in response.json()["error"]["message"]
+    long_name = await put_alias(gw, "x" * 200, {"targets": split(100, 0)})
+    assert 400 <= long_name.status_code < 500

@@ -15,11 +15,17 @@ from typing import Any
 
 import httpx
 import openai
+import pytest
 import pytest_asyncio
+from prometheus_client.parser import text_string_to_metric_families
 from pydantic import SecretStr
+from sqlalchemy import event
+from sqlalchemy.exc import IntegrityError
 
 from gateway.auth.key_store import KeyStore
 from gateway.auth.usage_records import UsageRecorder, UsageStore
+from gateway.observability.key_tokens import KeyTokenMetrics
+from gateway.observability.metrics import GatewayMetrics
 from tests.gateway.conftest import Gateway, GatewayFactory
 from tests.gateway.openai_env import ADAPTER, BASE
 
@@ -120,4 +126,136 @@ async def test_two_recorders_add_to_the_same_hourly_row(tmp_path: Path) -> None:
     await replicas[0].flush()  # nothing new: nothing added
     [line] = replicas[1].store.query(key_id="key_x")
     assert (line.requests, line.prompt_tokens, line.completion_tokens) == (4, 22, 10)
+    store.close()
+
+
+async def token_series(gw: Gateway) -> dict[tuple[str, str, str], float]:
+    """``lora_gateway_key_tokens_total`` as {(key, model, kind): value}."""
+    response = await gw.http.get("/metrics")
+    assert response.status_code == 200
+    out = {}
+    for family in text_string_to_metric_families(response.text):
+        if family.name == "lora_gateway_key_tokens":
+            for sample in family.samples:
+                if sample.name == "lora_gateway_key_tokens_total":
+                    labels = sample.labels
+                    out[(labels["key"], labels["model"], labels["kind"])] = sample.value
+    return out
+
+
+async def test_tokens_per_key_and_model_as_prometheus_series(gw: Gateway) -> None:
+    """The engine's counts per key name (never the secret) and model, prompt and completion."""
+    before = await token_series(gw)
+    created = await gw.http.post(
+        "/admin/keys", json={"name": "metrics-b"}, headers={"authorization": f"Bearer {ADMIN}"}
+    )
+    secret = created.json()["secret"]
+    client = openai.AsyncOpenAI(base_url=f"{gw.url}/v1", api_key=secret, max_retries=0)
+    chat = await client.chat.completions.create(model=BASE, messages=MESSAGES)
+    stream = await client.chat.completions.create(
+        model=ADAPTER, messages=MESSAGES, stream=True, stream_options={"include_usage": True}
+    )
+    (streamed,) = [chunk.usage async for chunk in stream if chunk.usage is not None]
+    with pytest.raises(openai.NotFoundError):  # unknown model: no tokens, no series
+        await client.chat.completions.create(model="no-such-model", messages=MESSAGES)
+    await client.close()
+    static = openai.AsyncOpenAI(base_url=f"{gw.url}/v1", api_key=STATIC_KEY, max_retries=0)
+    by_static = await static.completions.create(model=BASE, prompt="hi")
+    await static.close()
+    assert chat.usage is not None and by_static.usage is not None
+
+    after = await token_series(gw)
+    added = {k: v - before.get(k, 0.0) for k, v in after.items() if v != before.get(k, 0.0)}
+    assert added == {
+        ("metrics-b", BASE, "prompt"): chat.usage.prompt_tokens,
+        ("metrics-b", BASE, "completion"): chat.usage.completion_tokens,
+        ("metrics-b", ADAPTER, "prompt"): streamed.prompt_tokens,
+        ("metrics-b", ADAPTER, "completion"): streamed.completion_tokens,
+        ("__static__", BASE, "prompt"): by_static.usage.prompt_tokens,
+        ("__static__", BASE, "completion"): by_static.usage.completion_tokens,
+    }
+    text = (await gw.http.get("/metrics")).text
+    assert secret not in text and secret[:12] not in text and "no-such-model" not in text
+
+
+def test_token_series_labels_stay_bounded_by_the_registry() -> None:
+    """A model the registry does not know is ``__other__``; an alias is named when it reached a
+    registered adapter (aliases cannot share an adapter's or the base model's name)."""
+    metrics = GatewayMetrics(process_metrics=False)
+    metrics.bind_adapters(registered=lambda: {"legal-lora"})
+    tokens = KeyTokenMetrics(metrics)
+    tokens.count("team-a", "legal-lora", "legal-lora", 3, 4)
+    tokens.count("team-a", "legal", "legal-lora", 1, 0)
+    tokens.count("team-a", "made-up-1", None, 5, 5)
+    tokens.count("team-a", "made-up-2", "not-registered", 5, 5)
+    samples = {
+        (s.labels["model"], s.labels["kind"]): s.value
+        for family in tokens.tokens.collect()
+        for s in family.samples
+        if s.name.endswith("_total")
+    }
+    assert samples == {
+        ("legal-lora", "prompt"): 3,
+        ("legal-lora", "completion"): 4,
+        ("legal", "prompt"): 1,
+        ("__other__", "prompt"): 10,
+        ("__other__", "completion"): 10,
+    }
+
+
+async def test_a_flush_writes_all_its_rows_in_one_transaction(tmp_path: Path) -> None:
+    """One commit per flush, not one per (hour, key, model): with 10,000 keys each row's own
+    transaction cost about 3 ms of CPU and 10 ms of fsync, more than the requests themselves."""
+    store = KeyStore.open(f"sqlite:///{tmp_path / 'registry.db'}")
+    commits = 0
+
+    def count(connection: object) -> None:
+        nonlocal commits
+        commits += 1
+
+    recorder = UsageRecorder(UsageStore(store.engine))
+    event.listen(store.engine, "commit", count)
+    for i in range(50):
+        recorder.record(f"key_{i}", "legal", "legal", 10, 5)
+    await recorder.flush()
+    assert commits == 1
+    for i in range(60):  # 50 existing rows, 10 new
+        recorder.record(f"key_{i}", "legal", "legal", 1, 1)
+    await recorder.flush()
+    assert commits == 2
+    lines = {line.key_id: line for line in recorder.store.query()}
+    assert len(lines) == 60
+    assert (lines["key_0"].requests, lines["key_0"].prompt_tokens) == (2, 11)
+    assert (lines["key_59"].requests, lines["key_59"].completion_tokens) == (1, 1)
+    store.close()
+
+
+async def test_a_flush_that_loses_an_insert_race_retries_whole(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another replica inserted one of the same new rows first (the unique constraint refuses
+    ours): the whole flush is rolled back and done again, so nothing is counted twice or lost."""
+    store = KeyStore.open(f"sqlite:///{tmp_path / 'registry.db'}")
+    recorder = UsageRecorder(UsageStore(store.engine))
+    recorder.record("key_a", "legal", "legal", 1, 1)
+    await recorder.flush()
+    recorder.record("key_a", "legal", "legal", 2, 2)  # an existing row: an UPDATE
+    recorder.record("key_b", "legal", "legal", 3, 3)  # a new row: an INSERT
+    real = UsageStore._write
+    tries = 0
+
+    def losing_once(session: Any, sums: Any) -> None:
+        nonlocal tries
+        tries += 1
+        real(session, sums)
+        if tries == 1:
+            session.flush()  # our UPDATE and INSERT ran; then the constraint refuses the insert
+            raise IntegrityError("INSERT INTO usage_hourly", None, Exception("UNIQUE failed"))
+
+    monkeypatch.setattr(UsageStore, "_write", staticmethod(losing_once))
+    await recorder.flush()
+    assert tries == 2
+    lines = {line.key_id: line for line in recorder.store.query()}
+    assert (lines["key_a"].requests, lines["key_a"].prompt_tokens) == (2, 3)
+    assert (lines["key_b"].requests, lines["key_b"].prompt_tokens) == (1, 3)
     store.close()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -383,3 +384,126 @@ async def test_bad_adapter_limits_get_a_4xx(
     response = await admin(fresh, "PUT", path, body)
     assert response.status_code == status, response.text
     assert fragment in response.json()["error"]["message"]
+
+
+async def test_limit_headers_on_every_answer_of_a_limited_key_errors_included(
+    fresh: Gateway,
+) -> None:
+    """400 for a bad body, 404 for a model out of scope or unknown, /v1/models: each answer
+    carries the key's x-ratelimit-* headers; those that reached no engine cost nothing."""
+    created = await create_key(
+        fresh, "headers-everywhere", models=["legal-*"], limits={"rpm": 10, "tpm": 1000}
+    )
+    auth = {"authorization": f"Bearer {created['secret']}"}
+    chat = "/v1/chat/completions"
+    answers = {
+        "bad body": await fresh.http.post(chat, json={"model": LEGAL[0]}, headers=auth),
+        "not json": await fresh.http.post(chat, content=b"{", headers=auth),
+        "out of scope": await fresh.http.post(
+            chat, json={"model": ADAPTER, "messages": MESSAGES}, headers=auth
+        ),
+        "models": await fresh.http.get("/v1/models", headers=auth),
+        "one model": await fresh.http.get(f"/v1/models/{LEGAL[0]}", headers=auth),
+        "no such model": await fresh.http.get(f"/v1/models/{ADAPTER}", headers=auth),
+    }
+    statuses = {what: response.status_code for what, response in answers.items()}
+    assert statuses == {
+        "bad body": 400,
+        "not json": 400,
+        "out of scope": 404,
+        "models": 200,
+        "one model": 200,
+        "no such model": 404,
+    }
+    for what, response in answers.items():
+        assert response.headers.get("x-ratelimit-limit-requests") == "10", what
+        assert response.headers.get("x-ratelimit-limit-tokens") == "1000", what
+        # none of these reached an engine or took a request from the minute's window
+        assert response.headers.get("x-ratelimit-remaining-requests") == "10", what
+        assert response.headers.get("x-ratelimit-remaining-tokens") == "1000", what
+        assert response.headers["x-ratelimit-reset-requests"].endswith("s"), what
+    unknown = await fresh.http.post(
+        chat, json={"model": "legal-none", "messages": MESSAGES}, headers=auth
+    )
+    assert unknown.status_code == 404 and unknown.headers["x-ratelimit-limit-requests"] == "10"
+    answered = await fresh.http.post(
+        chat, json={"model": LEGAL[0], "messages": MESSAGES}, headers=auth
+    )
+    assert answered.status_code == 200
+    spent = int(answered.headers["x-ratelimit-remaining-requests"])
+    after = await fresh.http.post(chat, json={"model": LEGAL[0]}, headers=auth)
+    assert after.status_code == 400
+    assert int(after.headers["x-ratelimit-remaining-requests"]) == spent
+    tokens = answered.json()["usage"]["total_tokens"]
+    assert int(after.headers["x-ratelimit-remaining-tokens"]) == 1000 - tokens
+    # an unlimited key gets none
+    plain = await create_key(fresh, "headers-none")
+    bare = await fresh.http.post(
+        chat, json={"model": BASE}, headers={"authorization": f"Bearer {plain['secret']}"}
+    )
+    assert bare.status_code == 400 and "x-ratelimit-limit-requests" not in bare.headers
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "fragment"),
+    [
+        ({"colour": "red"}, 400, "colour"),
+        ({"limits": {"rpm": -1}}, 400, "limits.rpm"),
+        ({"limits": {"max_concurrent": 0}}, 400, "limits.max_concurrent"),
+        ({"limits": {"tpm": 10**16}}, 400, "limits.tpm"),
+        ({"limits": {"rpm": "lots"}}, 400, "limits.rpm"),
+        ({"limits": {"burst": 3}}, 400, "limits.burst"),
+        ({"models": ["legl-*"]}, 400, "'legl-*' match no model"),
+        ({"models": []}, 400, "models"),
+        ({"name": "bad name!"}, 400, "name"),
+        ({"name": "x" * 65}, 400, "name"),
+        ({"expires_at": "2001-01-01T00:00:00Z"}, 400, "in the past"),
+        ({"expires_at": "2099-01-01T00:00:00"}, 400, "expires_at"),
+        ([1, 2], 400, ""),
+    ],
+)
+async def test_bad_updates_get_a_4xx_that_says_what_to_fix_and_change_nothing(
+    fresh: Gateway, body: Any, status: int, fragment: str
+) -> None:
+    name = f"patch-{uuid.uuid4().hex[:8]}"
+    await create_key(fresh, name, limits={"rpm": 5})
+    response = await admin(fresh, "PATCH", f"/keys/{name}", body)
+    assert response.status_code == status, response.text
+    assert fragment in response.json()["error"]["message"]
+    unchanged = (await admin(fresh, "GET", f"/keys/{name}")).json()
+    assert unchanged["limits"]["rpm"] == 5 and unchanged["models"] == ["*"]
+    assert unchanged["expires_at"] is None and unchanged["name"] == name
+
+
+async def test_key_routes_refuse_what_is_not_a_key_body(fresh: Gateway) -> None:
+    headers = {**admin_headers(), "content-type": "application/json"}
+    for method, path in (("POST", "/admin/keys"), ("PATCH", "/admin/keys/nobody")):
+        for raw in (b"{", b"", b'"team"'):
+            response = await fresh.http.request(method, path, content=raw, headers=headers)
+            assert response.status_code in (400, 404), (method, raw, response.text)
+            assert response.json()["error"]["message"]
+    for action in ("revoke", "rotate"):
+        missing = await admin(fresh, "POST", f"/keys/nobody/{action}")
+        assert missing.status_code == 404 and "nobody" in missing.json()["error"]["message"]
+    missing = await admin(fresh, "PATCH", "/keys/nobody", {"limits": {"rpm": 1}})
+    assert missing.status_code == 404 and "nobody" in missing.json()["error"]["message"]
+
+
+@pytest.mark.parametrize(
+    ("body", "fragment"),
+    [
+        ({"rpm": 0}, "rpm"),
+        ({"tpm": -1}, "tpm"),
+        ({"max_concurrent": "two"}, "max_concurrent"),
+        ({"rpm": 10**12}, "rpm"),
+        ({"rpm": 1, "colour": "red"}, "colour"),
+        ([1], ""),
+    ],
+)
+async def test_more_bad_adapter_limits_get_a_400_that_names_the_field(
+    fresh: Gateway, body: Any, fragment: str
+) -> None:
+    response = await admin(fresh, "PUT", "/adapters/legal-v2/limits", body)
+    assert response.status_code == 400, response.text
+    assert fragment in response.json()["error"]["message"]
+    assert (await admin(fresh, "GET", "/adapters/legal-v2")).status_code == 200
