@@ -230,6 +230,10 @@ def create_app(
         access_log=AccessLog(),
         observer=observer,
     )
+    # Every /v1 route, present and future, authenticates (a no-op on an open gateway). Their
+    # routers come first: a request is matched against the routes in order, and these are hot.
+    app.include_router(build_openai_router(), dependencies=[Depends(get_principal)])
+    app.include_router(build_messages_router(), dependencies=[Depends(get_principal)])
     app.include_router(build_health_router())
     app.include_router(build_metrics_router(metrics))
     app.include_router(build_admin_router())
@@ -237,7 +241,4 @@ def create_app(
     app.include_router(build_status_router())
     app.include_router(build_keys_router())
     app.include_router(build_usage_router())
-    # Every /v1 route, present and future, authenticates (a no-op on an open gateway).
-    app.include_router(build_openai_router(), dependencies=[Depends(get_principal)])
-    app.include_router(build_messages_router(), dependencies=[Depends(get_principal)])
     return app

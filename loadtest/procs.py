@@ -266,6 +266,8 @@ class GatewayOptions:
     more_engine_urls: tuple[str, ...] = ()
     #: ``affinity`` or ``replicate``; None: the gateway's default.
     placement: str | None = None
+    #: ``serve --workers``: gateway processes on the one port.
+    workers: int = 1
     #: ``LORA_GATEWAY_REDIS_URL``: limits counted in this Redis (None: in the process).
     redis_url: str | None = None
     #: The client key the readiness probe sends when there is no ``api_key`` (a virtual key
@@ -302,6 +304,8 @@ def start_gateway(
         command += ["--engine-url", url]
     if options.placement is not None:
         command += ["--placement", options.placement]
+    if options.workers > 1:
+        command += ["--workers", str(options.workers)]
     env = {
         "LORA_GATEWAY_BASE_MODEL": options.base_model,
         "LORA_GATEWAY_SERVED_MODEL_NAME": options.served_name,

@@ -95,9 +95,25 @@ async def get_request_info(request: Request) -> RequestInfo:
     return info
 
 
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """One authenticated ``/v1`` request, with everything the admit-and-forward path uses
+    (:mod:`gateway.api.openai.admission`): one dependency instead of five."""
+
+    request: Request
+    services: Services
+    principal: Principal
+    info: RequestInfo
+
+
+async def get_caller(request: Request, principal: PrincipalDep) -> Caller:
+    return Caller(request, services_of(request), principal, await get_request_info(request))
+
+
 ServicesDep = Annotated[Services, Depends(get_services)]
 RouterDep = Annotated[Router, Depends(get_router)]
 ProxyDep = Annotated[OpenAIProxy, Depends(get_proxy)]
 TenantsDep = Annotated[Tenants, Depends(get_tenants)]
 PrincipalDep = Annotated[Principal, Depends(get_principal)]
 RequestInfoDep = Annotated[RequestInfo, Depends(get_request_info)]
+CallerDep = Annotated[Caller, Depends(get_caller)]

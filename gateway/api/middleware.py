@@ -17,9 +17,9 @@ pays for one closure, not a task). For each HTTP request it
 from __future__ import annotations
 
 import logging
+import os
 import re
 import time
-import uuid
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -68,7 +68,7 @@ class RequestContextMiddleware:
             elif name == b"content-length":
                 content_length = value
         if request_id is None or not _SANE_REQUEST_ID.fullmatch(request_id):
-            request_id = uuid.uuid4().hex.encode()
+            request_id = os.urandom(16).hex().encode()  # uuid4().hex's form, 4x cheaper
 
         info = RequestInfo(
             request_id=request_id.decode(),

@@ -21,6 +21,8 @@ a key: it reads ``OPENAI_API_KEY``). Registered on the CLI by :func:`register` (
 from __future__ import annotations
 
 import asyncio
+import socket
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -28,6 +30,7 @@ import typer
 from pydantic import ValidationError
 
 from adapters.errors import AdapterError
+from gateway.commands.workers import MAX_WORKERS, run_workers
 from gateway.engines.factory import build_engines
 from gateway.errors import GatewayError
 from gateway.gc_tuning import tune_for_serving
@@ -97,6 +100,15 @@ def serve(
     log_level: Annotated[
         str | None, typer.Option(help="DEBUG also logs health polls and metric scrapes.")
     ] = None,
+    workers: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            max=MAX_WORKERS,
+            help="Gateway processes on the one port, sharing the engines and the registry "
+            "(each a replica; the engines are started once).",
+        ),
+    ] = 1,
 ) -> None:
     overrides: dict[str, Any] = {
         "host": host,
@@ -121,10 +133,32 @@ def serve(
     try:
         # Fail fast on a bad base model or engine URL, before the server starts.
         build_engines(settings)
-        asyncio.run(run_gateway(settings))
+        if workers > 1:
+            configure_logging(settings.log_level, settings.log_format)
+            code = asyncio.run(run_workers(settings, workers))
+            if code:
+                raise typer.Exit(code)
+            return
+        with asyncio.Runner(loop_factory=serving_loop_factory()) as runner:
+            runner.run(run_gateway(settings))
     except (GatewayError, AdapterError) as exc:
         typer.echo(f"error: {exc.message}", err=True)
         raise typer.Exit(2) from exc
+
+
+def serving_loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop's event loop when it is installed (it comes with ``uvicorn[standard]``), else
+    asyncio's own (None).
+
+    ``uvicorn.run`` would pick uvloop by itself, but the gateway runs ``Server.serve`` inside its
+    own loop (to tune the collector once started): without this the loop is asyncio's, whose
+    Python-level selector and transports cost about a third of the CPU per proxied request.
+    """
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop
 
 
 def _validation_message(exc: ValidationError) -> str:
@@ -133,8 +167,18 @@ def _validation_message(exc: ValidationError) -> str:
     )
 
 
-async def run_gateway(settings: GatewaySettings) -> None:
-    """Serve until SIGINT/SIGTERM; the app's lifespan starts and stops the engines."""
+async def run_gateway(
+    settings: GatewaySettings,
+    *,
+    sockets: list[socket.socket] | None = None,
+    announce: bool = True,
+) -> None:
+    """Serve until SIGINT/SIGTERM; the app's lifespan starts and stops the engines.
+
+    ``sockets``: accept on these (a ``--workers`` worker: the parent bound them) instead of
+    binding ``settings.host:port``; ``announce``: print the URL, the admin token's place and
+    the SDK example (one worker does).
+    """
     import uvicorn
 
     from gateway.app import create_app
@@ -155,14 +199,15 @@ async def run_gateway(settings: GatewaySettings) -> None:
             timeout_graceful_shutdown=settings.drain_timeout_s,  # type: ignore[arg-type]
         )
     )
-    announcer = asyncio.create_task(_announce(server, app, settings))
-    gc_tuner = asyncio.create_task(_tune_gc_once_started(server))
+    helpers = [asyncio.create_task(_tune_gc_once_started(server))]
+    if announce:
+        helpers.append(asyncio.create_task(_announce(server, app, settings)))
     try:
-        await server.serve()
+        await server.serve(sockets=sockets)
     finally:
-        announcer.cancel()
-        gc_tuner.cancel()
-        await asyncio.gather(announcer, gc_tuner, return_exceptions=True)
+        for helper in helpers:
+            helper.cancel()
+        await asyncio.gather(*helpers, return_exceptions=True)
 
 
 async def _tune_gc_once_started(server: uvicorn.Server) -> None:

@@ -20,17 +20,18 @@ from gateway.engines.remote import RemoteVLLMEngine
 from gateway.settings import GatewaySettings
 
 
-def build_engines(settings: GatewaySettings) -> list[Engine]:
+def build_engines(settings: GatewaySettings, *, api_key: str | None = None) -> list[Engine]:
+    """``api_key``: managed engines keep this key across restarts (``serve --workers``)."""
     if settings.engine_urls:
         return [
             RemoteVLLMEngine(settings, url, name=f"remote-{index}")
             for index, url in enumerate(settings.engine_urls)
         ]
     if settings.engines == 1:
-        return [ManagedVLLMEngine(settings, name="engine-0")]
+        return [ManagedVLLMEngine(settings, name="engine-0", api_key=api_key)]
     groups = split_cores(sorted(os.sched_getaffinity(0)), settings.engines)
     return [
-        ManagedVLLMEngine(settings, name=f"engine-{index}", cpus=cpus)
+        ManagedVLLMEngine(settings, name=f"engine-{index}", cpus=cpus, api_key=api_key)
         for index, cpus in enumerate(groups)
     ]
 

@@ -85,9 +85,12 @@ class ManagedVLLMEngine(WatchedEngine):
         model: BaseModelSpec | None = None,
         extra_env: Mapping[str, str] | None = None,
         cpus: Sequence[int] | None = None,
+        api_key: str | None = None,
     ) -> None:
         """``cpus``: the cores the child is bound to (``os.sched_setaffinity`` before exec, and
-        vLLM's OpenMP threads); None: every core the gateway may use."""
+        vLLM's OpenMP threads); None: every core the gateway may use. ``api_key``: the engine
+        key of every start (other processes reach the engine with it: ``serve --workers``);
+        None: a new one at each start."""
         model = model or locate_base_model(
             settings.base_model, settings.models_dir, settings.served_model_name
         )
@@ -104,6 +107,7 @@ class ManagedVLLMEngine(WatchedEngine):
         self.log_path = settings.logs_dir / f"{name}.log"
         self.cpus: tuple[int, ...] | None = tuple(cpus) if cpus else None
         self.restarts = 0
+        self._fixed_api_key = api_key
         self._port = free_loopback_port()
         self._process: subprocess.Popen[bytes] | None = None
         self._task: asyncio.Task[None] | None = None
@@ -304,7 +308,7 @@ class ManagedVLLMEngine(WatchedEngine):
             self._port = free_loopback_port()
             await self.close_client()  # it points at the old port; the next use makes a new one
         # A new key for each start: a key read from an earlier child is worth nothing now.
-        await self._use_api_key(secrets.token_urlsafe(ENGINE_KEY_BYTES))
+        await self._use_api_key(self._fixed_api_key or secrets.token_urlsafe(ENGINE_KEY_BYTES))
         self._spawns += 1
         self._process = self._popen(self.command(), f"start #{self._spawns}")
         self._spawned_at = time.monotonic()

@@ -130,6 +130,8 @@ class Router:
             reasons = "; ".join(f"{e.name}: {e.status().reason}" for e in self._engines)
             # The engines' own reasons (pids, exit causes) are for the log.
             raise EngineUnavailableError(f"no engine is ready ({states})", detail=reasons)
+        if len(ready) == 1:  # nothing to choose (and no snapshot to build per request)
+            return ready[0]
         turn = next(self._turn) % len(ready)
         ready = ready[turn:] + ready[:turn]
         snapshot = Snapshot(

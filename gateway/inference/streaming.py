@@ -139,10 +139,15 @@ class SSEProxyResponse(Response):
 
     async def _pump(self, send: Send) -> None:
         splitter = SSEEventSplitter()
+        events, inspect = self._events, self._inspect
         try:
+            # _send_event inlined: this loop runs for every token of every stream.
             async for chunk in self._upstream:
                 for event in splitter.feed(chunk):
-                    await self._send_event(send, event)
+                    for out in events.feed(event) if events is not None else (event,):
+                        if inspect is not None:
+                            inspect(out)
+                        await send({"type": "http.response.body", "body": out, "more_body": True})
             if rest := splitter.flush():
                 await self._send_event(send, rest)
             await self._send_held(send)

@@ -10,13 +10,13 @@ shape, whose ``error.type`` and ``error.message`` are what Anthropic clients rea
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter
 from starlette.responses import Response
 
 from gateway.api.anthropic.protocol import CountTokensRequest, MessagesRequest
-from gateway.api.deps import PrincipalDep, ProxyDep, RequestInfoDep, TenantsDep
-from gateway.api.openai.admission import forward_admitted, request_affinity
-from gateway.api.openai.body import parse_body
+from gateway.api.caller_route import CallerRoute
+from gateway.api.deps import CallerDep
+from gateway.api.openai.admission import admit_and_forward, caller_affinity, read_body
 from gateway.inference.proxy import ProxyCall, StreamKind
 from gateway.inference.sampling import MESSAGES_DEFAULTS
 
@@ -25,18 +25,11 @@ COUNT_TOKENS = "/v1/messages/count_tokens"
 
 
 def build_messages_router() -> APIRouter:
-    router = APIRouter(tags=["anthropic"])
+    router = APIRouter(tags=["anthropic"], route_class=CallerRoute)
 
     @router.post(MESSAGES)
-    async def create_message(
-        request: Request,
-        proxy: ProxyDep,
-        info: RequestInfoDep,
-        principal: PrincipalDep,
-        tenants: TenantsDep,
-    ) -> Response:
-        raw = await request.body()
-        body = parse_body(MessagesRequest, raw)
+    async def create_message(caller: CallerDep) -> Response:
+        raw, body = await read_body(caller, MessagesRequest)
         call = ProxyCall(
             MESSAGES,
             body.model,
@@ -45,23 +38,13 @@ def build_messages_router() -> APIRouter:
             defaults=MESSAGES_DEFAULTS,
             sent=body.sent_keys,
             stream_kind=StreamKind.MESSAGES,
-            affinity=request_affinity(request, principal),
+            affinity=caller_affinity(caller),
         )
-        admission = await tenants.admit(principal, body.model)
-        return await forward_admitted(admission, info, proxy.forward(call, info, request.receive))
+        return await admit_and_forward(caller, call)
 
     @router.post(COUNT_TOKENS)
-    async def count_tokens(
-        request: Request,
-        proxy: ProxyDep,
-        info: RequestInfoDep,
-        principal: PrincipalDep,
-        tenants: TenantsDep,
-    ) -> Response:
-        raw = await request.body()
-        body = parse_body(CountTokensRequest, raw)
-        admission = await tenants.admit(principal, body.model)
-        call = ProxyCall(COUNT_TOKENS, body.model, False, raw)
-        return await forward_admitted(admission, info, proxy.forward(call, info, request.receive))
+    async def count_tokens(caller: CallerDep) -> Response:
+        raw, body = await read_body(caller, CountTokensRequest)
+        return await admit_and_forward(caller, ProxyCall(COUNT_TOKENS, body.model, False, raw))
 
     return router

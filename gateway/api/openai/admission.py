@@ -1,26 +1,37 @@
-"""Run one OpenAI call under its key's admission: the limit headers on the answer, the tokens
-charged and the concurrency slot freed when the answer is complete.
+"""The one admit-and-forward path of every model-routed call: read and validate the body, admit
+it under the caller's key, forward it, and finish the admission when the answer is complete.
 
-The OpenAI routes (:mod:`gateway.api.openai.routes`) call :func:`forward_admitted` once a body
-is validated and :meth:`gateway.auth.tenants.Tenants.admit` let it in. The answer is wrapped in
+Every route that sends a client's body to an engine (chat and completions in
+:mod:`gateway.api.openai.routes`, tokenize and detokenize, the Responses API, Anthropic's
+Messages) takes one :data:`~gateway.api.deps.CallerDep`, reads its body with :func:`read_body`
+(one parse, in pydantic's JSON mode) and hands the :class:`~gateway.inference.proxy.ProxyCall` it
+built to :func:`admit_and_forward`: :meth:`gateway.auth.tenants.Tenants.admit` (a 404 out of
+the key's scope, a 429 over a limit), then the proxy, under :func:`forward_admitted`. The call
+is built before admission, so a request refused while building it (an unknown response id)
+holds no slot. One dependency and one function keep the hot path short: each FastAPI
+dependency costs a resolution per request.
+
+The limit headers go on the answer, the tokens are charged and the concurrency slot is freed
+when the answer is complete. The answer is wrapped in
 :class:`AdmittedResponse`, a plain ASGI wrapper and not a background task, so the charge runs
 however the response ends: complete, failed mid-stream or dropped by the client. It reads the
 token counts the proxy put on the request's record (the engine's own counts, streams included).
-:func:`request_affinity` is what an alias's version split sticks by for the admitted caller.
+:func:`caller_affinity` is what an alias's version split sticks by for the admitted caller.
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable
 
-from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
 
+from gateway.api.deps import Caller
+from gateway.api.openai.body import Body, parse_body
 from gateway.auth.limits import Admission
-from gateway.auth.tenants import Principal
 from gateway.errors import GatewayError
 from gateway.inference.aliases import affinity_of
+from gateway.inference.proxy import ProxyCall
 from gateway.inference.record import RequestInfo
 
 
@@ -49,6 +60,24 @@ class AdmittedResponse(Response):
             await self._admission.finish(self._info)
 
 
+async def read_body(caller: Caller, schema: type[Body]) -> tuple[bytes, Body]:
+    """The client's raw body (forwarded byte for byte) and its validated form (400 if bad)."""
+    raw = await caller.request.body()
+    return raw, parse_body(schema, raw)
+
+
+async def admit_and_forward(caller: Caller, call: ProxyCall) -> Response:
+    """Admit ``call`` under the caller's key for its model, then forward it to the engine."""
+    if call.model is None:
+        raise ValueError("only a call routed by model is admitted")
+    services = caller.services
+    admission = await services.tenants.admit(caller.principal, call.model)
+    info = caller.info
+    return await forward_admitted(
+        admission, info, services.proxy.forward(call, info, caller.request.receive)
+    )
+
+
 async def forward_admitted(
     admission: Admission, info: RequestInfo, answer: Awaitable[Response]
 ) -> Response:
@@ -68,9 +97,11 @@ async def forward_admitted(
     return AdmittedResponse(response, admission, info)
 
 
-def request_affinity(request: Request, principal: Principal, user: str | None = None) -> str:
+def caller_affinity(caller: Caller, user: str | None = None) -> str:
     """What an alias's version split sticks by for this request: ``user``, else the caller's
     key, else the client's address (:func:`gateway.inference.aliases.affinity_of`)."""
-    key_id = principal.key.id if principal.key is not None else None
-    client = request.client.host if request.client is not None else None
-    return affinity_of(user, key_id, client)
+    key = caller.principal.key
+    client = caller.request.client
+    return affinity_of(
+        user, key.id if key is not None else None, client.host if client is not None else None
+    )

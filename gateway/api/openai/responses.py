@@ -19,9 +19,9 @@ from urllib.parse import urlencode
 from fastapi import APIRouter, Path, Query, Request
 from starlette.responses import Response
 
-from gateway.api.deps import PrincipalDep, ProxyDep, RequestInfoDep, RouterDep, TenantsDep
-from gateway.api.openai.admission import forward_admitted, request_affinity
-from gateway.api.openai.body import parse_body
+from gateway.api.caller_route import CallerRoute
+from gateway.api.deps import CallerDep, ProxyDep, RequestInfoDep, RouterDep
+from gateway.api.openai.admission import admit_and_forward, caller_affinity, read_body
 from gateway.api.openai.protocol import MAX_RESPONSE_ID, ResponsesRequest
 from gateway.errors import NotSupportedError
 from gateway.inference.proxy import ProxyCall, StreamKind
@@ -34,23 +34,17 @@ ResponseId = Annotated[str, Path(min_length=1, max_length=MAX_RESPONSE_ID)]
 
 
 def build_responses_router() -> APIRouter:
-    router = APIRouter(tags=["openai"])
+    router = APIRouter(tags=["openai"], route_class=CallerRoute)
 
     @router.post(RESPONSES)
-    async def create_response(
-        request: Request,
-        proxy: ProxyDep,
-        routing: RouterDep,
-        info: RequestInfoDep,
-        principal: PrincipalDep,
-        tenants: TenantsDep,
-    ) -> Response:
-        raw = await request.body()
-        body = parse_body(ResponsesRequest, raw)
+    async def create_response(caller: CallerDep) -> Response:
+        raw, body = await read_body(caller, ResponsesRequest)
         engine = None
         if body.previous_response_id is not None:
             engine = engine_of_response(
-                body.previous_response_id, routing.engines, param="previous_response_id"
+                body.previous_response_id,
+                caller.services.router.engines,
+                param="previous_response_id",
             ).name
         call = ProxyCall(
             RESPONSES,
@@ -62,10 +56,9 @@ def build_responses_router() -> APIRouter:
             engine=engine,
             stream_kind=StreamKind.RESPONSES,
             new_response_id=True,
-            affinity=request_affinity(request, principal, body.user),
+            affinity=caller_affinity(caller, body.user),
         )
-        admission = await tenants.admit(principal, body.model)
-        return await forward_admitted(admission, info, proxy.forward(call, info, request.receive))
+        return await admit_and_forward(caller, call)
 
     @router.get(RESPONSES + "/{response_id}")
     async def retrieve_response(

@@ -8,12 +8,12 @@ vLLM: without it, the base model. The answers hold no model name and no usage. I
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter
 from starlette.responses import Response
 
-from gateway.api.deps import PrincipalDep, ProxyDep, RequestInfoDep, RouterDep, TenantsDep
-from gateway.api.openai.admission import forward_admitted
-from gateway.api.openai.body import parse_body
+from gateway.api.caller_route import CallerRoute
+from gateway.api.deps import CallerDep
+from gateway.api.openai.admission import admit_and_forward, read_body
 from gateway.api.openai.protocol import DetokenizeRequest, TokenizeRequest
 from gateway.inference.proxy import ProxyCall
 
@@ -22,38 +22,18 @@ DETOKENIZE = "/detokenize"
 
 
 def build_tokenize_router() -> APIRouter:
-    router = APIRouter(tags=["vllm"])
+    router = APIRouter(tags=["vllm"], route_class=CallerRoute)
 
     @router.post(TOKENIZE)
-    async def tokenize(
-        request: Request,
-        proxy: ProxyDep,
-        routing: RouterDep,
-        info: RequestInfoDep,
-        principal: PrincipalDep,
-        tenants: TenantsDep,
-    ) -> Response:
-        raw = await request.body()
-        body = parse_body(TokenizeRequest, raw)
-        model = body.model or routing.base_model
-        admission = await tenants.admit(principal, model)
-        call = ProxyCall(TOKENIZE, model, False, raw)
-        return await forward_admitted(admission, info, proxy.forward(call, info, request.receive))
+    async def tokenize(caller: CallerDep) -> Response:
+        raw, body = await read_body(caller, TokenizeRequest)
+        model = body.model or caller.services.router.base_model
+        return await admit_and_forward(caller, ProxyCall(TOKENIZE, model, False, raw))
 
     @router.post(DETOKENIZE)
-    async def detokenize(
-        request: Request,
-        proxy: ProxyDep,
-        routing: RouterDep,
-        info: RequestInfoDep,
-        principal: PrincipalDep,
-        tenants: TenantsDep,
-    ) -> Response:
-        raw = await request.body()
-        body = parse_body(DetokenizeRequest, raw)
-        model = body.model or routing.base_model
-        admission = await tenants.admit(principal, model)
-        call = ProxyCall(DETOKENIZE, model, False, raw)
-        return await forward_admitted(admission, info, proxy.forward(call, info, request.receive))
+    async def detokenize(caller: CallerDep) -> Response:
+        raw, body = await read_body(caller, DetokenizeRequest)
+        model = body.model or caller.services.router.base_model
+        return await admit_and_forward(caller, ProxyCall(DETOKENIZE, model, False, raw))
 
     return router

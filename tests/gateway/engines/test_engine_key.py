@@ -243,3 +243,28 @@ async def test_each_managed_start_gets_a_new_key_in_its_environment(
     finally:
         await engine.stop()
     assert first not in argv.read_text() and second not in argv.read_text()
+
+
+async def test_a_managed_engine_given_a_key_keeps_it_across_restarts(
+    tmp_path: Path, health_root: Path
+) -> None:
+    """``serve --workers``: the parent's engines are reached by the workers with one key."""
+    keys = tmp_path / "keys.txt"
+    server = f"{sys.executable} -m http.server {{port}} --bind 127.0.0.1 --directory {health_root}"
+    script = f'echo "${KEY_ENV}" >> {keys}; sleep 300 & exec {server}'
+    fixed = "fixed-engine-key-" + "k" * 40
+    engine = FakeVLLMEngine(_settings(tmp_path), health_root, script=script, api_key=fixed)
+    engine.script = script.replace("{port}", str(engine.port))
+    await engine.start()
+    try:
+        await _wait_for(engine, EngineState.READY)
+        engine.kill_process()
+        deadline = time.monotonic() + 20
+        while engine.restarts == 0 or engine.status().state is not EngineState.READY:
+            assert time.monotonic() < deadline, engine.status()
+            await asyncio.sleep(0.02)
+        assert keys.read_text().split() == [fixed, fixed]
+        assert engine.api_key == fixed
+        assert engine.client._auth_headers == {"Authorization": f"Bearer {fixed}"}
+    finally:
+        await engine.stop()

@@ -26,8 +26,16 @@ from gateway.settings import GatewaySettings
 class FakeVLLMEngine(ManagedVLLMEngine):
     """Supervises a stand-in child instead of vLLM: an HTTP server whose /health is a file."""
 
-    def __init__(self, settings: GatewaySettings, root: Path, script: str | None = None) -> None:
-        super().__init__(settings, name="fake", model=BaseModelSpec(root, "fake-base"))
+    def __init__(
+        self,
+        settings: GatewaySettings,
+        root: Path,
+        script: str | None = None,
+        api_key: str | None = None,
+    ) -> None:
+        super().__init__(
+            settings, name="fake", model=BaseModelSpec(root, "fake-base"), api_key=api_key
+        )
         self.root = root
         self.script = script
 
