@@ -331,7 +331,7 @@ class LeaseBroker:
         while True:
             plan = choose_load(self._snapshot(version.name), version.upstream_name, exclude)
             if plan is None:
-                if ctx.table.full and all(ctx.pinned(s) for s in ctx.table):
+                if ctx.table.full and self._all_pinned():
                     raise self.capacity_error(version.name)
                 return None
             if plan.evict is None:
@@ -356,7 +356,7 @@ class LeaseBroker:
         none can go now (every slot leased or locked)."""
         ctx = self._ctx
         while ctx.table.full:
-            if all(ctx.pinned(s) for s in ctx.table):
+            if self._all_pinned():
                 raise self.capacity_error(version.name)
             victim = ctx.table.pick_victim(version.name, ctx.pinned, ctx.locked)
             if victim is None:
@@ -370,6 +370,12 @@ class LeaseBroker:
         return ctx.table.open(
             version.name, version.version, version.upstream_name, version.load_path
         )
+
+    def _all_pinned(self) -> bool:
+        """Every slot holds a pinned version: waiting cannot help. Not so while another
+        replica holds places here this one has no slot for (they may free up)."""
+        table = self._ctx.table
+        return not any(table.external.values()) and all(self._ctx.pinned(s) for s in table)
 
     def capacity_error(self, name: str) -> CapacityError:
         ctx = self._ctx

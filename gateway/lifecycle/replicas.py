@@ -227,6 +227,19 @@ class ReplicaSync:
                     continue
                 held.engines[engine_name] = engine.status().restarts
                 changed = True
+        external: dict[str, int] = {}
+        for upstream, engines in places.items():
+            held = table.get(upstream)
+            for engine_name in engines:
+                if held is None or not (
+                    engine_name in held.engines
+                    or engine_name in held.loading_on
+                    or engine_name in held.blocked
+                ):
+                    external[engine_name] = external.get(engine_name, 0) + 1
+        if external != table.external:
+            table.external = external
+            changed = True
         return changed
 
     async def views(self) -> list[ReplicaView]:

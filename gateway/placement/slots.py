@@ -101,6 +101,10 @@ class SlotTable:
         self.capacity = adapter_capacity(policy, list(self.engine_capacity.values()))
         self.load = load or EngineLoad([e.name for e in engines])
         self.stats = PlacementStats()
+        #: Engine name -> slots there taken by places this table has no slot for: another
+        #: gateway replica's load in progress, or a version this replica does not know yet
+        #: (set by the replica sync, :mod:`gateway.lifecycle.replicas`; empty when alone).
+        self.external: dict[str, int] = {}
         self._engines = {engine.name: engine for engine in engines}
         self._turn = itertools.count()
         self._slots: dict[str, Slot] = {}
@@ -139,7 +143,7 @@ class SlotTable:
 
     def used_per_engine(self) -> dict[str, int]:
         """Engine name -> slots taken there (loaded or loading)."""
-        used = dict.fromkeys(self._engines, 0)
+        used = {name: self.external.get(name, 0) for name in self._engines}
         for slot in self._slots.values():
             for name in self._engines:
                 if self.occupies(slot, name):
@@ -167,7 +171,7 @@ class SlotTable:
                 EngineView(
                     name=name,
                     ready=engine.ready,
-                    capacity=self.engine_capacity[name],
+                    capacity=max(0, self.engine_capacity[name] - self.external.get(name, 0)),
                     in_flight=self.load.counts.get(name, 0),
                     resident=frozenset(s.upstream for s in held),
                     adapter_in_flight={s.upstream: s.in_flight.get(name, 0) for s in held},

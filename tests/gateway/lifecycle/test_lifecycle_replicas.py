@@ -299,3 +299,38 @@ async def test_a_place_drained_by_another_replica_during_the_claim_is_waited_for
         assert board.claims == 2
     finally:
         await lifecycle.close()
+
+
+async def test_places_another_replica_is_loading_count_as_taken_here(
+    make: Make, adapter_dir: Callable[[str, int], Path], upstreams: list[FakeVLLM]
+) -> None:
+    """Regression (real two-replica churn test): places another replica was still loading (or
+    held for versions this one did not know yet) were invisible in this replica's slot table,
+    so it saw a free slot, claimed, was refused, and claimed again in a tight loop, never
+    evicting, until its wait ran out (503 "no adapter slot is free"). They now count as taken
+    here: it waits for them (or evicts what it can see) instead."""
+    a = await make("A", engines=1, slot_wait_s=1.0)
+    b = await make("B", engines=1)
+    await a.register("x", adapter_dir("x", 1))
+    engine_url = a.engines[0].url
+    board_b = b._ctx.board
+    assert isinstance(board_b, SharedBoard)
+    for ghost in ("ghost-1@v1.aaaa", "ghost-2@v1.bbbb"):  # B is "loading" these, slowly
+        assert await board_b.claim(engine_url, ghost, 2)
+    board_a = a._ctx.board
+    claims = 0
+    claim = board_a.claim
+
+    async def counted(url: str, upstream: str, capacity: int) -> bool:
+        nonlocal claims
+        claims += 1
+        return await claim(url, upstream, capacity)
+
+    board_a.claim = counted  # type: ignore[method-assign]
+    await asyncio.sleep(0.3)  # A's sync loop has read the board several times
+    with pytest.raises(GatewayError):
+        await request(a, "x")
+    assert claims == 0, f"claimed {claims} times a place it could see was taken"
+    await board_b.abandon(engine_url, "ghost-1@v1.aaaa")
+    assert await request(a, "x") == "e0"
+    assert claims == 1
