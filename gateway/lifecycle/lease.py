@@ -372,10 +372,12 @@ class LeaseBroker:
         )
 
     def _all_pinned(self) -> bool:
-        """Every slot holds a pinned version: waiting cannot help. Not so while another
-        replica holds places here this one has no slot for (they may free up)."""
-        table = self._ctx.table
-        return not any(table.external.values()) and all(self._ctx.pinned(s) for s in table)
+        """Every slot holds a pinned version: waiting cannot help. Never so with other
+        replicas (a shared board): this one's view of the pins and places is up to a sync
+        interval old, and an unpin or an unload made through another may free a slot any
+        moment; the request waits its ``slot_wait_s`` like any other."""
+        ctx = self._ctx
+        return not ctx.board.shared and all(ctx.pinned(s) for s in ctx.table)
 
     def capacity_error(self, name: str) -> CapacityError:
         ctx = self._ctx

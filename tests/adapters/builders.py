@@ -14,6 +14,8 @@ import struct
 from pathlib import Path
 from typing import Any
 
+from adapters.store import AdapterStore
+from adapters.validation import AdapterValidator, ValidationLimits
 from loadtest.adapters_gen import llama_module_shapes, write_lora
 
 _DTYPE_BYTES = {"F32": 4, "F16": 2, "BF16": 2}
@@ -111,3 +113,14 @@ def write_adapter(
         config_overrides=config_overrides,
         manifest=manifest,
     )
+
+
+def lenient_validator(base: str, roots: Path, base_dir: Path) -> AdapterValidator:
+    """A validator for ``base`` (its files at ``base_dir``) with roomy limits: rank up to 16,
+    1 GiB, adapters read only below ``roots``."""
+    return AdapterValidator(base, ValidationLimits(16, 1 << 30, (roots,)), base_dir=base_dir)
+
+
+def lenient_store(directory: Path, base: str, roots: Path, base_dir: Path) -> AdapterStore:
+    """An adapter store in ``directory`` validating with :func:`lenient_validator`."""
+    return AdapterStore(directory, lenient_validator(base, roots, base_dir))

@@ -233,7 +233,8 @@ async def test_replicas_behave_as_one_under_churn_and_an_engine_kill(cluster: Cl
                 if name not in deleted:
                     failures.append(f"{name} via {replica}: 404 while registered")
             except openai.APIError as exc:
-                failures.append(f"{name} via {replica}: {type(exc).__name__}: {exc}")
+                at = time.monotonic() - kill_at  # seconds after the engine kill (< 0: before)
+                failures.append(f"{name} via {replica} at {at:+.1f} s: {type(exc).__name__}: {exc}")
 
     async def sampler() -> None:
         while not stop.is_set():
@@ -374,6 +375,22 @@ async def greedy(sdk: openai.AsyncOpenAI, model: str) -> str:
     return answer.choices[0].text
 
 
+async def register_and_reach(
+    cluster: Cluster, name: str, *, via: int, served_by: openai.AsyncOpenAI, what: str
+) -> float:
+    """Register ``name`` through replica ``via``; it must answer through ``served_by`` within
+    PROPAGATION_S (see :func:`reached_within`)."""
+    with cluster.admin(via) as admin:
+        await asyncio.to_thread(admin.register, name, cluster.write(name))
+    cluster.registered.add(name)
+
+    async def serves() -> bool:
+        await greedy(served_by, name)
+        return True
+
+    return await reached_within(what, serves)
+
+
 async def reached_within(what: str, check: Callable[[], Awaitable[bool]]) -> float:
     """Ask ``check`` every 0.05 s until it is True: the seconds from the call to the start of
     the first attempt that was. Fails if that attempt started over PROPAGATION_S late."""
@@ -406,15 +423,7 @@ async def test_each_kind_of_change_reaches_the_other_replica_within_two_seconds(
         for name in others:
             await asyncio.to_thread(admin.register, name, cluster.write(name))
             cluster.registered.add(name)
-    with cluster.admin(0) as admin:
-        await asyncio.to_thread(admin.register, "versions", cluster.write("versions"))
-    cluster.registered.add("versions")
-
-    async def b_serves() -> bool:
-        await greedy(sdk[1], "versions")
-        return True
-
-    await reached_within("a registration", b_serves)
+    await register_and_reach(cluster, "versions", via=0, served_by=sdk[1], what="a registration")
     v1 = await greedy(sdk[0], "versions")
     assert await greedy(sdk[1], "versions") == v1
 
@@ -523,15 +532,9 @@ async def test_a_resident_adapter_is_served_with_the_database_unreachable(
     assert answered >= 4, answered
 
     # Back: a registration through B reaches A within the usual bound again.
-    with cluster.admin(1) as admin:
-        await asyncio.to_thread(admin.register, "after-outage", cluster.write("after-outage"))
-    cluster.registered.add("after-outage")
-
-    async def a_serves() -> bool:
-        await greedy(sdk[0], "after-outage")
-        return True
-
-    await reached_within("a registration after the outage", a_serves)
+    await register_and_reach(
+        cluster, "after-outage", via=1, served_by=sdk[0], what="a registration after the outage"
+    )
 
 
 async def test_a_replica_killed_with_sigkill_leaves_the_other_serving(cluster: Cluster) -> None:

@@ -19,7 +19,6 @@ from adapters.errors import AdapterError
 from adapters.registry import Registry
 from adapters.state import AdapterState
 from adapters.store import AdapterStore
-from adapters.validation import AdapterValidator, ValidationLimits
 from gateway.errors import (
     AdapterLoadError,
     AdapterNotFoundError,
@@ -30,7 +29,7 @@ from gateway.errors import (
 )
 from gateway.lifecycle.service import AdapterLifecycle
 from loadtest.fake_vllm import FakeVLLM
-from tests.adapters.builders import write_adapter, write_base_model
+from tests.adapters.builders import lenient_validator, write_adapter, write_base_model
 from tests.support.fake_engine import FakeEngine
 
 BASE = "tinybase"
@@ -92,9 +91,7 @@ async def make(env: Env) -> AsyncIterator[MakeLifecycle]:
         drain_timeout_s: float = 2.0,
         slot_wait_s: float = 5.0,
     ) -> AdapterLifecycle:
-        validator = AdapterValidator(
-            BASE, ValidationLimits(16, 1 << 30, (env.roots,)), base_dir=env.base_dir
-        )
+        validator = lenient_validator(BASE, env.roots, env.base_dir)
         lifecycle = AdapterLifecycle(
             Registry(env.db_url),
             list(engines),

@@ -25,12 +25,10 @@ import pytest
 
 from adapters.registry import Registry
 from adapters.state import AdapterState
-from adapters.store import AdapterStore
-from adapters.validation import AdapterValidator, ValidationLimits
 from gateway.errors import CapacityError, ConflictError, ModelNotFoundError
 from gateway.lifecycle.service import AdapterLifecycle
 from loadtest.fake_vllm import FakeVLLM
-from tests.adapters.builders import write_adapter, write_base_model
+from tests.adapters.builders import lenient_store, write_adapter, write_base_model
 from tests.support.fake_engine import FakeEngine
 
 BASE = "tinybase"
@@ -58,14 +56,7 @@ async def make(
     lifecycle = AdapterLifecycle(
         Registry(f"sqlite:///{tmp_path / 'registry.db'}"),
         [FakeEngine(upstream)],
-        AdapterStore(
-            tmp_path / "store",
-            AdapterValidator(
-                BASE,
-                ValidationLimits(16, 1 << 30, (roots,)),
-                base_dir=write_base_model(tmp_path / BASE),
-            ),
-        ),
+        lenient_store(tmp_path / "store", BASE, roots, write_base_model(tmp_path / BASE)),
         capacity=capacity,
         slot_wait_s=slot_wait_s,
         drain_timeout_s=drain_timeout_s,

@@ -16,12 +16,10 @@ import pytest
 
 from adapters.registry import Registry
 from adapters.state import AdapterState
-from adapters.store import AdapterStore
-from adapters.validation import AdapterValidator, ValidationLimits
 from gateway.errors import AdapterLoadError, EngineUnavailableError
 from gateway.lifecycle.service import AdapterLifecycle
 from loadtest.fake_vllm import FakeVLLM
-from tests.adapters.builders import write_adapter, write_base_model
+from tests.adapters.builders import lenient_store, write_adapter, write_base_model
 from tests.support.fake_engine import FakeEngine
 
 BASE = "tinybase"
@@ -74,14 +72,7 @@ class Env:
         lifecycle = AdapterLifecycle(
             Registry(f"sqlite:///{self.tmp / 'registry.db'}"),
             [FakeEngine(self.upstream)],
-            AdapterStore(
-                self.tmp / "store",
-                AdapterValidator(
-                    BASE,
-                    ValidationLimits(16, 1 << 30, (roots,)),
-                    base_dir=write_base_model(self.tmp / BASE),
-                ),
-            ),
+            lenient_store(self.tmp / "store", BASE, roots, write_base_model(self.tmp / BASE)),
             observer=self.events,
             load_retry_s=REFUSED_RETRY_S,
             engine_error_retry_s=ERROR_RETRY_S,

@@ -19,10 +19,9 @@ from adapters.contract import ADAPTER_WEIGHTS, PICKLE_WEIGHTS
 from adapters.layout import sha256_file
 from adapters.registry import Registry
 from adapters.store import AdapterStore
-from adapters.validation import AdapterValidator, ValidationLimits
 from gateway.lifecycle.service import AdapterLifecycle
 from loadtest.fake_vllm import FakeVLLM
-from tests.adapters.builders import write_adapter, write_base_model
+from tests.adapters.builders import lenient_validator, write_adapter, write_base_model
 from tests.support.fake_engine import FakeEngine
 
 BASE = "tinybase"
@@ -39,9 +38,7 @@ async def make(tmp_path: Path) -> AsyncIterator[Callable[[int], Awaitable[Setup]
         roots = (tmp_path / "adapters").resolve()
         roots.mkdir()
         base_dir = write_base_model(tmp_path / BASE)
-        validator = AdapterValidator(
-            BASE, ValidationLimits(16, 1 << 30, (roots,)), base_dir=base_dir
-        )
+        validator = lenient_validator(BASE, roots, base_dir)
         engine = FakeEngine(FakeVLLM(), lora_capacity=capacity)
         lifecycle = AdapterLifecycle(
             Registry(f"sqlite:///{tmp_path / 'registry.db'}"),

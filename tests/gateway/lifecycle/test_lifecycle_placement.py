@@ -12,12 +12,11 @@ import pytest
 
 from adapters.registry import Registry
 from adapters.store import AdapterStore
-from adapters.validation import AdapterValidator, ValidationLimits
 from gateway.lifecycle.service import AdapterLifecycle
 from gateway.placement.policy import PlacementPolicy
 from gateway.placement.stats import PlacementEvent
 from loadtest.fake_vllm import FakeVLLM
-from tests.adapters.builders import write_adapter, write_base_model
+from tests.adapters.builders import lenient_validator, write_adapter, write_base_model
 from tests.support.fake_engine import FakeEngine
 
 BASE = "tinybase"
@@ -40,9 +39,7 @@ async def make(tmp_path: Path) -> AsyncIterator[Make]:
         replicate_threshold: int = 4,
         slot_wait_s: float = 2.0,
     ) -> AdapterLifecycle:
-        validator = AdapterValidator(
-            BASE, ValidationLimits(16, 1 << 30, (roots,)), base_dir=base_dir
-        )
+        validator = lenient_validator(BASE, roots, base_dir)
         lifecycle = AdapterLifecycle(
             Registry(f"sqlite:///{tmp_path / 'registry.db'}"),
             list(engines),

@@ -18,13 +18,17 @@ import pytest
 
 from adapters.registry import Registry
 from adapters.store import AdapterStore
-from adapters.validation import AdapterValidator, ValidationLimits
 from gateway.errors import GatewayError, ModelNotFoundError
 from gateway.lifecycle.service import AdapterLifecycle
 from gateway.placement.board import PlacementBoard, SharedBoard
 from gateway.placement.stats import PlacementEvent
 from loadtest.fake_vllm import FakeVLLM
-from tests.adapters.builders import write_adapter, write_base_model
+from tests.adapters.builders import (
+    lenient_store,
+    lenient_validator,
+    write_adapter,
+    write_base_model,
+)
 from tests.support.fake_engine import FakeEngine
 
 BASE = "tinybase"
@@ -51,9 +55,7 @@ async def make(tmp_path: Path, upstreams: list[FakeVLLM], db_url: str) -> AsyncI
     async def factory(
         replica_id: str, *, engines: int = 2, slot_wait_s: float = 5.0, dead_after_s: float = 5.0
     ) -> AdapterLifecycle:
-        validator = AdapterValidator(
-            BASE, ValidationLimits(16, 1 << 30, (roots,)), base_dir=base_dir
-        )
+        validator = lenient_validator(BASE, roots, base_dir)
         board = await asyncio.to_thread(
             SharedBoard.open,
             url,
@@ -280,14 +282,7 @@ async def test_a_place_drained_by_another_replica_during_the_claim_is_waited_for
     lifecycle = AdapterLifecycle(
         Registry(f"sqlite:///{tmp_path / 'solo.db'}"),
         [FakeEngine(upstreams[0], name="e0", lora_capacity=2)],
-        AdapterStore(
-            tmp_path / "store",
-            AdapterValidator(
-                BASE,
-                ValidationLimits(16, 1 << 30, (roots,)),
-                base_dir=write_base_model(tmp_path / BASE),
-            ),
-        ),
+        lenient_store(tmp_path / "store", BASE, roots, write_base_model(tmp_path / BASE)),
         slot_wait_s=5.0,
         board=board,
     )
@@ -334,3 +329,45 @@ async def test_places_another_replica_is_loading_count_as_taken_here(
     await board_b.abandon(engine_url, "ghost-1@v1.aaaa")
     assert await request(a, "x") == "e0"
     assert claims == 1
+
+
+async def test_a_pin_dropped_through_another_replica_is_waited_for_not_refused(
+    make: Make, adapter_dir: Callable[[str, int], Path], upstreams: list[FakeVLLM]
+) -> None:
+    """Regression (real two-replica churn test, 503 "no adapter slot is free ... all 4 are in
+    use" at once): a replica that saw every slot held by a pinned version refused a cold adapter
+    at once, "waiting cannot help". With other replicas its view of the pins is up to a sync
+    interval old: an unpin made through another replica frees a slot it has not seen yet. It now
+    waits (up to its slot wait) for its view to catch up instead."""
+    a = await make("A", engines=1)
+    b = await make("B", engines=1, slot_wait_s=3.0)
+    for name in ("x", "y", "z"):
+        await a.register(name, adapter_dir(name, 1))
+    await a.set_pinned("x", True)
+    await a.set_pinned("y", True)
+    await eventually(
+        lambda: (
+            b.view("x").record.pinned
+            and b.view("y").record.pinned
+            and bool(b.view("x").active.engines)
+            and bool(b.view("y").active.engines)
+            and "z" in b.registered_names()
+        )
+    )
+    sync = b.replicas
+    assert sync is not None
+    gate = asyncio.Event()
+    refresh = sync._refresh_records
+
+    async def held_refresh() -> None:  # B's view of the registry stops here until the gate
+        await gate.wait()
+        await refresh()
+
+    sync._refresh_records = held_refresh  # type: ignore[method-assign]
+    await a.set_pinned("y", False)  # B still sees y pinned
+    pending = asyncio.create_task(request(b, "z"))
+    await asyncio.sleep(0.3)
+    assert not pending.done(), f"refused at once: {pending.exception()!r}"
+    gate.set()
+    assert await asyncio.wait_for(pending, 5.0) == "e0"
+    assert not any(u.violations for u in upstreams)
