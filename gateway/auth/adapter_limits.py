@@ -11,19 +11,15 @@ refreshed at most once per cache TTL, and counts them with the key's limits
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import datetime
 
 from sqlalchemy import BigInteger, DateTime, Integer, String, select
-from sqlalchemy.engine import Engine
-from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.orm import Mapped, Session, mapped_column, sessionmaker
+from sqlalchemy.orm import Mapped, mapped_column
 
-from adapters.db import NAME_LENGTH, Base, make_sessionmaker, utcnow
+from adapters.db import NAME_LENGTH, Base, utcnow
 from gateway.auth.keys import KeyLimits
 from gateway.auth.limits import Subject
-from gateway.errors import GatewayError
+from gateway.auth.table_store import TableStore
 
 
 class AdapterLimitRow(Base):
@@ -42,20 +38,10 @@ def adapter_subject(model: str, limits: KeyLimits) -> Subject:
     return Subject(f"adapter:{model}", f"adapter {model}", limits)
 
 
-class AdapterLimitStore:
-    def __init__(self, engine: Engine) -> None:
-        self._sessions: sessionmaker[Session] = make_sessionmaker(engine)
-        Base.metadata.create_all(engine, tables=[AdapterLimitRow.__table__])  # type: ignore[list-item]
-
-    @contextmanager
-    def _session(self) -> Iterator[Session]:
-        try:
-            with self._sessions.begin() as session:
-                yield session
-        except SQLAlchemyError as exc:
-            raise GatewayError(
-                f"the adapter-limit store failed: {type(exc).__name__}", code="limit_store_error"
-            ) from exc
+class AdapterLimitStore(TableStore):
+    row = AdapterLimitRow
+    what = "adapter-limit"
+    code = "limit_store_error"
 
     def all(self) -> dict[str, KeyLimits]:
         with self._session() as session:

@@ -11,18 +11,15 @@ and short; async callers (the admin API, the authenticator's cache in
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import JSON, BigInteger, DateTime, Integer, String, select
-from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
-from sqlalchemy.orm import Mapped, Session, mapped_column, sessionmaker
+from sqlalchemy.orm import Mapped, Session, mapped_column
 
-from adapters.db import Base, make_engine, make_sessionmaker, utcnow
+from adapters.db import Base, make_engine, utcnow
 from gateway.auth.keys import (
     IssuedKey,
     KeyLimits,
@@ -32,6 +29,7 @@ from gateway.auth.keys import (
     new_secret,
     visible_prefix,
 )
+from gateway.auth.table_store import TableStore
 from gateway.errors import ConflictError, GatewayError, NotFoundError
 
 KEY_NAME_LENGTH = 64
@@ -102,17 +100,12 @@ def _set_limits(row: ApiKeyRow, limits: KeyLimits) -> None:
     row.monthly_tokens = limits.monthly_tokens
 
 
-class KeyStore:
+class KeyStore(TableStore):
     """Virtual keys in the registry database."""
 
-    def __init__(self, engine: Engine) -> None:
-        self._engine = engine
-        self._sessions: sessionmaker[Session] = make_sessionmaker(engine)
-        Base.metadata.create_all(engine, tables=[ApiKeyRow.__table__])  # type: ignore[list-item]
-
-    @property
-    def engine(self) -> Engine:
-        return self._engine
+    row = ApiKeyRow
+    what = "key"
+    code = "key_store_error"
 
     @classmethod
     def open(cls, url: str) -> KeyStore:
@@ -121,19 +114,12 @@ class KeyStore:
     def close(self) -> None:
         self._engine.dispose()
 
-    @contextmanager
-    def _session(self) -> Iterator[Session]:
-        try:
-            with self._sessions.begin() as session:
-                yield session
-        except IntegrityError as exc:
-            raise ConflictError(
+    def _failure(self, exc: SQLAlchemyError) -> GatewayError:
+        if isinstance(exc, IntegrityError):
+            return ConflictError(
                 "a key with that name already exists: choose another name", code="key_exists"
-            ) from exc
-        except SQLAlchemyError as exc:
-            raise GatewayError(
-                f"the key store failed: {type(exc).__name__}", code="key_store_error"
-            ) from exc
+            )
+        return super()._failure(exc)
 
     @staticmethod
     def _row(session: Session, ref: str) -> ApiKeyRow:

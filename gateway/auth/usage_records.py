@@ -15,17 +15,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from sqlalchemy import BigInteger, DateTime, Integer, String, UniqueConstraint, select, update
-from sqlalchemy.engine import Engine
-from sqlalchemy.exc import IntegrityError, SQLAlchemyError
-from sqlalchemy.orm import Mapped, Session, mapped_column, sessionmaker
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Mapped, Session, mapped_column
 
-from adapters.db import NAME_LENGTH, Base, make_sessionmaker
+from adapters.db import NAME_LENGTH, Base
+from gateway.auth.table_store import TableStore
 from gateway.errors import GatewayError
 
 logger = logging.getLogger(__name__)
@@ -79,22 +77,12 @@ def _aware(value: datetime) -> datetime:
     return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
 
 
-class UsageStore:
+class UsageStore(TableStore):
     """``usage_hourly`` in the registry database: increments in, filtered rows out."""
 
-    def __init__(self, engine: Engine) -> None:
-        self._sessions: sessionmaker[Session] = make_sessionmaker(engine)
-        Base.metadata.create_all(engine, tables=[UsageRow.__table__])  # type: ignore[list-item]
-
-    @contextmanager
-    def _session(self) -> Iterator[Session]:
-        try:
-            with self._sessions.begin() as session:
-                yield session
-        except SQLAlchemyError as exc:
-            raise GatewayError(
-                f"the usage store failed: {type(exc).__name__}", code="usage_store_error"
-            ) from exc
+    row = UsageRow
+    what = "usage"
+    code = "usage_store_error"
 
     def add(self, sums: dict[UsageBucket, list[int]]) -> None:
         """Add ``sums`` to their rows in one transaction (one commit however many keys).

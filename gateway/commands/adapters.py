@@ -9,7 +9,7 @@ Registered on the CLI by :func:`gateway.cli.build_cli`.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
@@ -77,6 +77,22 @@ def admin_client(url: str, token: str | None, data_dir: Path | None) -> Iterator
         _fail(str(exc))
 
 
+def print_table(
+    columns: Sequence[str], rows: Iterable[Sequence[str]], *, empty: str | None = None
+) -> None:
+    """``rows`` under ``columns`` as a rich table (the terminal's width; 200 columns into a
+    pipe, so ids and limits stay whole); ``empty`` is said under it when there were no rows."""
+    table = Table(*columns)
+    count = 0
+    for row in rows:
+        table.add_row(*row)
+        count += 1
+    console = Console()
+    (console if console.is_terminal else Console(width=200)).print(table)
+    if not count and empty is not None:
+        typer.echo(empty)
+
+
 def _summary(adapter: dict[str, Any]) -> str:
     return f"{adapter['name']} v{adapter['active_version']} {adapter['state']}" + (
         " (pinned)" if adapter.get("pinned") else ""
@@ -137,20 +153,22 @@ def list_(
     with admin_client(url, admin_token, data_dir) as admin:
         adapters = admin.list()
         fetches = admin.fetches()
-    table = Table("name", "version", "state", "pinned", "in flight", "engines", "last error")
-    for adapter in adapters:
-        table.add_row(
-            adapter["name"],
-            str(adapter["active_version"]),
-            adapter["state"],
-            "yes" if adapter["pinned"] else "",
-            str(adapter["in_flight"]),
-            ", ".join(adapter["engines"]),
-            (adapter.get("last_error") or "")[:80],
-        )
-    Console().print(table)
-    if not adapters:
-        typer.echo("no adapters registered")
+    print_table(
+        ("name", "version", "state", "pinned", "in flight", "engines", "last error"),
+        (
+            (
+                adapter["name"],
+                str(adapter["active_version"]),
+                adapter["state"],
+                "yes" if adapter["pinned"] else "",
+                str(adapter["in_flight"]),
+                ", ".join(adapter["engines"]),
+                (adapter.get("last_error") or "")[:80],
+            )
+            for adapter in adapters
+        ),
+        empty="no adapters registered",
+    )
     for fetch in fetches:
         typer.echo(_fetch_summary(fetch))
 
@@ -168,17 +186,20 @@ def show(
     typer.echo(_summary(adapter))
     if adapter.get("fetch"):
         typer.echo(_fetch_summary(adapter["fetch"]))
-    table = Table("version", "active", "state", "rank", "sha256", "path")
-    for version in adapter["versions"]:
-        table.add_row(
-            str(version["version"]),
-            "*" if version["active"] else "",
-            version["state"],
-            str(version["rank"]),
-            version["sha256"][:12],
-            version["source_path"],
-        )
-    Console().print(table)
+    print_table(
+        ("version", "active", "state", "rank", "sha256", "path"),
+        (
+            (
+                str(version["version"]),
+                "*" if version["active"] else "",
+                version["state"],
+                str(version["rank"]),
+                version["sha256"][:12],
+                version["source_path"],
+            )
+            for version in adapter["versions"]
+        ),
+    )
 
 
 @app.command("rm")

@@ -17,10 +17,15 @@ import re
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
-from rich.table import Table
 
-from gateway.commands.adapters import DEFAULT_URL, DataDirOpt, TokenOpt, UrlOpt, admin_client
+from gateway.commands.adapters import (
+    DEFAULT_URL,
+    DataDirOpt,
+    TokenOpt,
+    UrlOpt,
+    admin_client,
+    print_table,
+)
 
 app = typer.Typer(no_args_is_help=True, add_completion=False)
 
@@ -79,12 +84,11 @@ def list_(
     """Show every alias and its split."""
     with admin_client(url, admin_token, data_dir) as admin:
         aliases = admin.list_aliases()
-    table = Table("alias", "targets (adapter@version=weight)", "updated")
-    for alias in aliases:
-        table.add_row(alias["name"], _targets_text(alias), str(alias["updated_at"]))
-    Console(width=200).print(table)
-    if not aliases:
-        typer.echo("no aliases")
+    print_table(
+        ("alias", "targets (adapter@version=weight)", "updated"),
+        ((alias["name"], _targets_text(alias), str(alias["updated_at"])) for alias in aliases),
+        empty="no aliases",
+    )
 
 
 @app.command("show")

@@ -12,10 +12,15 @@ from enum import StrEnum
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
-from rich.table import Table
 
-from gateway.commands.adapters import DEFAULT_URL, DataDirOpt, TokenOpt, UrlOpt, admin_client
+from gateway.commands.adapters import (
+    DEFAULT_URL,
+    DataDirOpt,
+    TokenOpt,
+    UrlOpt,
+    admin_client,
+    print_table,
+)
 
 app = typer.Typer(no_args_is_help=True, add_completion=False)
 
@@ -112,20 +117,22 @@ def list_(
     """Show every key (never a secret)."""
     with admin_client(url, admin_token, data_dir) as admin:
         keys = admin.list_keys()
-    table = Table("name", "id", "prefix", "status", "models", "limits", "expires")
-    for key in keys:
-        table.add_row(
-            key["name"],
-            key["id"],
-            key["prefix"],
-            key["status"],
-            ", ".join(key["models"]),
-            _limits_text(key["limits"]),
-            key["expires_at"] or "",
-        )
-    Console(width=200).print(table)
-    if not keys:
-        typer.echo("no keys")
+    print_table(
+        ("name", "id", "prefix", "status", "models", "limits", "expires"),
+        (
+            (
+                key["name"],
+                key["id"],
+                key["prefix"],
+                key["status"],
+                ", ".join(key["models"]),
+                _limits_text(key["limits"]),
+                key["expires_at"] or "",
+            )
+            for key in keys
+        ),
+        empty="no keys",
+    )
 
 
 @app.command("show")
