@@ -60,6 +60,9 @@ class Slot:
     drained: asyncio.Event = field(default_factory=asyncio.Event)
     #: The engine load or unload in progress (:mod:`gateway.lifecycle.loader`), if any.
     job: asyncio.Task[Any] | None = None
+    #: When the placement policy was last asked whether to copy this version to one engine
+    #: more (it was hot); asked again no sooner than ``REPLICA_RECHECK_S`` after.
+    replica_checked_at: float = float("-inf")
 
     @property
     def busy(self) -> bool:
