@@ -186,6 +186,13 @@ class ReplicaSync:
                         del slot.engines[engine_name]  # unloaded by another replica
                         slot.blocked.discard(engine_name)
                         changed = True
+            for engine_name in list(slot.blocked):
+                if engine_name not in mine:
+                    # The drained place is gone. A mark set while the slot did not list that
+                    # engine (the place seen only draining, never loaded) would stay for good
+                    # if this only followed the engines the slot lists.
+                    slot.blocked.discard(engine_name)
+                    changed = True
             for engine_name, state in mine.items():
                 blocked = state == PlacementState.DRAINING
                 if blocked != (engine_name in slot.blocked):

@@ -371,3 +371,33 @@ async def test_a_pin_dropped_through_another_replica_is_waited_for_not_refused(
     gate.set()
     assert await asyncio.wait_for(pending, 5.0) == "e0"
     assert not any(u.violations for u in upstreams)
+
+
+async def test_a_drain_mark_is_dropped_when_the_place_goes_even_if_never_seen_loaded(
+    make: Make, adapter_dir: Callable[[str, int], Path], upstreams: list[FakeVLLM]
+) -> None:
+    """Regression (real two-replica churn test: ~10 s with no load or unload, then 503 "no
+    adapter slot is free"): another replica loaded a version on an engine and drained it again
+    between two of this replica's syncs, so this one saw the place only as "draining". It marked
+    its own slot of that version blocked there (the place counted as taken, never a victim), and
+    when the place went it cleared marks only for engines the slot listed: the mark stayed, and
+    the engine looked full for good."""
+    a, b = await make("A"), await make("B")
+    await a.register("x", adapter_dir("x", 1))
+    await request(a, "x")
+    (own,) = holders_of(a, "x")
+    other = next(e for e in a.engines if e.name != own)
+    upstream = a._ctx.records["x"].active.upstream_name
+    board_b = b._ctx.board
+    assert isinstance(board_b, SharedBoard)
+    assert await board_b.claim(other.url, upstream, 2)  # B "loads" x there...
+    assert await board_b.release(other.url, upstream)  # ...and drains it: A has seen the mark
+    slot = a._ctx.table.get(upstream)
+    assert slot is not None and other.name in slot.blocked
+    await board_b.removed(other.url, upstream)  # gone
+    await eventually(lambda: other.name not in slot.blocked)
+    assert a.slots_used_per_engine()[other.name] == 0
+
+
+def holders_of(lifecycle: AdapterLifecycle, name: str) -> tuple[str, ...]:
+    return lifecycle.view(name).active.engines
