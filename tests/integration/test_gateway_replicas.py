@@ -277,7 +277,10 @@ async def test_replicas_behave_as_one_under_churn_and_an_engine_kill(cluster: Cl
                     new = f"n{turn:03d}"
                     await asyncio.to_thread(admin.register, new, cluster.write(new))
                     cluster.registered.add(new)
-                    live.append(new)
+                    # Clients ask for it through either replica once the bound for a
+                    # registration to reach the others has passed (before, the other one may
+                    # rightly answer 404).
+                    asyncio.get_running_loop().call_later(PROPAGATION_S, live.append, new)
 
     async def killer() -> None:
         await asyncio.sleep(max(0.0, kill_at - time.monotonic()))
