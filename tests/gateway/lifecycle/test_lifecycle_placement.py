@@ -203,19 +203,10 @@ async def test_a_request_for_a_resident_adapter_that_is_not_hot_reads_no_slot_sn
     lifecycle = await make(engines, adapters=3, replicate_threshold=2)
     for name in ("a0", "a1", "a2"):
         await request(lifecycle, name)
-    snapshots = 0
-    table = lifecycle._ctx.table
-    take = table.snapshot
-
-    def counted(*args: object, **kwargs: object) -> object:
-        nonlocal snapshots
-        snapshots += 1
-        return take(*args, **kwargs)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(table, "snapshot", counted)
+    snapshots = count_snapshots(lifecycle, monkeypatch)
     for _ in range(5):
         await request(lifecycle, "a0")
-    assert snapshots == 0  # (a hot version is still copied: test_requests_go_to_the_least_...)
+    assert snapshots() == 0  # (a hot version is still copied: test_requests_go_to_the_least_...)
     no_violations(engines)
 
 
@@ -228,16 +219,24 @@ async def test_a_hot_version_with_no_engine_to_copy_it_to_reads_no_slot_snapshot
     engine = FakeEngine(FakeVLLM(max_loaded=4), name="e0", lora_capacity=4)
     lifecycle = await make([engine], adapters=1, replicate_threshold=2)
     await request(lifecycle, "a0")
-    snapshots = 0
+    snapshots = count_snapshots(lifecycle, monkeypatch)
+    await asyncio.gather(*(request(lifecycle, "a0", hold=0.05) for _ in range(6)))
+    assert snapshots() == 0
+    no_violations([engine])
+
+
+def count_snapshots(
+    lifecycle: AdapterLifecycle, monkeypatch: pytest.MonkeyPatch
+) -> Callable[[], int]:
+    """From now on, count the slot table's snapshots (each walks every slot of every engine)."""
+    calls = 0
     table = lifecycle._ctx.table
     take = table.snapshot
 
     def counted(*args: object, **kwargs: object) -> object:
-        nonlocal snapshots
-        snapshots += 1
+        nonlocal calls
+        calls += 1
         return take(*args, **kwargs)  # type: ignore[arg-type]
 
     monkeypatch.setattr(table, "snapshot", counted)
-    await asyncio.gather(*(request(lifecycle, "a0", hold=0.05) for _ in range(6)))
-    assert snapshots == 0
-    no_violations([engine])
+    return lambda: calls
